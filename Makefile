@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` (main job) and `make test` (the test suite, what .ci/run calls).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REPO ?= model_repository_local
+ARCH ?= large
+
+.PHONY: venv test demo serve clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt scripts/install_system_deps.sh
+	bash scripts/install_system_deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -ra tests
+
+demo: venv
+	bash scripts/demo.sh
+
+serve: venv
+	@test -f $(REPO)/manifest.json || $(PY) build_repo.py --target local --arch $(ARCH) -o $(REPO)
+	$(PY) serve.py --repo $(REPO)
+
+clean:
+	rm -rf $(VENV) model_repository model_repository_local .pytest_cache

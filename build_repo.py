@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Build (or check) a Triton model repository from MobileNetV3 weights.
+
+  python build_repo.py --arch large --weights weights/MobileNetV3_Large.pth --labels class_indices.json
+  python build_repo.py --check model_repository
+
+A build traces TorchScript, exports ONNX (dynamic batch, onnxsim), checks numerical parity between them on real
+photographs, builds the TensorRT plan where TensorRT exists, renders every config.pbtxt from templates/, validates
+the result with Triton's own config schema and only then replaces the output directory (a failed build keeps the
+previous repository). Exit codes: 0 ok, 1 --check found problems, 2 bad input or failed build.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from mnv3kit.errors import cli_errors
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mnv3kit.build import TRT_MODES
+    from mnv3kit.model import ARCHS
+    from mnv3kit.render import TARGETS
+
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", metavar="DIR", type=Path,
+                   help="only validate an existing repository (configs, artifacts, labels, manifest hashes)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=ARCHS, default="large", help="MobileNetV3 variant (default: large)")
+    g.add_argument("--weights", type=Path, help="state dict (.pth) in torchvision's layout; plain, nested under "
+                   "'state_dict'/'model', or 'module.'-prefixed. Omitted: seeded random init (meaningless predictions)")
+    g.add_argument("--labels", type=Path, help="class_indices.json ({\"0\": \"daisy\", ...}) or labels.txt "
+                   "(one per line); default class_0..class_N-1")
+    g = p.add_argument_group("repository")
+    g.add_argument("-o", "--output", type=Path, default=Path("model_repository"), help="default: model_repository")
+    g.add_argument("--target", choices=TARGETS, default="ngc",
+                   help="ngc: NVIDIA's Triton image, native backends (default); local: the embedded Triton "
+                        "(python-backend models with the same names and tensors)")
+    g.add_argument("--max-batch-size", type=int, default=8, help="config max_batch_size (default 8, as the seed)")
+    g.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto",
+                   help="auto: KIND_GPU for ngc, KIND_CPU for local")
+    g.add_argument("--instance-count", type=int, default=1, help="model instances per device (default 1)")
+    g.add_argument("--gpus", type=lambda s: tuple(int(x) for x in s.split(",")), default=(),
+                   help="comma-separated GPU ids for KIND_GPU instances (default: all)")
+    g.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic_batching out of the configs")
+    g.add_argument("--preferred-batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",") if x),
+                   default=None, help="dynamic batching preferred sizes, e.g. 4,8 (default: opt and max batch)")
+    g.add_argument("--queue-delay-us", type=int, default=100, help="max_queue_delay_microseconds (default 100)")
+    g.add_argument("--version-policy", default="latest:1", help="latest[:N], all, or specific:1,2 (default latest:1)")
+    g.add_argument("--model-version", type=int, default=1, help="version directory to write (default 1)")
+    g = p.add_argument_group("TensorRT")
+    g.add_argument("--trt", choices=TRT_MODES, default="auto",
+                   help="auto: build the plan if the TensorRT Python package or trtexec exists, else skip with "
+                        "instructions; skip; require: fail without TensorRT")
+    g.add_argument("--opt-batch", type=int, default=4, help="optimization profile opt batch (default 4)")
+    g.add_argument("--max-batch", type=int, default=None, help="profile max batch (default: --max-batch-size)")
+    g.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the plan")
+    g.add_argument("--workspace-mb", type=int, default=1600, help="builder workspace pool in MiB (default 1600)")
+    p.add_argument("--parity-images", type=Path, help="folder of images for the parity gate "
+                   "(default: scikit-learn's sample photographs)")
+    p.add_argument("--parity-tolerance", type=float, default=1e-4,
+                   help="allowed max |logit difference| between eager, TorchScript and ONNX, times "
+                   "max(1, max |logit|) (default 1e-4)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with cli_errors("build_repo.py"):
+        from mnv3kit.build import BuildOptions, build
+        from mnv3kit.errors import KitError
+        from mnv3kit.render import Batching, ConfigOptions, Instances, PlanOptions, VersionPolicy
+        from mnv3kit.validate import check_repository
+
+        if args.check is None:
+            if args.max_batch_size < 1:
+                raise KitError("--max-batch-size must be >= 1")
+            kind = args.instance_kind if args.instance_kind != "auto" else (
+                "KIND_CPU" if args.target == "local" else "KIND_GPU")
+            max_batch = args.max_batch or args.max_batch_size
+            preferred = args.preferred_batch_sizes
+            if preferred is None:
+                preferred = tuple(sorted({min(args.opt_batch, args.max_batch_size), args.max_batch_size}))
+            config = ConfigOptions(
+                target=args.target, max_batch_size=args.max_batch_size, version=args.model_version,
+                version_policy=VersionPolicy.parse(args.version_policy),
+                instances=Instances(kind, args.instance_count, args.gpus),
+                batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us))
+            opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
+                                config=config, trt=args.trt, parity_images=args.parity_images,
+                                parity_tolerance=args.parity_tolerance,
+                                plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
+            build(opts)
+            repo = args.output
+        else:
+            repo = args.check
+        report = check_repository(repo)
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+        for problem in report.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        if not report.ok:
+            print(f"build_repo.py: {repo}: {len(report.problems)} problem(s)", file=sys.stderr)
+            return 1
+        print(f"{repo}: OK ({', '.join(report.models)})")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""weights -> exported, parity-checked, validated Triton model repository (what build_repo.py runs)."""
+
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import KitError
+from .export import ONNX_OPSET, export_onnx, export_torchscript
+from .parity import TOLERANCE, check_parity, format_table, parity_batch, rows_as_dicts, run_parity, sample_photos
+from .preprocess import is_image_file
+from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
+from .repository import file_hashes, sha256, staged_repository, write_manifest
+from .spec import LABELS_FILE, LOCAL_MODELS, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT
+from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
+from .validate import check_repository
+from .weights import load_labels, load_model, read_labels
+
+TRT_MODES = ("auto", "skip", "require")
+PLAN_SCRIPT = "build_plan.sh"
+
+
+@dataclass
+class BuildOptions:
+    arch: str = "large"
+    weights: Optional[Path] = None
+    labels: Optional[Path] = None
+    output: Path = Path("model_repository")
+    config: ConfigOptions = field(default_factory=ConfigOptions)
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    trt: str = "auto"
+    parity_images: Optional[Path] = None
+    parity_tolerance: float = TOLERANCE
+
+
+def log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import onnxsim
+    import torch
+
+    from .trt_build import import_tensorrt
+
+    trt = import_tensorrt()
+    return {"kit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "onnxsim": onnxsim.__version__,
+            "onnx_opset": ONNX_OPSET, "tensorrt": trt.__version__ if trt else None}
+
+
+def _parity_paths(folder: Optional[Path]) -> List[Path]:
+    if folder is None:
+        return sample_photos()
+    paths = sorted(p for p in Path(folder).iterdir() if is_image_file(p)) if Path(folder).is_dir() else []
+    if not paths:
+        raise KitError(f"--parity-images {folder}: no images found (jpg/png/...)")
+    return paths
+
+
+def _tensorrt(opts: BuildOptions, staging: Path) -> dict:
+    """Build the plan when possible; otherwise say exactly how it gets built. Returns the manifest entry."""
+    if opts.config.target == "local":
+        return {"status": "not-applicable", "reason": "the embedded Triton has no TensorRT backend"}
+    if opts.trt == "skip":
+        return {"status": "skipped", "reason": f"--trt skip; {HOW_TO_BUILD}"}
+    builder = available_builder()
+    if builder is None:
+        reason = "neither the TensorRT Python package nor trtexec is available here"
+        if opts.trt == "require":
+            raise KitError(f"--trt require: {reason}; {HOW_TO_BUILD}")
+        log(f"TensorRT: skipped ({reason}). The {TRT.name} config is rendered; {HOW_TO_BUILD}.")
+        return {"status": "skipped", "reason": f"{reason}; {HOW_TO_BUILD}"}
+    vdir = staging / TRT.name / str(opts.config.version)
+    if builder == "python":
+        info = build_plan_python(staging / ONNX.name / str(opts.config.version) / ONNX.artifact,
+                                 vdir / TRT.artifact, opts.plan)
+        (vdir / PLAN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    else:
+        info = build_plan_trtexec(staging / TRT.name / PLAN_SCRIPT, vdir / PLAN_INFO_FILE)
+    return {"status": "built", "plan_info": info}
+
+
+def build(opts: BuildOptions) -> Path:
+    """Run every step into a staging directory, validate it, then swap it in place of ``opts.output``."""
+    started = time.time()
+    cfg = opts.config
+    check_plan_options(opts.plan, cfg.max_batch_size if cfg.target == "ngc" and opts.trt != "skip" else None)
+    if opts.trt not in TRT_MODES:
+        raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
+    models = LOCAL_MODELS if cfg.target == "local" else MODELS
+    steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
+                            "render configs", "validate", "swap in"], 1))
+    bar = tqdm(total=8, unit="step", file=sys.stderr, dynamic_ncols=True, disable=None,  # None: off unless a TTY
+               bar_format="{desc:<18} {n_fmt}/{total_fmt} steps |{bar:20}| {elapsed}")
+
+    def step() -> None:
+        number, name = next(steps)
+        bar.set_description(name)
+        bar.update(1)
+        if bar.disable:  # logs (CI, pipes) still get one line per step
+            log(f"[{number}/8] {name}")
+
+    with bar, staged_repository(opts.output) as staging:
+        step()
+        model, trained = load_model(opts.arch, opts.weights, _random_init_classes(opts))
+        labels = load_labels(opts.labels, model.num_classes)
+        if not trained:
+            log("WARNING: no --weights given: the model has a seeded RANDOM init and its predictions are "
+                "MEANINGLESS. Use this only to try the serving path; pass --weights to deploy a real model.")
+        cfg = ConfigOptions(**{**cfg.__dict__, "num_classes": model.num_classes})
+        version = str(cfg.version)
+        for spec in models:
+            (staging / spec.name / version).mkdir(parents=True)
+            (staging / spec.name / LABELS_FILE).write_text("\n".join(labels) + "\n")
+        pt_path = staging / PT.name / version / PT.artifact
+        onnx_path = staging / ONNX.name / version / ONNX.artifact
+
+        step()
+        export_torchscript(model, pt_path)
+        step()
+        export_onnx(model, onnx_path)
+
+        step()
+        batch = parity_batch(_parity_paths(opts.parity_images), cfg.max_batch_size)
+        rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}))
+        log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
+        check_parity(rows, opts.parity_tolerance)
+
+        step()
+        if cfg.target == "ngc":
+            (staging / TRT.name / PLAN_SCRIPT).write_text(render_plan_script(opts.plan, cfg.version))
+            (staging / TRT.name / PLAN_SCRIPT).chmod(0o755)
+        trt_entry = _tensorrt(opts, staging)
+
+        step()
+        from .backend import PYTHON_MODEL
+
+        for spec in models:
+            (staging / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
+            if cfg.target == "local":
+                shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
+        manifest = {
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
+            "max_batch_size": cfg.max_batch_size, "version": cfg.version,
+            "models": [spec.name for spec in models],
+            "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
+            else {"path": None, "random_init": True},
+            "versions": _versions(),
+            "tensorrt": trt_entry,
+            "parity": {"tolerance": opts.parity_tolerance, "rows": rows_as_dicts(rows)},
+        }
+
+        step()
+        manifest["files"] = file_hashes(staging)
+        manifest["build_seconds"] = round(time.time() - started, 1)
+        write_manifest(staging, manifest)
+        report = check_repository(staging)
+        for note in report.notes:
+            log(f"note: {note}")
+        if not report.ok:
+            raise KitError("the built repository failed validation, previous one kept: " + "; ".join(report.problems))
+        step()
+        bar.set_description("done")
+    log(f"wrote {opts.output} ({', '.join(spec.name for spec in models)}) in {time.time() - started:.1f}s")
+    return Path(opts.output)
+
+
+def _random_init_classes(opts: BuildOptions) -> int:
+    """Class count for a random-init model: from the labels file when one is given, else the seed's 5 flowers."""
+    return len(read_labels(opts.labels)) if opts.labels is not None else 5

@@ -1,0 +1,23 @@
+"""The one exception type the CLIs turn into a one-line message and a non-zero exit."""
+
+import sys
+from contextlib import contextmanager
+
+
+class KitError(Exception):
+    """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+@contextmanager
+def cli_errors(prog: str):
+    """Turn KitError and Ctrl-C into `prog: error: ...` on stderr and an exit code, never a traceback."""
+    try:
+        yield
+    except KitError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,102 @@
+"""The parity gate: eager PyTorch, the TorchScript file and the ONNX file must agree before anything is written."""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from .errors import KitError
+from .preprocess import eval_transform, load_image
+from .spec import ONNX
+
+# Allowed max |Δlogit| is TOLERANCE x max(1, max |logit|): 1e-4 absolute for small logits, relative beyond.
+# A flat 1e-4 is below FP32's own rounding on realistic logits: eager FP32 alone differs from an FP64 run of
+# the same model by up to 3.4e-4 on logits of magnitude 30-75 (measured; see README "Parity gate").
+TOLERANCE = 1e-4
+
+
+def allowed_difference(reference: np.ndarray, tolerance: float = TOLERANCE) -> float:
+    """The max |Δlogit| two FP32 runs of the same model may show against ``reference`` logits."""
+    return tolerance * max(1.0, float(np.abs(reference).max()))
+
+
+@dataclass
+class ParityRow:
+    format: str
+    batch: int
+    max_abs_diff: float
+    max_abs_logit: float
+    top1_agree: bool
+
+    def limit(self, tolerance: float = TOLERANCE) -> float:
+        return allowed_difference(np.float32(self.max_abs_logit), tolerance)
+
+    def ok(self, tolerance: float = TOLERANCE) -> bool:
+        return self.max_abs_diff <= self.limit(tolerance) and self.top1_agree
+
+
+def sample_photos() -> List[Path]:
+    """Real photographs shipped by scikit-learn (a temple in China and a flower)."""
+    import sklearn.datasets
+
+    folder = Path(sklearn.datasets.__file__).parent / "images"
+    photos = sorted(folder.glob("*.jpg"))
+    if not photos:
+        raise KitError(f"scikit-learn's sample photographs are missing from {folder}: pass --parity-images DIR")
+    return photos
+
+
+def parity_batch(paths: Sequence[Path], size: int) -> np.ndarray:
+    """``size`` preprocessed images: the photos, then mirrored/rotated/cropped views of them to fill the batch."""
+    from PIL import Image
+
+    per_image = []
+    for img in (load_image(p) for p in paths):
+        w, h = img.size
+        per_image.append([img, img.transpose(Image.FLIP_LEFT_RIGHT), img.transpose(Image.ROTATE_90),
+                          img.crop((0, 0, w // 2, h // 2)), img.crop((w // 2, h // 2, w, h))])
+    views = [v for group in zip(*per_image) for v in group]  # every photo first, then their variations
+    picked = (views * (size // len(views) + 1))[:size]
+    return np.stack([eval_transform(v) for v in picked])
+
+
+def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, images: np.ndarray,
+               batch_sizes: Sequence[int]) -> List[ParityRow]:
+    import onnxruntime as ort
+
+    scripted = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in batch_sizes:
+        x = images[:batch]
+        with torch.no_grad():
+            reference = model.eval()(torch.from_numpy(x)).numpy()
+            outputs = {"torchscript": scripted(torch.from_numpy(x)).numpy(),
+                       "onnx": session.run([ONNX.output_name], {ONNX.input_name: x})[0]}
+        for fmt, out in outputs.items():
+            rows.append(ParityRow(fmt, batch, float(np.abs(out - reference).max()), float(np.abs(reference).max()),
+                                  bool((out.argmax(1) == reference.argmax(1)).all())))
+    return rows
+
+
+def format_table(rows: Sequence[ParityRow], tolerance: float = TOLERANCE) -> str:
+    lines = [f"{'format':<12} {'batch':>5} {'max|Δlogit|':>12} {'limit':>10} {'max|logit|':>10}  top-1", "-" * 64]
+    lines += [f"{r.format:<12} {r.batch:>5} {r.max_abs_diff:>12.3e} {r.limit(tolerance):>10.1e} "
+              f"{r.max_abs_logit:>10.2f}  {'same' if r.top1_agree else 'DIFFERS'}"
+              f"{'' if r.ok(tolerance) else '  <- FAIL'}" for r in rows]
+    return "\n".join(lines)
+
+
+def check_parity(rows: Sequence[ParityRow], tolerance: float = TOLERANCE) -> None:
+    bad = [r for r in rows if not r.ok(tolerance)]
+    if bad:
+        worst = max(bad, key=lambda r: r.max_abs_diff)
+        raise KitError(f"parity gate failed: {worst.format} at batch {worst.batch} differs from eager PyTorch by "
+                       f"{worst.max_abs_diff:.3e} (limit {worst.limit(tolerance):.1e}, top-1 "
+                       f"{'same' if worst.top1_agree else 'differs'}); nothing was written")
+
+
+def rows_as_dicts(rows: Sequence[ParityRow]) -> List[dict]:
+    return [asdict(r) for r in rows]

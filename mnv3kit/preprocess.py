@@ -1,0 +1,138 @@
+"""The one preprocessing definition: training, the build's parity gate, the client and the server all use it.
+
+Pillow + numpy reimplementations of torchvision's Resize(256)/CenterCrop(224)/RandomResizedCrop(224)/
+RandomHorizontalFlip/ToTensor/Normalize (torchvision does not install beside the pinned torch).
+"""
+
+import math
+import random
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import KitError
+from .spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD
+
+# Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse at the warning: a
+# 90-megapixel classifier input is either a mistake or a decompression bomb.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+_MEAN = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+
+
+class ImageError(KitError):
+    """One image cannot be used; batch callers report it and go on with the others."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, EXIF orientation applied, alpha composited on white."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16/32-bit gray: scale to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def load_image(path: Union[str, Path]) -> Image.Image:
+    """Open, fully decode and convert one image; any problem is an ImageError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now so truncation shows up here, not later
+                return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path}: refused, more than {MAX_PIXELS:,} pixels (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def resize_shorter(img: Image.Image, size: int = RESIZE_SIZE) -> Image.Image:
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    return img.resize((max(new_w, 1), max(new_h, 1)), Image.BILINEAR)
+
+
+def center_crop(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    w, h = img.size
+    left = int(round((w - size) / 2.0))
+    top = int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_chw(img: Image.Image) -> np.ndarray:
+    """ToTensor + Normalize: float32 CHW."""
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return (arr - _MEAN) / _STD
+
+
+def eval_transform(img: Image.Image) -> np.ndarray:
+    """The seed's val transform: Resize(256), CenterCrop(224), ToTensor, Normalize."""
+    return to_chw(center_crop(resize_shorter(img)))
+
+
+def random_resized_crop(img: Image.Image, rng: random.Random, size: int = IMAGE_SIZE,
+                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Image.Image:
+    """torchvision's RandomResizedCrop sampling (10 tries, then a center crop of bounded aspect)."""
+    w, h = img.size
+    area = w * h
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target_area * aspect)))
+        ch = int(round(math.sqrt(target_area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            break
+    else:
+        in_ratio = w / h
+        if in_ratio < ratio[0]:
+            cw, ch = w, int(round(w / ratio[0]))
+        elif in_ratio > ratio[1]:
+            cw, ch = int(round(h * ratio[1])), h
+        else:
+            cw, ch = w, h
+        left, top = (w - cw) // 2, (h - ch) // 2
+    return img.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+
+
+def train_transform(img: Image.Image, rng: Optional[random.Random] = None) -> np.ndarray:
+    """The seed's train transform: RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize."""
+    rng = rng or random.Random()
+    img = random_resized_crop(img, rng)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_chw(img)
+
+
+def preprocess_file(path: Union[str, Path]) -> np.ndarray:
+    return eval_transform(load_image(path))
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS

@@ -1,0 +1,120 @@
+"""Render every config.pbtxt (and the TensorRT build script) from the Jinja2 templates in templates/."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple
+
+import jinja2
+
+from .errors import KitError
+from .spec import DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, ONNX, PLAN_INFO_FILE, TRT, ModelSpec
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TARGETS = ("ngc", "local")
+LOCAL_RUNTIME = {"model.pt": "torch", "model.onnx": "onnxruntime"}  # what the python backend runs each with
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    kind: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    versions: Tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        """``latest[:N]``, ``all`` or ``specific:1,2``."""
+        kind, _, arg = text.partition(":")
+        try:
+            if kind == "latest":
+                return cls("latest", int(arg or 1))
+            if kind == "all" and not arg:
+                return cls("all")
+            if kind == "specific" and arg:
+                return cls("specific", versions=tuple(int(v) for v in arg.split(",")))
+        except ValueError:
+            pass
+        raise KitError(f"bad version policy {text!r}: use latest[:N], all, or specific:1,2")
+
+
+@dataclass(frozen=True)
+class Instances:
+    kind: str = "KIND_GPU"
+    count: int = 1
+    gpus: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Batching:
+    enabled: bool = True
+    preferred: Tuple[int, ...] = (4, 8)
+    queue_delay_us: int = 100
+
+
+@dataclass(frozen=True)
+class ConfigOptions:
+    """Everything a config depends on besides the model itself; build_repo.py's flags fill it."""
+
+    target: str = "ngc"
+    max_batch_size: int = 8
+    num_classes: int = 5
+    version: int = DEFAULT_VERSION
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    instances: Instances = field(default_factory=Instances)
+    batching: Batching = field(default_factory=Batching)
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    opt_batch: int = 4
+    max_batch: int = 8
+    fp16: bool = False
+    workspace_mb: int = 1600  # the seed's --workspace=1600
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,  # a missing variable is a bug, not an empty string
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def template_name(model: ModelSpec, target: str) -> str:
+    return "local.pbtxt.j2" if target == "local" else f"{model.name}.pbtxt.j2"
+
+
+def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
+    if opts.target not in TARGETS:
+        raise KitError(f"unknown target {opts.target!r}: choose one of {', '.join(TARGETS)}")
+    bad = [b for b in opts.batching.preferred if not 1 <= b <= opts.max_batch_size]
+    if opts.batching.enabled and bad:
+        raise KitError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
+    name = template_name(model, opts.target)
+    return _env().get_template(name).render(
+        template=name, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
+        input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy,
+        instance=opts.instances, batching=opts.batching, runtime=LOCAL_RUNTIME.get(model.artifact, ""),
+    )
+
+
+def trt_shapes(profile_batches: Tuple[int, int, int]) -> dict:
+    dims = "x".join(str(d) for d in INPUT_DIMS)
+    return {k: f"{b}x{dims}" for k, b in zip(("min", "opt", "max"), profile_batches)}
+
+
+def render_plan_script(plan: PlanOptions, version: int = DEFAULT_VERSION) -> str:
+    profile = {"min": 1, "opt": plan.opt_batch, "max": plan.max_batch}
+    return _env().get_template("build_plan.sh.j2").render(
+        model=TRT, onnx_model=ONNX.name, onnx_artifact=ONNX.artifact, version=version,
+        plan_info_file=PLAN_INFO_FILE, shapes=trt_shapes((1, plan.opt_batch, plan.max_batch)),
+        profile=profile, fp16=plan.fp16, workspace_mb=plan.workspace_mb,
+    )
+
+
+def check_plan_options(plan: PlanOptions, max_batch_size: Optional[int] = None) -> None:
+    if not 1 <= plan.opt_batch <= plan.max_batch:
+        raise KitError(f"--opt-batch {plan.opt_batch} must lie in 1..--max-batch ({plan.max_batch})")
+    if max_batch_size is not None and plan.max_batch < max_batch_size:
+        raise KitError(f"the TensorRT profile max ({plan.max_batch}) is below max_batch_size ({max_batch_size})")

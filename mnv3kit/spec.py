@@ -1,0 +1,37 @@
+"""Names and shapes every part of the kit agrees on, defined once."""
+
+from dataclasses import dataclass
+
+IMAGE_SIZE = 224  # network input, square
+RESIZE_SIZE = 256  # shorter side before the center crop (the seed's val transform)
+CHANNELS = 3
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+INPUT_DIMS = (CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+
+LABELS_FILE = "labels.txt"
+MANIFEST_FILE = "manifest.json"
+PLAN_INFO_FILE = "plan_info.json"  # TensorRT version + GPU compute capability, beside model.plan
+DEFAULT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its Triton name, native platform, tensor names and artifact file."""
+
+    key: str
+    name: str
+    platform: str
+    input_name: str
+    output_name: str
+    artifact: str
+
+
+PT = ModelSpec("pt", "mobilenetv3_pt", "pytorch_libtorch", "INPUT__0", "OUTPUT__0", "model.pt")
+ONNX = ModelSpec("onnx", "mobilenetv3_onnx", "onnxruntime_onnx", "image", "outputs", "model.onnx")
+TRT = ModelSpec("trt", "mobilenetv3_trt", "tensorrt_plan", "image", "outputs", "model.plan")
+MODELS = (PT, ONNX, TRT)
+MODELS_BY_NAME = {m.name: m for m in MODELS}
+
+# What the embedded (python-backend) Triton can run: no TensorRT there.
+LOCAL_MODELS = (PT, ONNX)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages the kit needs besides PyPI: libb64 for perf_analyzer (tritonclient 2.51.0).
+# Installs only what is missing; needs root (or sudo) the first time.
+set -euo pipefail
+missing=()
+dpkg -s libb64-0d >/dev/null 2>&1 || missing+=(libb64-0d)
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,235 @@
+"""build_repo.py: exports, parity gate, templates, manifest, atomic writes, TensorRT skip/require, --check."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from conftest import assert_one_line_error, run_cli
+from mnv3kit.build import BuildOptions, build
+from mnv3kit.errors import KitError
+from mnv3kit.model import build_model
+from mnv3kit.parity import ParityRow, check_parity, parity_batch
+from mnv3kit.render import ConfigOptions, PlanOptions, render_config, render_plan_script, VersionPolicy, Batching
+from mnv3kit.spec import LOCAL_MODELS, MODELS, ONNX, PT, TRT
+from mnv3kit.validate import check_repository
+
+ARCHS = ("large", "small")
+
+
+def parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("target", ["ngc", "local"])
+def test_built_repository_layout_and_configs(built_repo, arch, target):
+    repo = built_repo(arch, target)
+    manifest = json.loads((repo / "manifest.json").read_text())
+    models = MODELS if target == "ngc" else LOCAL_MODELS
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(m.name for m in models)
+    for spec in models:
+        config = parse(repo / spec.name / "config.pbtxt")
+        assert config.name == spec.name and config.max_batch_size == 8
+        assert (config.input[0].name, config.output[0].name) == (spec.input_name, spec.output_name)
+        assert list(config.input[0].dims) == [3, 224, 224] and list(config.output[0].dims) == [5]
+        assert config.output[0].label_filename == "labels.txt"
+        assert (repo / spec.name / "labels.txt").read_text().split() == manifest["labels"]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 100
+        assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+        assert config.version_policy.latest.num_versions == 1
+        if target == "ngc":
+            assert config.platform == spec.platform and not config.backend
+            assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        else:
+            assert config.backend == "python" and not config.platform
+            assert config.parameters["artifact"].string_value == spec.artifact
+            assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+            assert (repo / spec.name / "1" / "model.py").is_file()
+    assert manifest["arch"] == arch and manifest["weights"]["random_init"] is True
+    assert manifest["versions"]["torch"].startswith("2.13") and manifest["versions"]["tensorrt"] is None
+    assert {r["batch"] for r in manifest["parity"]["rows"]} == {1, 8}
+    assert all(r["max_abs_diff"] <= 1e-4 * max(1, r["max_abs_logit"]) and r["top1_agree"]
+               for r in manifest["parity"]["rows"])
+    assert all(r["max_abs_diff"] == 0.0 for r in manifest["parity"]["rows"] if r["format"] == "torchscript")
+    assert set(manifest["files"]) >= {f"{m.name}/config.pbtxt" for m in models}
+    assert check_repository(repo).ok
+
+
+def test_onnx_export_contract(built_repo):
+    path = built_repo("small", "ngc") / ONNX.name / "1" / ONNX.artifact
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version >= 13
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert (inp.name, out.name) == ("image", "outputs")
+    assert inp.type.tensor_type.shape.dim[0].dim_param and out.type.tensor_type.shape.dim[0].dim_param
+    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}  # fused by onnxsim / export
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3, 8, 13):  # dynamic batch survives simplification
+        assert session.run(None, {"image": np.zeros((batch, 3, 224, 224), np.float32)})[0].shape == (batch, 5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_torchvision_layout_checkpoint_reproduces_its_logits(tmp_path, photos, arch):
+    """A checkpoint in torchvision's layout -> model.pt and model.onnx give back its own eager logits."""
+    reference = build_model(arch, 4, seed=11)
+    ckpt = tmp_path / "tv.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, ckpt)
+    labels = tmp_path / "class_indices.json"
+    labels.write_text(json.dumps({str(i): n for i, n in enumerate(["a", "b", "c", "d"])}))
+    out = tmp_path / "repo"
+    proc = run_cli("build_repo.py", "--arch", arch, "--weights", ckpt, "--labels", labels, "-o", out,
+                   "--max-batch-size", "4", "--opt-batch", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "parity vs eager PyTorch" in proc.stderr and f"{out}: OK" in proc.stdout
+    x = parity_batch(photos, 4)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    scripted = torch.jit.load(str(out / PT.name / "1" / PT.artifact))
+    with torch.no_grad():
+        np.testing.assert_allclose(scripted(torch.from_numpy(x)).numpy(), expected, atol=1e-5, rtol=0)
+    session = ort.InferenceSession(str(out / ONNX.name / "1" / ONNX.artifact), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], expected, atol=1e-4, rtol=0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels"] == ["a", "b", "c", "d"] and manifest["num_classes"] == 4
+    assert parse(out / TRT.name / "config.pbtxt").max_batch_size == 4
+    assert "--maxShapes=image:4x3x224x224" in (out / TRT.name / "build_plan.sh").read_text()
+
+
+def test_parity_gate_limits():
+    assert ParityRow("onnx", 8, 2e-4, 0.5, True).ok() is False  # small logits: 1e-4 absolute
+    assert ParityRow("onnx", 8, 9e-5, 0.5, True).ok()
+    assert ParityRow("onnx", 8, 2e-3, 30.0, True).ok()  # relative beyond |logit| 1
+    assert ParityRow("onnx", 8, 4e-3, 30.0, True).ok() is False
+    assert ParityRow("onnx", 8, 0.0, 30.0, False).ok() is False  # top-1 must agree
+    with pytest.raises(KitError, match="parity gate failed: onnx at batch 8"):
+        check_parity([ParityRow("torchscript", 8, 0.0, 3.0, True), ParityRow("onnx", 8, 1.0, 3.0, True)])
+
+
+def test_failed_build_keeps_previous_repository(tmp_path):
+    out = tmp_path / "model_repository"
+    proc = run_cli("build_repo.py", "--arch", "small", "--target", "local", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # parity gate fails after both exports were written to staging
+    proc = run_cli("build_repo.py", "--arch", "large", "--target", "local", "-o", out, "--parity-tolerance", "0")
+    assert_one_line_error(proc, "parity gate failed", "nothing was written")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model_repository"]  # no staging left behind
+
+
+def test_refuses_to_replace_a_foreign_directory(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    proc = run_cli("build_repo.py", "--arch", "small", "-o", tmp_path)
+    assert_one_line_error(proc, "refusing to replace")
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_trt_require_fails_here_and_auto_explains(tmp_path, built_repo):
+    proc = run_cli("build_repo.py", "--arch", "small", "--trt", "require", "-o", tmp_path / "r")
+    assert_one_line_error(proc, "--trt require", "docker compose run --rm trt-build")
+    manifest = json.loads((built_repo("small", "ngc") / "manifest.json").read_text())
+    assert manifest["tensorrt"]["status"] == "skipped"
+    assert "trt-build" in manifest["tensorrt"]["reason"]
+
+
+def test_plan_script_profile_and_options():
+    script = render_plan_script(PlanOptions(opt_batch=4, max_batch=16, fp16=True, workspace_mb=2048))
+    assert "--minShapes=image:1x3x224x224 --optShapes=image:4x3x224x224 --maxShapes=image:16x3x224x224" in script
+    assert "--fp16" in script and "--memPoolSize=workspace:2048M" in script
+    assert "--fp16" not in render_plan_script(PlanOptions())
+    with pytest.raises(KitError, match="below max_batch_size"):
+        build(BuildOptions(config=ConfigOptions(max_batch_size=16), plan=PlanOptions(4, 8)))
+
+
+def test_template_options_render_valid_configs():
+    cfg = ConfigOptions(version_policy=VersionPolicy.parse("specific:1,3"), batching=Batching(False))
+    for spec in MODELS:
+        config = text_format.Parse(render_config(spec, cfg), model_config_pb2.ModelConfig())
+        assert list(config.version_policy.specific.versions) == [1, 3]
+        assert not config.HasField("dynamic_batching")
+    assert text_format.Parse(render_config(PT, ConfigOptions(version_policy=VersionPolicy.parse("all"))),
+                             model_config_pb2.ModelConfig()).version_policy.HasField("all")
+    with pytest.raises(KitError, match="bad version policy"):
+        VersionPolicy.parse("newest")
+    with pytest.raises(KitError, match="preferred batch sizes"):
+        render_config(PT, ConfigOptions(batching=Batching(True, (4, 16))))
+
+
+def _copy(built_repo, tmp_path, arch="small", target="local"):
+    dst = tmp_path / "copy"
+    shutil.copytree(built_repo(arch, target), dst)
+    return dst
+
+
+def test_check_cli_ok_and_problems(built_repo, tmp_path):
+    proc = run_cli("build_repo.py", "--check", built_repo("small", "ngc"))
+    assert proc.returncode == 0 and "OK" in proc.stdout
+    assert "model.plan: not built yet" in proc.stderr
+    repo = _copy(built_repo, tmp_path)
+    cfg = repo / PT.name / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "\nnot_a_field: 3\n")
+    (repo / ONNX.name / "labels.txt").write_text("one\n")
+    proc = run_cli("build_repo.py", "--check", repo)
+    assert proc.returncode == 1
+    assert "not_a_field" in proc.stderr and "1 labels, output has 5" in proc.stderr
+    assert "sha256 differs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("artifact_tampered", "sha256 differs"),
+    ("artifact_missing", "model.pt: missing"),
+    ("no_version_dir", "no numeric version directory"),
+    ("wrong_tensor_name", "the kit's contract is"),
+    ("onnx_wrong_output", "graph outputs are"),
+    ("torchscript_wrong_classes", "output shape (8, 3)"),
+    ("model_py_missing", "model.py: missing"),
+    ("manifest_missing", "has no manifest.json"),
+    ("bad_enum", "KIND_TPU"),
+])
+def test_check_finds_each_problem(built_repo, tmp_path, damage, fragment):
+    repo = _copy(built_repo, tmp_path)
+    pt_dir, onnx_dir = repo / PT.name, repo / ONNX.name
+    if damage == "artifact_tampered":
+        with open(pt_dir / "1" / "model.pt", "ab") as f:
+            f.write(b"\0")
+    elif damage == "artifact_missing":
+        (pt_dir / "1" / "model.pt").unlink()
+    elif damage == "no_version_dir":
+        shutil.rmtree(onnx_dir / "1")
+    elif damage == "wrong_tensor_name":
+        cfg = pt_dir / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace('"INPUT__0"', '"input"'))
+    elif damage == "onnx_wrong_output":
+        model = onnx.load(str(onnx_dir / "1" / "model.onnx"))
+        model.graph.output[0].name = "logits"
+        model.graph.node[-1].output[0] = "logits"
+        onnx.save(model, str(onnx_dir / "1" / "model.onnx"))
+    elif damage == "torchscript_wrong_classes":
+        torch.jit.save(torch.jit.trace(build_model("small", 3, seed=0), torch.zeros(1, 3, 224, 224)),
+                       str(pt_dir / "1" / "model.pt"))
+    elif damage == "model_py_missing":
+        (onnx_dir / "1" / "model.py").unlink()
+    elif damage == "manifest_missing":
+        (repo / "manifest.json").unlink()
+    elif damage == "bad_enum":
+        cfg = pt_dir / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace("KIND_CPU", "KIND_TPU"))
+    report = check_repository(repo)
+    assert not report.ok
+    assert any(fragment in p for p in report.problems), report.problems
+
+
+def test_cli_help_explains():
+    proc = run_cli("build_repo.py", "--help")
+    assert proc.returncode == 0
+    for flag in ("--weights", "--labels", "--target", "--trt", "--opt-batch", "--fp16", "--check", "--version-policy",
+                 "--instance-kind", "--queue-delay-us", "--preferred-batch-sizes"):
+        assert flag in proc.stdout

@@ -1,0 +1,55 @@
+"""The --target local repository loads in the real tritonserver (nvidia-pytriton's) and serves what the files give."""
+
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import tritonclient.http as httpclient
+
+from mnv3kit.errors import KitError
+from mnv3kit.parity import allowed_difference, parity_batch
+from mnv3kit.server import LocalTriton, Ports
+from mnv3kit.spec import LOCAL_MODELS, ONNX, PT
+
+
+def in_process(repo, x):
+    """What model.pt (TorchScript) and model.onnx (ONNX Runtime) give in this process for batch x."""
+    scripted = torch.jit.load(str(repo / PT.name / "1" / PT.artifact))
+    session = ort.InferenceSession(str(repo / ONNX.name / "1" / ONNX.artifact), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        return {PT.name: scripted(torch.from_numpy(x)).numpy(),
+                ONNX.name: session.run(None, {ONNX.input_name: x})[0]}
+
+
+@pytest.mark.parametrize("arch", ["small", "large"])
+def test_local_repository_serves_in_process_logits(built_repo, photos, arch):
+    repo = built_repo(arch, "local")
+    x = parity_batch(photos, 8)
+    with LocalTriton(repo, Ports.free()) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert client.is_server_ready()
+        for batch in (1, 8):  # compared at the same batch size: CPU kernels differ in rounding across sizes
+            expected = in_process(repo, x[:batch])
+            for spec in LOCAL_MODELS:
+                assert client.is_model_ready(spec.name)
+                inp = httpclient.InferInput(spec.input_name, [batch, 3, 224, 224], "FP32")
+                inp.set_data_from_numpy(x[:batch], binary_data=True)
+                served = client.infer(spec.name, [inp]).as_numpy(spec.output_name)
+                # 1e-4 x max(1, max|logit|): thread count alone moves FP32 logits of ~30 by ~1e-4
+                np.testing.assert_allclose(served, expected[spec.name], rtol=0,
+                                           atol=allowed_difference(expected[spec.name]))
+    assert server.proc.poll() is not None  # stopped
+
+
+def test_broken_repository_reports_server_errors(built_repo, tmp_path):
+    repo = tmp_path / "broken"
+    shutil.copytree(built_repo("small", "local"), repo)
+    (repo / PT.name / "1" / PT.artifact).write_bytes(b"not torchscript")
+    server = LocalTriton(repo, Ports.free())
+    with pytest.raises(KitError) as err:
+        server.start()
+    server.close()
+    assert "tritonserver exited" in str(err.value)
+    assert PT.name in str(err.value)
