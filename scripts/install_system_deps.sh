@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# System packages the kit needs besides PyPI: libb64 for perf_analyzer (tritonclient 2.51.0).
+# System packages the kit needs besides PyPI: libb64 for perf_analyzer (tritonclient 2.51.0), and Debian's
+# docker-compose (v1.29), whose parser the tests use to validate docker-compose.yml.
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 dpkg -s libb64-0d >/dev/null 2>&1 || missing+=(libb64-0d)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing system packages: ${missing[*]}"

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Classify images with a MobileNetV3 model served by Triton (HTTP or gRPC).
+
+  python client/classify.py photo.jpg more/ -m mobilenetv3_pt -i grpc -k 3 -b 8
+
+Images are preprocessed exactly as in training (EXIF orientation, any mode -> RGB, Resize 256, CenterCrop 224,
+normalize) and sent as binary FP32 tensors. Labels and logits come from Triton's classification extension;
+probabilities are the softmax over all classes. Folders are searched recursively for images. An image that cannot be
+read is reported and skipped; the others are still classified.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the checkout
+
+from mnv3kit.client import DEFAULT_URLS, EXIT_CODES, PROTOCOLS, Classified, TritonClassifier, classify, expand_inputs  # noqa: E402
+from mnv3kit.errors import KitError, cli_errors  # noqa: E402
+from mnv3kit.spec import PT  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    codes = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1]
+                                + "\nexit codes:\n" + codes, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("-m", "--model", default=PT.name, help=f"model name on the server (default {PT.name})")
+    p.add_argument("-u", "--url", help=f"server HOST:PORT (default {DEFAULT_URLS['http']} for http, "
+                   f"{DEFAULT_URLS['grpc']} for grpc)")
+    p.add_argument("-i", "--protocol", choices=PROTOCOLS, default="http", help="default http")
+    p.add_argument("-k", "--topk", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("-b", "--batch-size", type=int, default=1,
+                   help="images per request, at most the model's max_batch_size (default 1)")
+    p.add_argument("--async", dest="use_async", action="store_true",
+                   help="send all requests at once and collect the answers as they come")
+    p.add_argument("--json", action="store_true", help="one JSON record per image on stdout (errors included)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per network call (default 60)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with cli_errors("classify.py"):
+        if args.topk < 1:
+            raise KitError("--topk must be >= 1")
+        paths = expand_inputs(args.images)
+        if not paths:
+            raise KitError(f"no images found in {', '.join(args.images)}")
+        classifier = TritonClassifier(args.url, args.protocol, args.model, args.timeout,
+                                      concurrency=len(paths) if args.use_async else 1)
+        try:
+            records = classify(classifier, paths, args.batch_size, args.topk, args.use_async)
+        finally:
+            classifier.close()
+        failed = 0
+        for record in records:
+            if isinstance(record, Classified):
+                if args.json:
+                    print(json.dumps({"path": record.path, "model": args.model, "top": [
+                        {"label": label, "index": index, "prob": prob, "logit": logit}
+                        for label, index, prob, logit in record.top], "logits": record.logits}))
+                else:
+                    print(f"{record.path}: " + ", ".join(f"{label} {prob:.3f}" for label, _, prob, _ in record.top))
+            else:
+                failed += 1
+                print(f"classify.py: skipped {record.error}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"path": record.path, "error": record.error}))
+        if failed:
+            print(f"classify.py: {failed} of {len(records)} images could not be read", file=sys.stderr)
+        return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

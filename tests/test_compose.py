@@ -1,0 +1,91 @@
+"""docker-compose.yml, parsed by a real Compose implementation, agrees with what build_repo.py rendered."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from mnv3kit.spec import MODELS, ONNX, TRT
+from mnv3kit.validate import parse_config
+
+COMPOSE = shutil.which("docker-compose")
+pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose missing: `make venv` installs it "
+                                "(scripts/install_system_deps.sh)")
+
+
+def compose_config(repo, **env):
+    proc = subprocess.run([COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, "MODEL_REPOSITORY": str(repo), **env})
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)["services"]
+
+
+def flag(command, name):
+    return next(c.split("=", 1)[1] for c in command if c.startswith(f"--{name}="))
+
+
+def test_triton_service_matches_the_rendered_repository(built_repo):
+    repo = built_repo("small", "ngc")
+    services = compose_config(repo)
+    triton, build = services["triton"], services["trt-build"]
+    assert triton["image"] == build["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51.0
+    command = triton["command"]
+    assert command[0] == "tritonserver"
+    assert flag(command, "model-control-mode") == "none" and flag(command, "strict-readiness") == "true"
+    mount = flag(command, "model-repository")
+    assert f"{repo}:{mount}:ro" in triton["volumes"]
+    assert f"{repo}:{mount}:rw" in build["volumes"]
+    ports = {int(p.split(":")[-1].split("/")[0]): p for p in triton["ports"]}
+    for name in ("http", "grpc", "metrics"):
+        container_port = int(flag(command, f"{name}-port"))
+        assert ports[container_port].startswith("127.0.0.1:")  # not exposed beyond the host by default
+    health = " ".join(triton["healthcheck"]["test"])
+    assert f"localhost:{flag(command, 'http-port')}/v2/health/ready" in health
+    assert triton["depends_on"]["trt-build"]["condition"] == "service_completed_successfully"
+    assert triton["user"] and triton["user"] != "root"
+    assert triton["restart"] == "unless-stopped"
+    for service in (triton, build):
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    # every model the repository holds is a kit model, and the trt-build script exists where compose runs it
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(m.name for m in MODELS)
+    script_in_container = build["entrypoint"][-1]
+    assert script_in_container.startswith(mount + "/")
+    assert (repo / script_in_container[len(mount) + 1:]).is_file()
+
+
+def test_trtexec_shapes_agree_with_the_trt_config(built_repo):
+    repo = built_repo("small", "ngc")
+    config = parse_config(repo / TRT.name / "config.pbtxt")
+    script = (repo / TRT.name / "build_plan.sh").read_text()
+    shapes = dict(re.findall(r"--(min|opt|max)Shapes=(\S+)", script))
+    dims = "x".join(str(d) for d in config.input[0].dims)
+    name = config.input[0].name
+    assert shapes["min"] == f"{name}:1x{dims}"
+    assert shapes["max"] == f"{name}:{config.max_batch_size}x{dims}"
+    assert shapes["opt"] == f"{name}:4x{dims}"
+    assert f"../{ONNX.name}/1/{ONNX.artifact}" in script and (repo / ONNX.name / "1" / ONNX.artifact).is_file()
+
+
+def test_environment_overrides(built_repo):
+    services = compose_config(built_repo("small", "ngc"), TRITON_IMAGE_TAG="24.12", TRITON_BIND="0.0.0.0",
+                              TRITON_HTTP_PORT="9000")
+    assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:24.12-py3"
+    assert "0.0.0.0:9000:8000/tcp" in services["triton"]["ports"]
+
+
+def test_plan_script_guards_run_for_real(built_repo, tmp_path):
+    """The rendered script refuses clearly without trtexec or without the ONNX (what it can do without a GPU)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo("small", "ngc"), repo)
+    script = repo / TRT.name / "build_plan.sh"
+    proc = subprocess.run(["sh", str(script)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "TRTEXEC": str(tmp_path / "no-trtexec")})
+    assert proc.returncode == 2 and "trtexec not found" in proc.stderr
+    (repo / ONNX.name / "1" / ONNX.artifact).unlink()
+    proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2 and "model.onnx is missing" in proc.stderr

@@ -1,0 +1,175 @@
+"""End to end: serve.py / the embedded Triton + client/classify.py over HTTP and gRPC, against in-process TorchScript."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from images import BAD, GOOD, make_edge_cases
+from mnv3kit.parity import allowed_difference
+from mnv3kit.preprocess import preprocess_file
+from mnv3kit.server import LocalTriton, Ports, free_port
+from mnv3kit.spec import ONNX, PT
+
+WRONG = "mobilenetv3_wrongshape"  # a copy of the ONNX model whose config promises 299x299 inputs
+
+
+@pytest.fixture(scope="module")
+def edge(photos, tmp_path_factory):
+    return make_edge_cases(photos[1], tmp_path_factory.mktemp("client-edge"))
+
+
+@pytest.fixture(scope="module")
+def server(built_repo, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("serve") / "repo"
+    shutil.copytree(built_repo("small", "local"), repo)
+    shutil.copytree(repo / ONNX.name, repo / WRONG)
+    cfg = repo / WRONG / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(ONNX.name, WRONG).replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 299, 299 ]"))
+    with LocalTriton(repo, Ports.free()) as srv:
+        srv.repo_path = repo
+        yield srv
+
+
+def torchscript_logits(repo, paths):
+    module = torch.jit.load(str(repo / PT.name / "1" / PT.artifact))
+    with torch.no_grad():
+        return module(torch.from_numpy(np.stack([preprocess_file(p) for p in paths]))).numpy()
+
+
+def classify_json(*args):
+    proc = run_cli("client/classify.py", "--json", *args)
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    return proc, records
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("mode", [("-b", "1"), ("-b", "4"), ("-b", "8", "--async")], ids=["single", "batched", "async"])
+def test_served_logits_equal_torchscript(server, photos, edge, protocol, mode):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    good = list(photos) + [edge[name] for name in GOOD]
+    bad = [edge[name] for name in BAD]
+    inputs = [good[0], bad[0], *good[1:5], *bad[1:], *good[5:]]  # bad ones in between good ones
+    proc, records = classify_json(*inputs, "-u", url, "-i", protocol, "-k", "3", *mode)
+    assert proc.returncode == 1, proc.stderr  # some images unreadable, the rest classified
+    assert "Traceback" not in proc.stderr
+    assert [r["path"] for r in records] == [str(p) for p in inputs]
+    classified = {r["path"]: r for r in records if "error" not in r}
+    assert sorted(classified) == sorted(map(str, good))
+    for name, path in zip(bad, bad):
+        record = next(r for r in records if r["path"] == str(path))
+        assert BAD[path.stem if path.stem in BAD else "missing"] in record["error"]
+        assert f"skipped {path}" in proc.stderr
+    assert f"{len(bad)} of {len(inputs)} images could not be read" in proc.stderr
+    expected = torchscript_logits(server.repo_path, good)
+    served = np.array([classified[str(p)]["logits"] for p in good], np.float32)
+    # logits travel as text in the classification extension ("%f"): 6 decimals
+    np.testing.assert_allclose(served, expected, rtol=0, atol=allowed_difference(expected) + 1e-6)
+    for path, row in zip(good, expected):
+        top = classified[str(path)]["top"]
+        assert len(top) == 3 and top[0]["index"] == int(row.argmax())
+        assert top[0]["label"] == f"class_{top[0]['index']}"
+        assert abs(sum(np.exp(row - row.max()) / np.exp(row - row.max()).sum()) - 1) < 1e-6
+        assert top[0]["prob"] >= top[1]["prob"] >= top[2]["prob"] > 0
+
+
+def test_text_output_and_onnx_model(server, photos):
+    proc = run_cli("client/classify.py", *photos, "-u", server.http_url, "-m", ONNX.name, "-k", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(photos)
+    for line, path in zip(lines, photos):
+        assert re.fullmatch(rf"{re.escape(str(path))}: class_\d \d\.\d{{3}}, class_\d \d\.\d{{3}}", line), line
+
+
+def test_folder_input(server, photos):
+    proc, records = classify_json(photos[0].parent, "-u", server.grpc_url, "-i", "grpc")
+    assert proc.returncode == 0 and len(records) == len(photos)
+
+
+def test_server_unreachable(photos):
+    proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_port()}")
+    assert proc.returncode == 3
+    assert_one_line_error(proc, "unreachable")
+    proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_port()}", "-i", "grpc", "--timeout", "5")
+    assert proc.returncode == 3
+    assert_one_line_error(proc, "unreachable")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unknown_model_lists_ready_ones(server, photos, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    proc = run_cli("client/classify.py", photos[0], "-u", url, "-i", protocol, "-m", "resnet50")
+    assert proc.returncode == 4
+    assert_one_line_error(proc, "'resnet50' is not ready", PT.name, ONNX.name)
+
+
+def test_contract_mismatch(server, photos):
+    proc = run_cli("client/classify.py", photos[0], "-u", server.http_url, "-m", WRONG)
+    assert proc.returncode == 5
+    assert_one_line_error(proc, "[3, 299, 299]", "[3, 224, 224]")
+
+
+def test_batch_size_above_max(server, photos):
+    proc = run_cli("client/classify.py", photos[0], "-u", server.http_url, "-b", "9")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "max_batch_size (8)")
+
+
+def test_large_arch_grpc_batched(built_repo, photos):
+    repo = built_repo("large", "local")
+    with LocalTriton(repo, Ports.free()) as srv:
+        proc, records = classify_json(*photos, "-u", srv.grpc_url, "-i", "grpc", "-b", "2")
+    assert proc.returncode == 0, proc.stderr
+    expected = torchscript_logits(repo, photos)
+    np.testing.assert_allclose(np.array([r["logits"] for r in records]), expected, rtol=0,
+                               atol=allowed_difference(expected) + 1e-6)
+
+
+def _tritonservers_for(repo):
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "tritonserver" in line and f"--model-repository={repo}" in line]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_py_starts_serves_and_stops_cleanly(built_repo, photos, sig):
+    repo = built_repo("small", "local")
+    ports = Ports.free()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--repo", repo, "--http-port", str(ports.http),
+                             "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        first = proc.stdout.readline()
+        assert "ready" in first and PT.name in first and ONNX.name in first, first + proc.stderr.read()
+        assert run_cli("client/classify.py", photos[0], "-u", f"localhost:{ports.http}").returncode == 0
+        assert _tritonservers_for(repo.resolve())
+    finally:
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0
+    deadline = time.time() + 10
+    while _tritonservers_for(repo.resolve()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _tritonservers_for(repo.resolve())  # no orphans
+
+
+def test_serve_py_refuses_ngc_repo_and_reports_load_errors(built_repo, tmp_path):
+    proc = run_cli("serve.py", "--repo", built_repo("small", "ngc"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "--target local")
+    broken = tmp_path / "broken"
+    shutil.copytree(built_repo("small", "local"), broken)
+    (broken / ONNX.name / "1" / ONNX.artifact).write_bytes(b"garbage")
+    ports = Ports.free()
+    proc = run_cli("serve.py", "--repo", broken, "--http-port", ports.http, "--grpc-port", ports.grpc,
+                   "--metrics-port", ports.metrics)
+    assert proc.returncode == 2 and "Traceback (most recent call last)" not in proc.stderr.split("error:")[0]
+    assert "tritonserver exited" in proc.stderr and ONNX.name in proc.stderr
