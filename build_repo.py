@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--target", choices=TARGETS, default="ngc",
                    help="ngc: NVIDIA's Triton image, native backends (default); local: the embedded Triton "
                         "(python-backend models with the same names and tensors)")
+    g.add_argument("--models", type=lambda s: tuple(x for x in s.split(",") if x), default=None,
+                   help="comma-separated subset of pt,onnx,trt (default: all the target offers; local: pt,onnx). "
+                        "E.g. --target local --models onnx for a server without torch")
     g.add_argument("--max-batch-size", type=int, default=8, help="config max_batch_size (default 8, as the seed)")
     g.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto",
                    help="auto: KIND_GPU for ngc, KIND_CPU for local")
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
                 batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us))
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
-                                parity_tolerance=args.parity_tolerance,
+                                parity_tolerance=args.parity_tolerance, models=args.models,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
             build(opts)
             repo = args.output

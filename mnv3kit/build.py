@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -19,7 +19,7 @@ from .parity import TOLERANCE, check_parity, format_table, parity_batch, rows_as
 from .preprocess import is_image_file
 from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import LABELS_FILE, LOCAL_MODELS, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT
+from .spec import LABELS_FILE, LOCAL_MODELS, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, ModelSpec
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
@@ -39,6 +39,7 @@ class BuildOptions:
     trt: str = "auto"
     parity_images: Optional[Path] = None
     parity_tolerance: float = TOLERANCE
+    models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
 
 
 def log(message: str) -> None:
@@ -98,7 +99,7 @@ def build(opts: BuildOptions) -> Path:
     check_plan_options(opts.plan, cfg.max_batch_size if cfg.target == "ngc" and opts.trt != "skip" else None)
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
-    models = LOCAL_MODELS if cfg.target == "local" else MODELS
+    models = select_models(cfg.target, opts.models)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
                             "render configs", "validate", "swap in"], 1))
     bar = tqdm(total=8, unit="step", file=sys.stderr, dynamic_ncols=True, disable=None,  # None: off unless a TTY
@@ -120,7 +121,7 @@ def build(opts: BuildOptions) -> Path:
                 "MEANINGLESS. Use this only to try the serving path; pass --weights to deploy a real model.")
         cfg = ConfigOptions(**{**cfg.__dict__, "num_classes": model.num_classes})
         version = str(cfg.version)
-        for spec in models:
+        for spec in {PT, ONNX, *models}:  # both exports always run: the parity gate needs them
             (staging / spec.name / version).mkdir(parents=True)
             (staging / spec.name / LABELS_FILE).write_text("\n".join(labels) + "\n")
         pt_path = staging / PT.name / version / PT.artifact
@@ -136,6 +137,8 @@ def build(opts: BuildOptions) -> Path:
         rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}))
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
+        for spec in {PT, ONNX} - set(models):
+            shutil.rmtree(staging / spec.name)
 
         step()
         if cfg.target == "ngc":
@@ -175,6 +178,19 @@ def build(opts: BuildOptions) -> Path:
         bar.set_description("done")
     log(f"wrote {opts.output} ({', '.join(spec.name for spec in models)}) in {time.time() - started:.1f}s")
     return Path(opts.output)
+
+
+def select_models(target: str, keys: Optional[Sequence[str]]) -> List[ModelSpec]:
+    available = LOCAL_MODELS if target == "local" else MODELS
+    if keys is None:
+        return list(available)
+    known = {spec.key: spec for spec in available}
+    unknown = [k for k in keys if k not in known]
+    if unknown or not keys:
+        raise KitError(f"--models {','.join(keys)}: the {target} target offers {', '.join(known)}")
+    if TRT.key in keys and ONNX.key not in keys:
+        raise KitError(f"--models: {TRT.name} is built from {ONNX.name}'s model.onnx, so include onnx too")
+    return [spec for spec in available if spec.key in keys]
 
 
 def _random_init_classes(opts: BuildOptions) -> int:
