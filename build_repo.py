@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(python-backend models with the same names and tensors)")
     g.add_argument("--models", type=lambda s: tuple(x for x in s.split(",") if x), default=None,
                    help="comma-separated subset of pt,onnx,trt (default: all the target offers; local: pt,onnx). "
-                        "E.g. --target local --models onnx for a server without torch")
+                        "E.g. --target local --models onnx for a server without torch. Local also offers u8: "
+                        "mobilenetv3_u8, the TorchScript model behind a UINT8 pixel input normalized on the device")
     g.add_argument("--max-batch-size", type=int, default=8, help="config max_batch_size (default 8, as the seed)")
     g.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto",
                    help="auto: KIND_GPU for ngc, KIND_CPU for local")
@@ -53,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--queue-delay-us", type=int, default=100, help="max_queue_delay_microseconds (default 100)")
     g.add_argument("--version-policy", default="latest:1", help="latest[:N], all, or specific:1,2 (default latest:1)")
     g.add_argument("--model-version", type=int, default=1, help="version directory to write (default 1)")
+    g = p.add_argument_group("local target on GPU (KIND_GPU instances of the torch models)")
+    g.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="compute precision (default fp32)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format inside the model")
+    g.add_argument("--cuda-graph-batches", type=lambda s: tuple(int(x) for x in s.split(",") if x), default=(),
+                   help="capture a CUDA graph per batch size, e.g. 1,2,4,8,16,32,64; a batch runs padded to the "
+                        "next size (default: none, eager)")
     g = p.add_argument_group("TensorRT")
     g.add_argument("--trt", choices=TRT_MODES, default="auto",
                    help="auto: build the plan if the TensorRT Python package or trtexec exists, else skip with "
@@ -74,7 +81,7 @@ def main(argv=None) -> int:
     with cli_errors("build_repo.py"):
         from mnv3kit.build import BuildOptions, build
         from mnv3kit.errors import KitError
-        from mnv3kit.render import Batching, ConfigOptions, Instances, PlanOptions, VersionPolicy
+        from mnv3kit.render import Batching, ConfigOptions, GpuOptions, Instances, PlanOptions, VersionPolicy
         from mnv3kit.validate import check_repository
 
         if args.check is None:
@@ -90,7 +97,8 @@ def main(argv=None) -> int:
                 target=args.target, max_batch_size=args.max_batch_size, version=args.model_version,
                 version_policy=VersionPolicy.parse(args.version_policy),
                 instances=Instances(kind, args.instance_count, args.gpus),
-                batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us))
+                batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us),
+                gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches))
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models,

@@ -4,7 +4,8 @@
   python client/classify.py photo.jpg more/ -m mobilenetv3_pt -i grpc -k 3 -b 8
 
 Images are preprocessed exactly as in training (EXIF orientation, any mode -> RGB, Resize 256, CenterCrop 224,
-normalize) and sent as binary FP32 tensors. Labels and logits come from Triton's classification extension;
+normalize) and sent as binary FP32 tensors (UINT8 pixels to a model with a UINT8 input, which normalizes them
+itself). Labels and logits come from Triton's classification extension;
 probabilities are the softmax over all classes. Folders are searched recursively for images. An image that cannot be
 read is reported and skipped; the others are still classified.
 """

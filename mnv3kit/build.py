@@ -19,7 +19,7 @@ from .parity import TOLERANCE, check_parity, format_table, parity_batch, rows_as
 from .preprocess import is_image_file
 from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import LABELS_FILE, LOCAL_MODELS, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, ModelSpec
+from .spec import LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, U8, ModelSpec
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
@@ -137,6 +137,8 @@ def build(opts: BuildOptions) -> Path:
         rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}))
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
+        if U8 in models:  # the same TorchScript behind the UINT8 contract
+            shutil.copyfile(pt_path, staging / U8.name / version / U8.artifact)
         for spec in {PT, ONNX} - set(models):
             shutil.rmtree(staging / spec.name)
 
@@ -181,9 +183,9 @@ def build(opts: BuildOptions) -> Path:
 
 
 def select_models(target: str, keys: Optional[Sequence[str]]) -> List[ModelSpec]:
-    available = LOCAL_MODELS if target == "local" else MODELS
     if keys is None:
-        return list(available)
+        return list(LOCAL_MODELS if target == "local" else MODELS)
+    available = (*LOCAL_MODELS, *LOCAL_OPTIONAL) if target == "local" else MODELS
     known = {spec.key: spec for spec in available}
     unknown = [k for k in keys if k not in known]
     if unknown or not keys:

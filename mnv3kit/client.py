@@ -13,6 +13,7 @@ from .spec import INPUT_DIMS
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+INPUT_TYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8"}  # normalized floats, or pixels the model normalizes
 
 
 class ServerUnreachable(KitError):
@@ -133,17 +134,19 @@ class TritonClassifier:
                                    f"the kit's classifiers have one of each")
         inp, out = inputs[0], outputs[0]
         dims = tuple(int(d) for d in inp.get("dims", []))
-        if inp.get("data_type") != "TYPE_FP32" or dims != INPUT_DIMS:
+        if inp.get("data_type") not in INPUT_TYPES or dims != INPUT_DIMS:
             raise ContractMismatch(f"model {self.model!r} expects {inp.get('name')} {inp.get('data_type')} "
-                                   f"{list(dims)}; this client sends FP32 {list(INPUT_DIMS)} images")
+                                   f"{list(dims)}; this client sends FP32 or UINT8 {list(INPUT_DIMS)} images")
         self.input_name, self.output_name = inp["name"], out["name"]
+        self.datatype = INPUT_TYPES[inp["data_type"]]
+        self.pixels = self.datatype == "UINT8"  # raw pixels, the model normalizes
         self.num_classes = int(out["dims"][-1])
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.has_labels = bool(out.get("label_filename"))
 
     # -- inference -------------------------------------------------------------------------------------------------
     def _request(self, batch: np.ndarray):
-        inp = self.module.InferInput(self.input_name, list(batch.shape), "FP32")
+        inp = self.module.InferInput(self.input_name, list(batch.shape), self.datatype)
         extra = {"binary_data": True} if self.protocol == "http" else {}
         inp.set_data_from_numpy(batch, **extra)
         # class_count = every class: the server returns each logit with its label, softmax needs them all
@@ -218,7 +221,7 @@ def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: in
     good: List[Tuple[int, np.ndarray]] = []
     for slot, path in enumerate(paths):
         try:
-            good.append((slot, preprocess_file(path)))
+            good.append((slot, preprocess_file(path, pixels=classifier.pixels)))
         except ImageError as exc:
             records[slot] = Unreadable(str(path), str(exc))
     chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]

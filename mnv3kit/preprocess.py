@@ -84,15 +84,23 @@ def center_crop(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def normalize(pixels: np.ndarray) -> np.ndarray:
+    """ToTensor + Normalize of uint8 CHW pixels: float32 CHW."""
+    return (pixels.astype(np.float32) / 255.0 - _MEAN) / _STD
+
+
 def to_chw(img: Image.Image) -> np.ndarray:
-    """ToTensor + Normalize: float32 CHW."""
-    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    return (arr - _MEAN) / _STD
+    return normalize(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def eval_pixels(img: Image.Image) -> np.ndarray:
+    """Resize(256) + CenterCrop(224) as uint8 CHW: what a UINT8 model input carries (normalized on the server)."""
+    return np.ascontiguousarray(np.asarray(center_crop(resize_shorter(img)), dtype=np.uint8).transpose(2, 0, 1))
 
 
 def eval_transform(img: Image.Image) -> np.ndarray:
     """The seed's val transform: Resize(256), CenterCrop(224), ToTensor, Normalize."""
-    return to_chw(center_crop(resize_shorter(img)))
+    return normalize(eval_pixels(img))
 
 
 def random_resized_crop(img: Image.Image, rng: random.Random, size: int = IMAGE_SIZE,
@@ -130,8 +138,10 @@ def train_transform(img: Image.Image, rng: Optional[random.Random] = None) -> np
     return to_chw(img)
 
 
-def preprocess_file(path: Union[str, Path]) -> np.ndarray:
-    return eval_transform(load_image(path))
+def preprocess_file(path: Union[str, Path], pixels: bool = False) -> np.ndarray:
+    """The eval transform of one file: normalized float32 CHW, or uint8 CHW pixels with ``pixels``."""
+    img = load_image(path)
+    return eval_pixels(img) if pixels else eval_transform(img)
 
 
 def is_image_file(path: Path) -> bool:

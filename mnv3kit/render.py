@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import jinja2
 
 from .errors import KitError
-from .spec import DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, ONNX, PLAN_INFO_FILE, TRT, ModelSpec
+from .spec import DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, PLAN_INFO_FILE, STD, TRT, ModelSpec
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 TARGETS = ("ngc", "local")
@@ -51,6 +51,15 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class GpuOptions:
+    """How the local target's torch models run on KIND_GPU instances (ignored on CPU)."""
+
+    precision: str = "fp32"  # fp32 | fp16 (computed in half, logits returned as FP32)
+    channels_last: bool = False
+    cuda_graph_batches: Tuple[int, ...] = ()  # capture one CUDA graph per size; a batch runs padded to the next
+
+
+@dataclass(frozen=True)
 class ConfigOptions:
     """Everything a config depends on besides the model itself; build_repo.py's flags fill it."""
 
@@ -61,6 +70,7 @@ class ConfigOptions:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     instances: Instances = field(default_factory=Instances)
     batching: Batching = field(default_factory=Batching)
+    gpu: GpuOptions = field(default_factory=GpuOptions)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ def template_name(model: ModelSpec, target: str) -> str:
 def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     if opts.target not in TARGETS:
         raise KitError(f"unknown target {opts.target!r}: choose one of {', '.join(TARGETS)}")
+    if opts.gpu.precision not in ("fp32", "fp16"):
+        raise KitError(f"precision must be fp32 or fp16, got {opts.gpu.precision!r}")
+    if opts.target != "local" and model.input_dtype != "TYPE_FP32":
+        raise KitError(f"{model.name} exists for --target local only")
     bad = [b for b in opts.batching.preferred if not 1 <= b <= opts.max_batch_size]
     if opts.batching.enabled and bad:
         raise KitError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
@@ -96,6 +110,7 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
         template=name, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy,
         instance=opts.instances, batching=opts.batching, runtime=LOCAL_RUNTIME.get(model.artifact, ""),
+        gpu=opts.gpu, mean=MEAN, std=STD,
     )
 
 

@@ -25,13 +25,18 @@ class ModelSpec:
     input_name: str
     output_name: str
     artifact: str
+    input_dtype: str = "TYPE_FP32"  # normalized CHW floats; UINT8: raw CHW pixels, normalized inside the model
 
 
 PT = ModelSpec("pt", "mobilenetv3_pt", "pytorch_libtorch", "INPUT__0", "OUTPUT__0", "model.pt")
 ONNX = ModelSpec("onnx", "mobilenetv3_onnx", "onnxruntime_onnx", "image", "outputs", "model.onnx")
 TRT = ModelSpec("trt", "mobilenetv3_trt", "tensorrt_plan", "image", "outputs", "model.plan")
+# The smaller input contract (4x fewer bytes per image): the TorchScript model behind a UINT8 input, normalized on
+# the serving device. Local target only, on request (--models pt,onnx,u8).
+U8 = ModelSpec("u8", "mobilenetv3_u8", "pytorch_libtorch", "PIXELS", "OUTPUT__0", "model.pt", "TYPE_UINT8")
 MODELS = (PT, ONNX, TRT)
-MODELS_BY_NAME = {m.name: m for m in MODELS}
+MODELS_BY_NAME = {m.name: m for m in (*MODELS, U8)}
 
 # What the embedded (python-backend) Triton can run: no TensorRT there.
 LOCAL_MODELS = (PT, ONNX)
+LOCAL_OPTIONAL = (U8,)

@@ -135,9 +135,8 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
     if (inp.name, out.name) != (spec.input_name, spec.output_name):
         report.problems.append(f"{where}: tensors {inp.name!r}->{out.name!r}, "
                                f"the kit's contract is {spec.input_name!r}->{spec.output_name!r}")
-    fp32 = model_config_pb2.TYPE_FP32
-    if inp.data_type != fp32 or out.data_type != fp32:
-        report.problems.append(f"{where}: input and output must be TYPE_FP32")
+    if inp.data_type != model_config_pb2.DataType.Value(spec.input_dtype) or out.data_type != model_config_pb2.TYPE_FP32:
+        report.problems.append(f"{where}: input must be {spec.input_dtype} and output TYPE_FP32")
     if tuple(inp.dims) != INPUT_DIMS:
         report.problems.append(f"{where}: input dims {list(inp.dims)}, expected {list(INPUT_DIMS)}")
     if len(out.dims) != 1 or out.dims[0] < 1:

@@ -233,3 +233,21 @@ def test_cli_help_explains():
     for flag in ("--weights", "--labels", "--target", "--trt", "--opt-batch", "--fp16", "--check", "--version-policy",
                  "--instance-kind", "--queue-delay-us", "--preferred-batch-sizes"):
         assert flag in proc.stdout
+
+
+def test_gpu_options_render_into_local_configs():
+    from mnv3kit.render import GpuOptions
+    from mnv3kit.spec import U8
+
+    cfg = ConfigOptions(target="local", max_batch_size=64, gpu=GpuOptions("fp16", True, (1, 8, 64)))
+    for spec in (PT, U8):
+        config = text_format.Parse(render_config(spec, cfg), model_config_pb2.ModelConfig())
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        assert params["precision"] == "fp16" and params["channels_last"] == "true"
+        assert params["cuda_graph_batches"] == "1,8,64"
+    assert text_format.Parse(render_config(U8, cfg), model_config_pb2.ModelConfig()).input[0].data_type == \
+        model_config_pb2.TYPE_UINT8
+    with pytest.raises(KitError, match="local only"):
+        render_config(U8, ConfigOptions())
+    with pytest.raises(KitError, match="offers pt, onnx, trt"):
+        build(BuildOptions(models=("u8",)))

@@ -173,3 +173,19 @@ def test_serve_py_refuses_ngc_repo_and_reports_load_errors(built_repo, tmp_path)
                    "--metrics-port", ports.metrics)
     assert proc.returncode == 2 and "Traceback (most recent call last)" not in proc.stderr.split("error:")[0]
     assert "tritonserver exited" in proc.stderr and ONNX.name in proc.stderr
+
+
+def test_uint8_model_normalizes_on_the_server(tmp_path, photos):
+    """mobilenetv3_u8 takes raw pixels (4x fewer bytes) and gives the FP32 model's logits; channels_last too."""
+    repo = tmp_path / "repo"
+    proc = run_cli("build_repo.py", "--target", "local", "--arch", "small", "--models", "pt,u8", "--channels-last",
+                   "-o", repo)
+    assert proc.returncode == 0, proc.stderr
+    config = (repo / "mobilenetv3_u8" / "config.pbtxt").read_text()
+    assert "TYPE_UINT8" in config and '"0.485,0.456,0.406"' in config
+    with LocalTriton(repo, Ports.free()) as srv:
+        proc, records = classify_json(*photos, "-u", srv.grpc_url, "-i", "grpc", "-m", "mobilenetv3_u8", "-b", "2")
+    assert proc.returncode == 0, proc.stderr
+    expected = torchscript_logits(repo, photos)
+    np.testing.assert_allclose(np.array([r["logits"] for r in records]), expected, rtol=0,
+                               atol=allowed_difference(expected) + 1e-6)
