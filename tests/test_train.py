@@ -1,0 +1,341 @@
+"""train.py: learns on real photographs, its weights deploy with build_repo.py and serve; resume; one-line errors."""
+
+import json
+import random
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+from PIL import Image
+from torch import nn
+
+from conftest import assert_one_line_error, run_cli
+from mnv3kit.model import MobileNetV3, build_model
+from mnv3kit.parity import allowed_difference, parity_batch
+from mnv3kit.preprocess import eval_transform, load_image
+from mnv3kit.server import LocalTriton, Ports
+from mnv3kit.spec import LOCAL_MODELS
+from mnv3kit.weights import load_model
+from train import main as train_main
+
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): train loss ([\d.]+) acc ([\d.]+) \| val loss ([\d.]+) acc ([\d.]+) \| "
+                        r"([\d.]+) images/s", re.M)
+CLASSES = ["flower", "flower_bgr", "temple"]
+
+
+def variants(photos):
+    """Three classes from scikit-learn's two photographs: the flower, it with red and blue swapped, the temple."""
+    china, flower = (Image.open(p).convert("RGB") for p in sorted(photos))
+    r, g, b = flower.split()
+    return {"flower": flower, "flower_bgr": Image.merge("RGB", (b, g, r)), "temple": china}
+
+
+def random_view(img, rng, size=64):
+    """A random square crop (40-90% of the shorter side), maybe mirrored, as a small image."""
+    w, h = img.size
+    side = int(min(w, h) * rng.uniform(0.4, 0.9))
+    left, top = rng.randint(0, w - side), rng.randint(0, h - side)
+    view = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return view.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else view
+
+
+def write_class_folders(root, sources, per_class, rng):
+    for name, src in sources.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            random_view(src, rng).save(root / name / f"{i:03d}.jpg", quality=90)
+
+
+def make_image_folder(root, photos, n_train, n_val, classes=CLASSES, seed=0):
+    """The seed's layout, root/{train,val}/CLASS/*.jpg, from different random views for train and val."""
+    sources = {k: v for k, v in variants(photos).items() if k in classes}
+    rng = random.Random(seed)
+    write_class_folders(root / "train", sources, n_train, rng)
+    write_class_folders(root / "val", sources, n_val, rng)
+    return root
+
+
+def truncated_copy(src, dest):
+    dest.write_bytes(src.read_bytes()[: src.stat().st_size // 3])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_subprocesses():
+    """The CLIs run with one intra-op thread: on a busy 2-core machine two OpenMP threads wait on each other
+    (seen: 37 s instead of 8 s for the same run); the numbers are bit-identical either way."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, photos):
+    return make_image_folder(tmp_path_factory.mktemp("train-data") / "flower_data", photos, n_train=24, n_val=8)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, photos):
+    """A 1000-class MobileNetV3-Small in torchvision's layout, standing in for ImageNet weights (not installable
+    here): seeded init with BatchNorm statistics estimated on real photographs, so its features are scaled as
+    trained ones are."""
+    torch.manual_seed(0)
+    model = MobileNetV3("small", 1000)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = None  # cumulative average over the one calibration batch
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(parity_batch(photos, 16)))
+    path = tmp_path_factory.mktemp("pretrained") / "mobilenet_v3_small.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data, pretrained):
+    out = tmp_path_factory.mktemp("trained") / "weights"
+    proc = run_cli("train.py", "--data", data, "--arch", "small", "--epochs", 3, "--pretrained", pretrained,
+                   "--batch-size", 8, "--lr", 1e-3, "--workers", 0, "-o", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, out
+
+
+def epochs(stdout):
+    return [dict(zip(("epoch", "of", "train_loss", "train_acc", "val_loss", "val_acc", "ips"), map(float, m)))
+            for m in EPOCH_LINE.findall(stdout)]
+
+
+def train_cli(capsys, *args):
+    """train.py's main() in this process (a subprocess's torch import is most of an error case's cost)."""
+    try:
+        code = train_main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def test_training_learns_transfer_style(trained, pretrained):
+    proc, out = trained
+    log = epochs(proc.stdout)
+    assert [e["epoch"] for e in log] == [1, 2, 3] and all(e["ips"] > 0 for e in log)
+    losses = [e["train_loss"] for e in log]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0], losses
+    assert log[-1]["val_loss"] < log[0]["val_loss"]
+    best = max(e["val_acc"] for e in log)
+    assert best >= 0.8, log  # chance is 1/3
+    assert "new 3-class classifier.3 (skipped classifier.3.bias (1000,), classifier.3.weight (1000, 1024))" \
+        in proc.stdout
+    assert "(features frozen)" in proc.stdout and "72 train, 24 val images" in proc.stdout
+    assert f"best val accuracy {best:.4f}" in proc.stdout
+
+    assert json.loads((out / "class_indices.json").read_text()) == {"0": "flower", "1": "flower_bgr", "2": "temple"}
+    weights = torch.load(out / "MobileNetV3_Small.pth", weights_only=True)
+    start = torch.load(pretrained, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())  # a plain state dict
+    assert weights["classifier.3.weight"].shape == (3, 1024)
+    # frozen features (and their BatchNorm statistics) are exactly what was loaded; the classifier moved
+    assert all(torch.equal(weights[k], start[k]) for k in start if k.startswith("features."))
+    assert not torch.equal(weights["classifier.0.weight"], start["classifier.0.weight"])
+    last = torch.load(out / "last_small.pth", weights_only=True)
+    assert last["epoch"] == 3 and last["best_acc"] == pytest.approx(best, abs=1e-4) and last["optimizer"]["state"]
+    assert last["config"]["classes"] == CLASSES and last["config"]["freeze_features"] is True
+
+
+def test_trained_weights_build_and_serve(trained, data, tmp_path):
+    """best weights -> build_repo.py --target local -> the real tritonserver gives the in-process logits, labels
+    and the validation accuracy training reported."""
+    proc, out = trained
+    repo = tmp_path / "model_repository"
+    built = run_cli("build_repo.py", "--arch", "small", "--weights", out / "MobileNetV3_Small.pth",
+                    "--labels", out / "class_indices.json", "--target", "local", "-o", repo)
+    assert built.returncode == 0, built.stderr
+    model, trained_weights = load_model("small", out / "MobileNetV3_Small.pth")
+    assert trained_weights and model.num_classes == 3
+    paths = sorted((data / "val").rglob("*.jpg"))
+    truth = np.array([CLASSES.index(p.parent.name) for p in paths])
+    x = np.stack([eval_transform(load_image(p)) for p in paths])
+    batches = [slice(i, i + 8) for i in range(0, len(x), 8)]  # max_batch_size 8
+    with torch.no_grad():  # in-process at the same batch sizes: CPU kernels round differently across sizes
+        expected = np.concatenate([model(torch.from_numpy(x[b])).numpy() for b in batches])
+    with LocalTriton(repo, Ports.free()) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        for spec in LOCAL_MODELS:
+            served, top_labels = [], []
+            for b in batches:
+                inp = httpclient.InferInput(spec.input_name, list(x[b].shape), "FP32")
+                inp.set_data_from_numpy(x[b], binary_data=True)
+                served.append(client.infer(spec.name, [inp]).as_numpy(spec.output_name))
+                top1 = httpclient.InferRequestedOutput(spec.output_name, class_count=1)
+                result = client.infer(spec.name, [inp], outputs=[top1]).as_numpy(spec.output_name)
+                top_labels += [row[0].decode().split(":")[2] for row in result]
+            served = np.concatenate(served)
+            np.testing.assert_allclose(served, expected, rtol=0, atol=allowed_difference(expected))
+            assert (served.argmax(1) == expected.argmax(1)).all()
+            assert top_labels == [CLASSES[i] for i in expected.argmax(1)]
+            served_acc = float((served.argmax(1) == truth).mean())
+            best = max(e["val_acc"] for e in epochs(proc.stdout))
+            assert served_acc == pytest.approx(best, abs=1e-4), (spec.name, served_acc, best)
+
+
+def test_resume_continues_exactly(tmp_path, photos):
+    """From scratch: 2 epochs straight == 1 epoch, then --resume to 2 (with another worker count)."""
+    data = make_image_folder(tmp_path / "data", photos, n_train=6, n_val=2, classes=["flower", "temple"])
+    common = ("--data", data, "--arch", "small", "--batch-size", 4, "--lr", 1e-3, "--seed", 5)
+    straight = run_cli("train.py", *common, "--epochs", 2, "--workers", 1, "-o", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    trainable, total = re.search(r"training ([\d,]+) of ([\d,]+) parameters", straight.stdout).groups()
+    assert trainable == total  # from scratch: nothing frozen
+    first = run_cli("train.py", *common, "--epochs", 1, "--workers", 0, "-o", tmp_path / "resumed")
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli("train.py", "--data", data, "--epochs", 2, "--workers", 0, "-o", tmp_path / "resumed",
+                      "--resume", tmp_path / "resumed" / "last_small.pth")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and [e["epoch"] for e in epochs(resumed.stdout)] == [2]
+    a = torch.load(tmp_path / "straight" / "last_small.pth", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last_small.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2 and a["config"] == b["config"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(v, b["optimizer"]["state"][i][k])
+               for i, state in a["optimizer"]["state"].items() for k, v in state.items())
+    without_speed = [[{k: v for k, v in h.items() if k != "images_per_s"} for h in run["history"]] for run in (a, b)]
+    assert without_speed[0] == without_speed[1] and len(without_speed[0]) == 2
+    assert (tmp_path / "resumed" / "MobileNetV3_Small.pth").is_file()
+
+
+def test_val_split_skips_unreadable_images(tmp_path, photos, pretrained):
+    root = tmp_path / "flower_photos"
+    sources = {k: v for k, v in variants(photos).items() if k in ("flower", "temple")}
+    write_class_folders(root, sources, 8, random.Random(1))
+    truncated_copy(root / "flower" / "000.jpg", root / "flower" / "truncated.jpg")
+    (root / "temple" / "notes.jpg").write_text("not an image\n")
+    (root / "temple" / "README.txt").write_text("ignored: not an image extension\n")
+    proc = run_cli("train.py", "--data", root, "--val-split", 0.25, "--arch", "small", "--epochs", 1,
+                   "--pretrained", pretrained, "--workers", 2, "-o", tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "skipping 2 unreadable image(s)" in proc.stderr
+    assert "truncated.jpg: corrupt or truncated" in proc.stderr and "notes.jpg: not an image" in proc.stderr
+    assert "2 classes (flower, temple); 12 train, 4 val images; 2 unreadable skipped" in proc.stdout
+    assert json.loads((tmp_path / "w" / "class_indices.json").read_text()) == {"0": "flower", "1": "temple"}
+    assert len(epochs(proc.stdout)) == 1
+
+
+def test_wrong_arch_pretrained_is_one_line(tmp_path, data):
+    """As a user sees it: exit 2, one `train.py: error:` line, no traceback, before any image is read."""
+    large = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(build_model("large", 1000).state_dict(), large)
+    proc = run_cli("train.py", "--data", data, "--arch", "small", "--pretrained", large, "-o", tmp_path / "w")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "train.py: error:", str(large), "does not fit MobileNetV3-small", "wrong --arch")
+    assert not (tmp_path / "w").exists()
+
+
+BROKEN = {  # case -> what the one error line must say
+    "missing_data": ("data folder", "does not exist"),
+    "not_split": ("needs train/ and val/ folders", "--val-split 0.2"),
+    "no_class_folders": ("has no class folders",),
+    "empty_class": ("class folder", "roses has no images",),
+    "val_classes_differ": ("must hold the same class folders", "missing in val/: temple"),
+    "class_all_unreadable": ("train/temple has no readable images (2 refused", "corrupt or truncated"),
+    "one_class": ("at least 2 classes",),
+    "bad_val_split": ("--val-split must be between 0 and 1",),
+    "val_split_of_split_layout": ("has a train/ folder",),
+    "missing_pretrained": ("--pretrained file", "does not exist"),
+    "garbage_pretrained": ("not a readable PyTorch checkpoint",),
+    "freeze_without_pretrained": ("--freeze-features needs --pretrained",),
+    "resume_weights_only": ("holds weights only", "--pretrained"),
+    "bad_batch_size": ("--batch-size must be >= 1",),
+    "no_such_device": ("--device",),
+}
+
+
+def broken_args(tmp_path, photos, case):
+    """Build the broken dataset or file of ``case``; the train.py arguments that meet it."""
+    data = make_image_folder(tmp_path / "data", photos, n_train=2, n_val=1)
+    train, val = data / "train", data / "val"
+    if case == "missing_data":
+        return ["--data", tmp_path / "nope"]
+    if case == "not_split":
+        return ["--data", train]  # class folders, but no --val-split
+    if case == "no_class_folders":
+        (tmp_path / "empty").mkdir()
+        return ["--data", tmp_path / "empty", "--val-split", 0.2]
+    if case == "empty_class":
+        (train / "roses").mkdir()
+        (val / "roses").mkdir()
+        (train / "roses" / "notes.txt").write_text("no images here\n")
+    elif case == "val_classes_differ":
+        for p in (val / "temple").iterdir():
+            p.unlink()
+        (val / "temple").rmdir()
+    elif case == "class_all_unreadable":
+        first, second = sorted((train / "temple").iterdir())
+        truncated_copy(first, first)
+        second.write_bytes(b"")
+    elif case == "one_class":
+        (tmp_path / "one" / "flower").mkdir(parents=True)
+        for p in (train / "flower").iterdir():
+            p.rename(tmp_path / "one" / "flower" / p.name)
+        return ["--data", tmp_path / "one", "--val-split", 0.5]
+    elif case == "bad_val_split":
+        return ["--data", train, "--val-split", 1.5]
+    elif case == "val_split_of_split_layout":
+        return ["--data", data, "--val-split", 0.2]
+    elif case == "missing_pretrained":
+        return ["--data", data, "--pretrained", tmp_path / "nope.pth"]
+    elif case == "garbage_pretrained":
+        (tmp_path / "x.pth").write_text("not a checkpoint")
+        return ["--data", data, "--pretrained", tmp_path / "x.pth"]
+    elif case == "freeze_without_pretrained":
+        return ["--data", data, "--freeze-features"]
+    elif case == "resume_weights_only":
+        torch.save(build_model("small", 3).state_dict(), tmp_path / "MobileNetV3_Small.pth")
+        return ["--data", data, "--resume", tmp_path / "MobileNetV3_Small.pth"]
+    elif case == "bad_batch_size":
+        return ["--data", data, "--batch-size", 0]
+    elif case == "no_such_device":
+        return ["--data", data, "--device", "tpu"]
+    return ["--data", data]
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_bad_input_is_one_line(tmp_path, photos, capsys, case):
+    args = broken_args(tmp_path, photos, case)
+    proc = train_cli(capsys, *args, "--arch", "small", "--epochs", 1, "--workers", 0, "-o", tmp_path / "w")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "train.py: error:", *BROKEN[case])
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (("--epochs", 3), "already finished epoch 3: pass --epochs above 3"),
+    (("--epochs", 4, "--seed", 7), "was trained with --seed 0, not --seed 7"),
+    (("--epochs", 4, "--arch", "large"), "was trained with --arch small, not --arch large"),
+    (("--epochs", 4, "--no-freeze-features"), "was trained with --freeze-features, not --no-freeze-features"),
+    (("--epochs", 4, "--val-split", 0.2), "was trained with no --val-split, not --val-split 0.2"),
+])
+def test_resume_refuses_a_different_run(trained, data, tmp_path, capsys, extra, fragment):
+    _, out = trained
+    proc = train_cli(capsys, "--data", data, "--resume", out / "last_small.pth", "--workers", 0,
+                     "-o", tmp_path / "w", *extra)
+    assert_one_line_error(proc, fragment)
+
+
+def test_resume_refuses_other_classes(trained, tmp_path, photos, capsys):
+    _, out = trained
+    other = make_image_folder(tmp_path / "other", photos, n_train=2, n_val=1, classes=["flower", "temple"])
+    proc = train_cli(capsys, "--data", other, "--resume", out / "last_small.pth", "--epochs", 4, "--workers", 0,
+                     "-o", tmp_path / "w")
+    assert_one_line_error(proc, "was trained on classes flower, flower_bgr, temple", "has flower, temple")
+
+
+def test_help_explains_layout_and_outputs():
+    proc = run_cli("train.py", "--help")
+    assert proc.returncode == 0
+    for text in ("--data", "--val-split", "--pretrained", "--freeze-features", "--no-freeze-features", "--resume",
+                 "--amp", "--workers", "--seed", "--lr", "--batch-size", "--epochs", "DATA/train/CLASS/*.jpg",
+                 "class_indices.json", "MobileNetV3_Small.pth", "last_small.pth", "build_repo.py"):
+        assert text in proc.stdout, text
