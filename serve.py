@@ -52,13 +52,7 @@ def main(argv=None) -> int:
                              log_path=args.log_file, verbose=args.log_verbose)
         try:
             server.start(timeout=args.timeout)
-            import tritonclient.http as httpclient
-
-            client = httpclient.InferenceServerClient(server.http_url)
-            models = sorted(m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY")
-            version = client.get_server_metadata().get("version", "?")
-            client.close()
-            print(f"Triton {version} ready: {', '.join(models)}")
+            print(f"Triton {server.version()} ready: {', '.join(server.ready_models())}")
             print(f"  HTTP    http://{server.http_url}   gRPC  {server.grpc_url}   "
                   f"metrics http://localhost:{server.ports.metrics}/metrics")
             print(f"  log     {server.log_path}")

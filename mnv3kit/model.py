@@ -17,16 +17,30 @@ BN_EPS = 0.001
 BN_MOMENTUM = 0.01
 
 
+def relu6_hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    """The seed's hard sigmoid from plain ops: exports to any ONNX opset and TensorRT version."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+def relu6_hardswish(x: torch.Tensor) -> torch.Tensor:
+    # (x * relu6(x + 3)) / 6 in this order is bit-identical to F.hardswish; the seed's x * HSigmoid(x) rounds
+    # differently (1 ulp on a quarter of inputs).
+    return x * F.relu6(x + 3.0) / 6.0
+
+
 class HSigmoid(nn.Module):
+    """The seed's replacement for F.hardsigmoid: plain ops in ONNX, torch's fused kernel everywhere else
+    (bit-identical results, tests/test_model.py; one kernel instead of three matters on a GPU)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(x + 3.0) / 6.0
+        return relu6_hardsigmoid(x) if torch.onnx.is_in_onnx_export() else F.hardsigmoid(x)
 
 
 class HSwish(nn.Module):
+    """The seed's replacement for nn.Hardswish, same split as HSigmoid."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (x * relu6(x + 3)) / 6 in this order is bit-identical to F.hardswish; the seed's x * HSigmoid(x)
-        # rounds differently (1 ulp on a quarter of inputs).
-        return x * F.relu6(x + 3.0) / 6.0
+        return relu6_hardswish(x) if torch.onnx.is_in_onnx_export() else F.hardswish(x)
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:

@@ -5,6 +5,8 @@ an environment in which the stub imports this virtualenv's torch/onnxruntime, wa
 stops the whole process group on exit.
 """
 
+import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -27,11 +29,11 @@ HOW_TO_INSTALL = "install the kit's requirements (make venv), which include nvid
 
 
 def pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError:
-        raise KitError(f"the embedded Triton needs the nvidia-pytriton wheel: {HOW_TO_INSTALL}") from None
-    root = Path(pytriton.__file__).parent
+    # find_spec locates the wheel without importing PyTriton itself (its Python API and dependencies are not used)
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise KitError(f"the embedded Triton needs the nvidia-pytriton wheel: {HOW_TO_INSTALL}")
+    root = Path(list(spec.submodule_search_locations)[0])
     if not (root / "tritonserver" / "bin" / "tritonserver").is_file():
         raise KitError(f"{root} has no bundled tritonserver: reinstall nvidia-pytriton==0.7.0")
     return root
@@ -152,6 +154,18 @@ class LocalTriton:
         errors = self.error_lines()
         self.stop()
         raise KitError(f"tritonserver was not ready after {timeout:.0f}s; last log lines:\n" + "\n".join(errors[-15:]))
+
+    def _get(self, path: str, body: Optional[bytes] = None) -> dict:
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"{}")
+
+    def ready_models(self) -> List[str]:
+        index = self._get("/v2/repository/index", body=b"{}")
+        return sorted(m["name"] for m in index if m.get("state") == "READY")
+
+    def version(self) -> str:
+        return self._get("/v2").get("version", "?")
 
     def log_text(self) -> str:
         try:

@@ -41,6 +41,11 @@ class TorchRunner:
         on_gpu = self.device.type == "cuda"
         self.dtype = torch.float16 if precision == "fp16" and on_gpu else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if on_gpu:
+            # cuDNN's autotuner suits CUDA graphs (fixed shapes per graph). The CPU side is one memcpy per batch:
+            # torch's default of one thread per core, in every instance's process, would only contend.
+            torch.backends.cudnn.benchmark = True
+            torch.set_num_threads(1)
         module = torch.jit.load(path, map_location=self.device).eval()
         module = module.to(dtype=self.dtype, memory_format=self.memory_format)
         if on_gpu:  # fold BatchNorm into the convolutions, drop training-only branches

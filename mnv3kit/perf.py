@@ -1,0 +1,455 @@
+"""Served performance: the Python half of perf/run_perf.sh (the seed's perf_client table, with perf_analyzer).
+
+run_perf.sh parses its flags, then
+  1. ``python -m mnv3kit.perf prepare``: finds perf_analyzer (and libcudart.so.12, which it loads even on CPU), checks
+     that it starts, asks the server (tritonclient) for its version, the ready models and their configs, plans one
+     point per model x batch size and writes OUT/run.json; prints shell assignments the script evaluates;
+  2. runs ``perf_analyzer -m MODEL -b BATCH ... -f OUT/csv/MODEL_bBATCH.csv --verbose-csv`` per point (bash);
+  3. ``python -m mnv3kit.perf report OUT``: reads those CSVs (csv module) into OUT/report.md, OUT/results.csv and
+     OUT/throughput_vs_p99.png. A point without a CSV is reported as failed with the last line of its log; the
+     points that were measured are kept. Rerun ``report`` on OUT after an interrupted run.
+
+perf_analyzer's CSV gives latencies in microseconds: Client Send, Network+Server Send/Recv, Server Queue, Server
+Compute Input/Infer/Output, Client Recv (averages per request) and p50/p90/p95/p99; --verbose-csv adds Avg latency.
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+
+from .errors import KitError, cli_errors
+from .spec import MODELS, MODELS_BY_NAME
+from .validate import ModelConfig
+
+PROTOCOLS = ("http", "grpc")
+DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+HOW_TO_INSTALL = ("install the kit's environment with `make venv`: tritonclient[all]==2.51.0 ships perf_analyzer, "
+                  "nvidia-cuda-runtime-cu12 its libcudart.so.12, scripts/install_system_deps.sh its libb64-0d")
+RUN_FILE = "run.json"
+REPORT_MD = "report.md"
+RESULTS_CSV = "results.csv"
+PLOT_PNG = "throughput_vs_p99.png"
+
+# perf_analyzer CSV column (usec) -> our name (ms). Order = the order the request's time is spent.
+BREAKDOWN = {"Client Send": "client_send_ms", "Network+Server Send/Recv": "network_ms",
+             "Server Queue": "server_queue_ms", "Server Compute Input": "server_compute_input_ms",
+             "Server Compute Infer": "server_compute_infer_ms", "Server Compute Output": "server_compute_output_ms",
+             "Client Recv": "client_recv_ms"}
+LATENCIES = {"Avg latency": "avg_ms", "p50 latency": "p50_ms", "p90 latency": "p90_ms", "p95 latency": "p95_ms",
+             "p99 latency": "p99_ms"}
+
+
+# ---------------------------------------------------------------- shared with the engine benchmark (mnv3kit/bench.py)
+
+def parse_batch_sizes(text: str) -> List[int]:
+    """``1-8``, ``1,2,4,8`` or a mix (``1-4,8``) -> sorted distinct positive sizes."""
+    sizes = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, _, high = part.partition("-")
+            sizes.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        sizes = set()
+    if not sizes or min(sizes) < 1:
+        raise KitError(f"bad batch sizes {text!r}: use e.g. 1-8 or 1,2,4,8 (positive integers)")
+    return sorted(sizes)
+
+
+def hardware() -> dict:
+    """CPU model, core count and GPUs of THIS host (for a remote server it is the client's, said so in reports)."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=False).stdout
+        gpus = [line.strip() for line in out.splitlines() if line.strip()]
+    # other work on the host skews every number: record how busy it was when the run started
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def hardware_line(hw: dict, load: bool = True) -> str:
+    line = f"{hw['cpu']}, {hw['cores']} cores; GPU: {', '.join(hw['gpus']) or 'none'}"
+    return line + (f"; load average at start {hw['load_1min']}" if load else "")
+
+
+def now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def model_order(name: str) -> int:
+    """The seed's row order: pt, then onnx, then trt; other models after them."""
+    names = [m.name for m in MODELS]
+    return names.index(name) if name in names else len(names)
+
+
+def short_name(model: str) -> str:
+    """``pt`` for mobilenetv3_pt, as the seed's ``Model/Batch_Size`` column (``trt/1``)."""
+    spec = MODELS_BY_NAME.get(model)
+    return spec.key if spec else model
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- prepare
+
+def find_perf_analyzer() -> Path:
+    """$PERF_ANALYZER, else the one beside this Python (the venv's bin), else PATH."""
+    if os.environ.get("PERF_ANALYZER"):
+        path = Path(os.environ["PERF_ANALYZER"])
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise KitError(f"PERF_ANALYZER={path} is not an executable file")
+        return path
+    beside = Path(sys.executable).parent / "perf_analyzer"  # not resolved: the venv's bin, not the base Python's
+    found = beside if beside.is_file() else shutil.which("perf_analyzer")
+    if not found:
+        raise KitError(f"perf_analyzer not found (neither in {beside.parent} nor on PATH): {HOW_TO_INSTALL}")
+    return Path(found)
+
+
+def perf_analyzer_env() -> Dict[str, str]:
+    """LD_LIBRARY_PATH with the nvidia-cuda-runtime-cu12 wheel's lib dir first: perf_analyzer links libcudart.so.12."""
+    spec = importlib.util.find_spec("nvidia.cuda_runtime") if importlib.util.find_spec("nvidia") else None
+    dirs = [str(Path(p) / "lib") for p in (spec.submodule_search_locations or [])] if spec else []
+    current = os.environ.get("LD_LIBRARY_PATH", "")
+    return {"LD_LIBRARY_PATH": os.pathsep.join([d for d in dirs if Path(d).is_dir()] + ([current] if current else []))}
+
+
+def perf_analyzer_version(path: Path, env: Dict[str, str]) -> str:
+    proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=False,
+                          env={**os.environ, **env})
+    if proc.returncode != 0:
+        lines = (proc.stderr + proc.stdout).strip().splitlines()
+        raise KitError(f"{path} does not start ({lines[-1] if lines else f'exit {proc.returncode}'}): "
+                       f"{HOW_TO_INSTALL}")
+    text = (proc.stdout + proc.stderr).strip()  # 2.51 prints "Perf Analyzer Version 2.51.0 (commit ...)" on stderr
+    return text.splitlines()[0] if text else "perf_analyzer (version unknown)"
+
+
+class Server:
+    """The few questions run_perf.sh asks the server, over HTTP or gRPC (tritonclient)."""
+
+    def __init__(self, url: str, protocol: str):
+        self.url, self.protocol = url, protocol
+        if protocol == "http":
+            import tritonclient.http as client
+        else:
+            import tritonclient.grpc as client
+        self._module = client
+        self._client = client.InferenceServerClient(url)
+        try:
+            live = self._client.is_server_live()
+        except Exception:  # noqa: BLE001 - connection refused / DNS / wrong protocol all mean "nothing answers"
+            live = False
+        if not live:
+            raise KitError(f"no Triton server answers at {url} over {protocol.upper()}: start one "
+                           f"(python serve.py --repo model_repository_local, or docker compose up triton) "
+                           f"or pass its address with -u URL -i {'/'.join(PROTOCOLS)}")
+
+    def metadata(self) -> dict:
+        if self.protocol == "http":
+            return self._client.get_server_metadata()
+        return self._client.get_server_metadata(as_json=True)
+
+    def index(self) -> List[dict]:
+        """Repository index entries (name, version, state, reason)."""
+        try:
+            if self.protocol == "http":
+                return self._client.get_model_repository_index()
+            return self._client.get_model_repository_index(as_json=True).get("models", [])
+        except Exception as exc:  # noqa: BLE001 - e.g. the endpoint is restricted on this server
+            raise KitError(f"the server's model repository index is not available ({str(exc).splitlines()[0]}): "
+                           f"name the models with -m") from None
+
+    def is_ready(self, model: str) -> bool:
+        try:
+            return self._client.is_model_ready(model)
+        except Exception:  # noqa: BLE001 - unknown model
+            return False
+
+    def warm_up(self, model: str, config: ModelConfig, batch: int, requests: int) -> None:
+        """Untimed requests of zeros at this batch size: TorchScript's profiling executor optimizes on the first
+        calls per input shape (seconds each on a small CPU), which must not land in a measurement window."""
+        from tritonclient.utils import triton_to_np_dtype
+
+        inputs = []
+        for spec in config.input:
+            datatype = model_config_pb2.DataType.Name(spec.data_type).replace("TYPE_", "")
+            inp = self._module.InferInput(spec.name, [batch, *spec.dims], datatype)
+            inp.set_data_from_numpy(np.zeros([batch, *spec.dims], dtype=triton_to_np_dtype(datatype)))
+            inputs.append(inp)
+        for _ in range(requests):
+            self._client.infer(model, inputs)
+
+    def config(self, model: str) -> ModelConfig:
+        """The config the server actually runs (auto-completed), as Triton's ModelConfig protobuf."""
+        if self.protocol == "http":
+            return json_format.ParseDict(self._client.get_model_config(model), ModelConfig(),
+                                          ignore_unknown_fields=True)
+        return self._client.get_model_config(model).config
+
+
+def describe_config(config: ModelConfig) -> str:
+    """One line: backend, batching and instances, the settings that shape the numbers."""
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    if config.backend == "python":
+        runtime = "python backend" + (f" ({params['runtime']}, {params['artifact']})" if "runtime" in params else "")
+    else:
+        runtime = config.platform or config.backend
+    if config.HasField("dynamic_batching"):
+        db = config.dynamic_batching
+        batching = (f"dynamic batching (preferred {list(db.preferred_batch_size) or 'none'}, "
+                    f"max queue delay {db.max_queue_delay_microseconds} µs)")
+    else:
+        batching = "no dynamic batching"
+    kind = model_config_pb2.ModelInstanceGroup.Kind.Name
+    instances = ", ".join(f"{g.count} x {kind(g.kind)}" for g in config.instance_group)
+    return f"{runtime}; max_batch_size {config.max_batch_size}; {batching}; instances {instances or 'default'}"
+
+
+def normalize_url(url: str) -> str:
+    """tritonclient and perf_analyzer want host:port; accept a pasted http://host:port too."""
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    return url.rstrip("/")
+
+
+def point_files(model: str, batch: int) -> Dict[str, str]:
+    """Relative to the output directory, so a report can be rerun from anywhere."""
+    stem = f"{model}_b{batch}"
+    return {"csv": f"csv/{stem}.csv", "log": f"logs/{stem}.log"}
+
+
+def prepare(args: argparse.Namespace) -> int:
+    perf_analyzer = find_perf_analyzer()
+    env = perf_analyzer_env()
+    version = perf_analyzer_version(perf_analyzer, env)
+    url = normalize_url(args.url or DEFAULT_URLS[args.protocol])
+    server = Server(url, args.protocol)
+    host = hardware()  # before the warm-up below, whose own load must not count as the host's
+    if args.models:
+        models = [m for m in args.models.split(",") if m]
+        not_ready = [m for m in models if not server.is_ready(m)]
+        if not_ready:
+            states = {e.get("name"): f"{e.get('state', '?')}{': ' + e['reason'] if e.get('reason') else ''}"
+                      for e in server.index()}
+            raise KitError("not ready on the server: " + "; ".join(f"{m} ({states.get(m, 'not in its repository')})"
+                                                                   for m in not_ready))
+    else:
+        models = sorted({e["name"] for e in server.index() if e.get("state") == "READY"},
+                        key=lambda m: (model_order(m), m))
+        if not models:
+            raise KitError(f"the server at {url} has no ready model")
+    configs = {m: server.config(m) for m in models}
+    if args.batch_sizes:
+        batches = parse_batch_sizes(args.batch_sizes)
+    else:  # the seed measured 1..8 = max_batch_size; perf_analyzer itself rejects a batch above a model's maximum
+        batches = list(range(1, min(max(c.max_batch_size, 1) for c in configs.values()) + 1))
+    for model in models if args.warmup else ():
+        print(f"warming up {model}: {args.warmup} request(s) per batch size", file=sys.stderr, flush=True)
+        for batch in batches:
+            try:
+                server.warm_up(model, configs[model], batch, args.warmup)
+            except Exception:  # noqa: BLE001 - that point's perf_analyzer run reports the server's error itself
+                pass
+    out = Path(args.out)
+    for sub in ("csv", "logs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    points = [{"model": m, "batch": b, **point_files(m, b)} for b in batches for m in models]
+    run = {"date": now(), "url": url, "protocol": args.protocol, "server": server.metadata(),
+           "perf_analyzer": {"path": str(perf_analyzer), "version": version, "args": args.perf_args},
+           "hardware": host, "models": {m: describe_config(c) for m, c in configs.items()},
+           "batch_sizes": batches, "points": points}
+    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    assignments = {"PERF_ANALYZER": str(perf_analyzer), "PA_LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"], "URL": url,
+                   "POINTS": "\n".join(f"{p['model']}\t{p['batch']}\t{out / p['csv']}\t{out / p['log']}"
+                                        for p in points)}
+    print("\n".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items()))
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+def read_point(out: Path, point: dict) -> List[dict]:
+    """The CSV rows of one model x batch point (one per concurrency level), latencies in ms; [] if none."""
+    path = out / point["csv"]
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        raw = list(csv.DictReader(f))
+    rows = []
+    for r in raw:
+        missing = [c for c in ("Concurrency", "Inferences/Second", *BREAKDOWN, *LATENCIES) if c not in r]
+        if missing:
+            raise KitError(f"{path}: perf_analyzer CSV without column(s) {missing} (run_perf.sh passes "
+                           f"--verbose-csv; perf_analyzer drops 'Avg latency' when --percentile is given)")
+        row = {"model": point["model"], "batch": point["batch"], "concurrency": int(r["Concurrency"]),
+               "throughput": float(r["Inferences/Second"])}
+        row.update({name: float(r[col]) / 1000.0 for col, name in {**LATENCIES, **BREAKDOWN}.items()})
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["concurrency"])
+
+
+def failure_reason(out: Path, point: dict) -> str:
+    try:
+        lines = [ln.strip() for ln in (out / point["log"]).read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return "not run"
+    return lines[-1] if lines else "perf_analyzer wrote no CSV and no message"
+
+
+def engine_throughputs(path: Optional[Path]) -> Dict[tuple, dict]:
+    """(model, batch) -> row of a perf/bench_engine.py JSON, for the served / in-process column."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        return {(r["model"], r["batch"]): r for r in data["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KitError(f"--compare {path}: not a JSON written by perf/bench_engine.py --out ({exc})") from None
+
+
+def plot(rows: List[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: CI and servers have no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    several = len({r["concurrency"] for r in rows}) > 1
+    for model in sorted({r["model"] for r in rows}, key=model_order):
+        mine = sorted((r for r in rows if r["model"] == model), key=lambda r: (r["concurrency"], r["batch"]))
+        ax.plot([r["p99_ms"] for r in mine], [r["throughput"] for r in mine], marker="o", label=model)
+        for r in mine:
+            ax.annotate(f"b{r['batch']}" + (f"c{r['concurrency']}" if several else ""), (r["p99_ms"], r["throughput"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("throughput (infer/sec)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_report(run: dict, rows: List[dict], failures: List[str], engine: Dict[tuple, dict]) -> str:
+    pa = run["perf_analyzer"]
+    template = " ".join(["perf_analyzer", "-m", "MODEL", "-b", "BATCH", "-u", run["url"], "-i", run["protocol"],
+                         *map(shlex.quote, pa["args"]),
+                         "-f", "csv/MODEL_bBATCH.csv", "--verbose-csv"])
+    lines = [f"# Served performance: Triton {run['server'].get('version', '?')}", "",
+             f"- Date: {run['date']}",
+             f"- Server: Triton {run['server'].get('version', '?')} at {run['url']} over {run['protocol'].upper()}",
+             f"- Hardware (host that ran perf_analyzer): {hardware_line(run['hardware'])}",
+             f"- Client: {pa['version']}; per point `{template}`",
+             "- Models (config as served):"]
+    lines += [f"  - `{model}`: {desc}" for model, desc in run["models"].items()]
+    label = lambda r: f"{short_name(r['model'])}/{r['batch']}"  # noqa: E731
+    ms = lambda v: f"{v:.2f}"  # noqa: E731
+    headers = ["Model/Batch_Size", "Concurrency", "Throughput (infer/sec)", "Avg latency (ms)", "p50 latency (ms)",
+               "p90 latency (ms)", "p95 latency (ms)", "p99 latency (ms)"]
+    table = [[label(r), r["concurrency"], f"{r['throughput']:.1f}", *(ms(r[k]) for k in LATENCIES.values())]
+             for r in rows]
+    if engine:
+        headers += ["In-process (infer/sec)", "Served / in-process"]
+        for row, r in zip(table, rows):
+            e = engine.get((r["model"], r["batch"]))
+            row += [f"{e['throughput']:.1f} ({e['device']})", f"{r['throughput'] / e['throughput']:.2f}"] if e else \
+                ["-", "-"]
+    lines += ["", "## Throughput and latency", "", markdown_table(headers, table) if rows else "(no point measured)"]
+    if rows:
+        lines += ["", "## Where the time goes (average per request, ms)", "",
+                  "Client columns are measured by perf_analyzer; queue and compute come from Triton's statistics "
+                  "(compute input/output = moving tensors into/out of the backend; for python-backend models that "
+                  "includes the shared-memory hand-off to the stub process).", "",
+                  markdown_table(["Model/Batch_Size", "Concurrency", "Client send", "Network + server send/recv",
+                                  "Server queue", "Server compute input", "Server compute infer",
+                                  "Server compute output", "Client recv"],
+                                 [[label(r), r["concurrency"], *(ms(r[k]) for k in BREAKDOWN.values())]
+                                  for r in rows]),
+                  "", f"![throughput vs p99 latency]({PLOT_PNG})"]
+    if failures:
+        lines += ["", "## Failed points", ""] + [f"- {f}" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    try:
+        run = json.loads((out / RUN_FILE).read_text())
+    except FileNotFoundError:
+        raise KitError(f"{out} has no {RUN_FILE}: not a run_perf.sh output directory") from None
+    engine = engine_throughputs(args.compare)
+    rows, failures = [], []
+    for point in run["points"]:
+        measured = read_point(out, point)
+        if not measured:
+            failures.append(f"`{point['model']}` batch {point['batch']}: {failure_reason(out, point)} "
+                            f"(log: {point['log']})")
+        rows += measured
+    rows.sort(key=lambda r: (r["batch"], r["concurrency"], model_order(r["model"]), r["model"]))
+    if rows:
+        with open(out / RESULTS_CSV, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        plot(rows, f"Triton {run['server'].get('version', '?')} {run['protocol'].upper()} - "
+                   f"{hardware_line(run['hardware'], load=False)}", out / PLOT_PNG)
+    text = render_report(run, rows, failures, engine)
+    (out / REPORT_MD).write_text(text)
+    print(text)
+    print(f"wrote {out / REPORT_MD}" + (f", {out / RESULTS_CSV}, {out / PLOT_PNG}" if rows else ""), file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(run['points'])} point(s) failed, listed in the report", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mnv3kit.perf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prog", default="python -m mnv3kit.perf", help=argparse.SUPPRESS)  # run_perf.sh's name in errors
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("prepare", help="check perf_analyzer and the server, plan the points, write run.json")
+    pr.add_argument("--url")
+    pr.add_argument("--protocol", choices=PROTOCOLS, default="http")
+    pr.add_argument("--models", help="comma-separated; default every ready model")
+    pr.add_argument("--batch-sizes", help="e.g. 1-8 or 1,8; default 1..max_batch_size")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--warmup", type=int, default=5, help="untimed requests per model x batch size first (default 5)")
+    pr.add_argument("perf_args", nargs="*", help="perf_analyzer arguments shared by every point (recorded)")
+    rp = sub.add_parser("report", help="CSV files of a run -> report.md, results.csv, throughput_vs_p99.png")
+    rp.add_argument("dir")
+    rp.add_argument("--compare", type=Path, help="perf/bench_engine.py JSON: adds served / in-process throughput")
+    args = p.parse_args(argv)
+    with cli_errors(args.prog):
+        return prepare(args) if args.command == "prepare" else report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

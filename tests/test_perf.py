@@ -1,0 +1,190 @@
+"""Performance measurement: perf/run_perf.sh drives the real perf_analyzer against the real embedded Triton;
+perf/bench_engine.py times the artifacts of a freshly built repository in-process. Correctness only, never wall time."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from mnv3kit.server import LocalTriton, Ports, free_port
+from mnv3kit.spec import LOCAL_MODELS, ONNX, PT, TRT
+
+BATCHES = (1, 8)
+
+
+def run_perf(*args, env=None):
+    return subprocess.run(["bash", str(ROOT / "perf" / "run_perf.sh"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def table(markdown, first_header):
+    """Cells of each row of the Markdown table whose header starts with first_header."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def table_rows(markdown, first_header):
+    """{first cell: other cells} (first cells unique, as Model/Batch_Size)."""
+    return {cells[0]: cells[1:] for cells in table(markdown, first_header)}
+
+
+@pytest.fixture(scope="module")
+def server(built_repo):
+    with LocalTriton(built_repo("small", "local"), Ports.free()) as triton:
+        yield triton
+
+
+@pytest.fixture(scope="module")
+def quick_run(server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("served")
+    proc = run_perf("--quick", "-u", server.http_url, "-b", ",".join(map(str, BATCHES)), "-o", out)
+    return proc, out
+
+
+def test_quick_run_measures_every_model_and_batch(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr
+    for spec in LOCAL_MODELS:
+        for batch in BATCHES:
+            with open(out / "csv" / f"{spec.name}_b{batch}.csv", newline="") as f:
+                (row,) = list(csv.DictReader(f))  # concurrency 1 only
+            for column in ("Inferences/Second", "Avg latency", "p50 latency", "p90 latency", "p95 latency",
+                           "p99 latency", "Server Compute Infer"):
+                assert float(row[column]) > 0, (spec.name, batch, column, row)
+
+    report = (out / "report.md").read_text()
+    assert proc.stdout.strip() == report.strip()  # the report is also printed
+    assert "Triton 2.51.0" in report and "max_batch_size 8" in report and "dynamic batching" in report
+    assert re.search(r"Hardware .*: .+, \d+ cores; GPU: ", report)
+    served = table_rows(report, "Model/Batch_Size")
+    # the seed's layout: one row per model x batch, models interleaved within each batch size
+    assert list(served) == [f"{spec.key}/{b}" for b in BATCHES for spec in LOCAL_MODELS]
+    for label, cells in served.items():
+        assert cells[0] == "1", label  # concurrency
+        throughput, avg, p50, p90, p95, p99 = map(float, cells[1:7])
+        assert throughput > 0 and avg > 0 and 0 < p50 <= p90 <= p95 <= p99, (label, cells)
+    breakdown = table_rows(report.split("## Where the time goes")[1], "Model/Batch_Size")
+    assert list(breakdown) == list(served)
+    assert all(float(cells[5]) > 0 for cells in breakdown.values())  # server compute infer
+    assert "Failed points" not in report
+
+    with open(out / "results.csv", newline="") as f:
+        results = list(csv.DictReader(f))
+    assert {(r["model"], int(r["batch"])) for r in results} == {(s.name, b) for s in LOCAL_MODELS for b in BATCHES}
+    png = out / "throughput_vs_p99.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert height > 100 and width > 100
+
+
+def test_grpc_shared_memory_and_a_failed_point_keeps_the_others(server, tmp_path):
+    # batch 16 > max_batch_size 8: perf_analyzer fails that point with the server's message; batch 2 is kept
+    proc = run_perf("--quick", "-i", "grpc", "-u", server.grpc_url, "--shared-memory", "system",
+                    "-m", ONNX.name, "-b", "2,16", "-o", tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert "over GRPC" in report and "--shared-memory system" in report
+    served = table_rows(report, "Model/Batch_Size")
+    assert list(served) == [f"{ONNX.key}/2"] and float(served[f"{ONNX.key}/2"][1]) > 0
+    failed = report.split("## Failed points")[1]
+    assert f"`{ONNX.name}` batch 16" in failed and "batch-size must be <= 8" in failed
+    assert (tmp_path / "throughput_vs_p99.png").is_file()
+
+
+def test_dead_server_is_one_line_error(tmp_path):
+    port = free_port()  # nothing listens there
+    proc = run_perf("--quick", "-u", f"localhost:{port}", "-o", tmp_path / "out")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "run_perf.sh: error: no Triton server answers", f"localhost:{port}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_not_ready_is_one_line_error(server, tmp_path):
+    proc = run_perf("-u", server.http_url, "-m", f"{PT.name},{TRT.name}", "-o", tmp_path)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "not ready", TRT.name)
+
+
+def test_perf_analyzer_that_cannot_start_is_one_line_error(tmp_path):
+    proc = run_perf("--quick", "-o", tmp_path, env={"PERF_ANALYZER": "/bin/false"})
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "does not start", "make venv")
+
+
+def test_help_and_bad_flags():
+    proc = run_perf("--help")
+    assert proc.returncode == 0
+    for flag in ("--models", "--url", "--protocol", "--batch-sizes", "--concurrency", "--shared-memory", "--window",
+                 "--count", "--out", "--quick", "--compare", "Exit status"):
+        assert flag in proc.stdout, flag
+    assert_one_line_error(run_perf("--protocol", "ftp"), "--protocol must be http or grpc")
+
+
+@pytest.fixture(scope="module")
+def small_ngc_repo(tmp_path_factory):
+    """Freshly built, --target ngc (all three configs; no TensorRT here, so no plan), max_batch_size 2."""
+    out = tmp_path_factory.mktemp("bench") / "model_repository"
+    proc = run_cli("build_repo.py", "--target", "ngc", "--arch", "small", "--max-batch-size", "2", "--opt-batch", "1",
+                   "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_bench_engine_times_every_artifact_and_batch(small_ngc_repo, tmp_path):
+    proc = run_cli("perf/bench_engine.py", "--repo", small_ngc_repo, "--quick", "-o", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "engine_latency.json").read_text())
+    # batch sizes default to 1..max_batch_size read from the configs
+    assert [(r["model"], r["batch"]) for r in result["rows"]] == [(PT.name, 1), (PT.name, 2), (ONNX.name, 1),
+                                                                   (ONNX.name, 2)]
+    for r in result["rows"]:
+        assert r["device"] == "cpu" and r["iters"] >= 5
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"], r
+        assert r["min_ms"] <= r["mean_ms"] <= r["max_ms"] and r["p99_ms"] <= r["max_ms"] and r["throughput"] > 0
+    assert any(TRT.name in why and "not built" in why for why in result["skipped"])
+
+    markdown = (tmp_path / "engine_latency.md").read_text()
+    assert markdown.strip() in proc.stdout
+    rows = {(cells[0], int(cells[3])): cells for cells in table(markdown, "Artifact")}
+    assert set(rows) == {(PT.key, 1), (PT.key, 2), (ONNX.key, 1), (ONNX.key, 2)}
+    for cells in rows.values():
+        low, high, mean, median, p99, throughput = map(float, cells[4:10])
+        assert cells[2] == "cpu" and 0 < low <= median <= high and throughput > 0, cells
+    assert TRT.name in markdown.split("Not measured:")[1]
+
+
+def test_served_report_compares_with_in_process(quick_run, small_ngc_repo, built_repo, tmp_path):
+    _, out = quick_run
+    bench = run_cli("perf/bench_engine.py", "--repo", built_repo("small", "local"), "--quick",
+                    "-b", ",".join(map(str, BATCHES)), "-o", tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.perf", "report", str(out), "--compare",
+                           str(tmp_path / "engine_latency.json")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    served = table_rows((out / "report.md").read_text(), "Model/Batch_Size")
+    for label, cells in served.items():
+        in_process, ratio = cells[-2], cells[-1]
+        assert float(in_process.split()[0]) > 0 and float(ratio) > 0, (label, cells)
+
+
+def test_bench_engine_errors(built_repo, tmp_path):
+    repo = built_repo("small", "local")
+    assert_one_line_error(run_cli("perf/bench_engine.py", "--repo", tmp_path / "nope"), "no such model repository")
+    assert_one_line_error(run_cli("perf/bench_engine.py", "--repo", repo, "-b", "1,9"),
+                          "batch size 9 exceeds max_batch_size 8")
+    if not torch.cuda.is_available():
+        assert_one_line_error(run_cli("perf/bench_engine.py", "--repo", repo, "--device", "cuda"), "no CUDA device")
