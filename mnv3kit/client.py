@@ -92,7 +92,7 @@ class TritonClassifier:
     def _call(self, method: str, *args, **kwargs):
         from tritonclient.utils import InferenceServerException
 
-        if self.protocol == "grpc" and method not in ("async_infer",):
+        if self.protocol == "grpc":  # the HTTP client got its timeouts at construction
             kwargs.setdefault("client_timeout", self.timeout)
         try:
             return getattr(self.client, method)(*args, **kwargs)
