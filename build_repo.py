@@ -20,7 +20,8 @@ from mnv3kit.errors import cli_errors
 def parse_args(argv=None) -> argparse.Namespace:
     from mnv3kit.build import TRT_MODES
     from mnv3kit.model import ARCHS
-    from mnv3kit.render import TARGETS
+    from mnv3kit.render import GPU_PARITY_TOLERANCE, ONNX_ACCELERATORS, TARGETS, GpuOptions
+    from mnv3kit.spec import RUNTIMES
 
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -54,12 +55,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--queue-delay-us", type=int, default=100, help="max_queue_delay_microseconds (default 100)")
     g.add_argument("--version-policy", default="latest:1", help="latest[:N], all, or specific:1,2 (default latest:1)")
     g.add_argument("--model-version", type=int, default=1, help="version directory to write (default 1)")
-    g = p.add_argument_group("local target on GPU (KIND_GPU instances of the torch models)")
-    g.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="compute precision (default fp32)")
-    g.add_argument("--channels-last", action="store_true", help="NHWC memory format inside the model")
+    g = p.add_argument_group("GPU serving (KIND_GPU instances)")
+    g.add_argument("--runtime", choices=RUNTIMES, default="torchscript",
+                   help="how the torch models (pt, u8) run. torchscript (default): model.pt, native libtorch on ngc, "
+                        "the python backend on local. compiled: model.pt2 (torch.export), compiled by TorchInductor "
+                        "on the serving GPU and replayed as CUDA graphs, in the python backend on either target "
+                        "(ngc: NVIDIA's <yy.mm>-pyt-python-py3 image); KIND_GPU only")
+    g.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="compute precision of python-backend torch models, and of ONNX Runtime's TensorRT provider "
+                        "(default fp32)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC memory format inside the torch model")
     g.add_argument("--cuda-graph-batches", type=lambda s: tuple(int(x) for x in s.split(",") if x), default=(),
                    help="capture a CUDA graph per batch size, e.g. 1,2,4,8,16,32,64; a batch runs padded to the "
-                        "next size (default: none, eager)")
+                        "next size. Python-backend torch models, and the TensorRT model's graph_spec on ngc "
+                        "(default: none)")
+    g.add_argument("--compile-cache", default=GpuOptions.compile_cache,
+                   help="--runtime compiled: directory of TorchInductor's and Triton's kernel caches on the serving "
+                        f"host; a restart reuses them (default {GpuOptions.compile_cache})")
+    g.add_argument("--gpu-parity-tolerance", type=float, default=GPU_PARITY_TOLERANCE,
+                   help="load-time parity check of GPU torch models against the build's eager FP32 logits, times "
+                        f"max(1, max |logit|) (default {GPU_PARITY_TOLERANCE}: FP16 and TF32, see README)")
+    g.add_argument("--onnx-accelerator", choices=ONNX_ACCELERATORS, default="none",
+                   help="ngc: run the ONNX model through ONNX Runtime's TensorRT execution provider (default none: "
+                        "its CUDA provider)")
     g = p.add_argument_group("TensorRT")
     g.add_argument("--trt", choices=TRT_MODES, default="auto",
                    help="auto: build the plan if the TensorRT Python package or trtexec exists, else skip with "
@@ -98,7 +116,9 @@ def main(argv=None) -> int:
                 version_policy=VersionPolicy.parse(args.version_policy),
                 instances=Instances(kind, args.instance_count, args.gpus),
                 batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us),
-                gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches))
+                gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches, args.compile_cache,
+                               args.gpu_parity_tolerance, args.onnx_accelerator),
+                runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance)
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models,

@@ -1,13 +1,18 @@
 """In-process latency of every artifact of a built repository, per batch size: the seed's trtexec table.
 
-Each artifact runs the way the served model runs it, minus Triton: model.pt with TorchScript, model.onnx with ONNX
-Runtime, model.plan with the TensorRT 10 Python API (torch tensors as buffers). After warm-up, each call is timed
-from host input to host output; like trtexec's --iterations/--duration, a batch size runs at least --iters calls
-AND at least --seconds seconds. TensorRT cannot be installed on the kit's CPU machines: that runner is written against
-TensorRT 10's documented API and used only where the package and a GPU exist (NVIDIA's image has trtexec instead:
+Each model runs the code that serves it, minus Triton. A python-backend model (--target local) is the repository's
+own model.py (a copy of mnv3kit/backend/model.py) initialized from its config.pbtxt as Triton would, so its runner,
+parameters (precision, CUDA graphs, UINT8 input) and threads are the served ones; a native-backend model
+(--target ngc) runs model.pt with mnv3kit/backend/model.py's TorchRunner, model.onnx with its OnnxRunner, and
+model.plan with the TensorRT 10 Python API (torch tensors as buffers). Every call goes from a host array to a host
+array, as a served request does (on a GPU: H2D copy + compute + D2H copy, like trtexec's "Latency"). After warm-up
+calls, like trtexec's --iterations/--duration, a batch size runs at least --iters calls AND at least --seconds
+seconds. TensorRT cannot be installed on the kit's CPU machines: that runner is written against TensorRT 10's
+documented API and used only where the package and a GPU exist (NVIDIA's image has trtexec instead:
 perf/trtexec_latency.sh).
 """
 
+import importlib.util
 import json
 import platform
 import time
@@ -16,28 +21,31 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 
+from .backend.model import OnnxRunner, TorchRunner
 from .errors import KitError
 from .perf import hardware, hardware_line, markdown_table, model_order, now, short_name
 from .repository import read_manifest
 from .spec import INPUT_DIMS, ONNX, PT, TRT
 from .trt_build import HOW_TO_BUILD, import_tensorrt
-from .validate import artifact_name, parse_config
+from .validate import ModelConfig, artifact_name, parse_config
 
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIME_BY_ARTIFACT = {PT.artifact: "TorchScript", ONNX.artifact: "ONNX Runtime", TRT.artifact: "TensorRT"}
 TRTEXEC_HINT = "inside NVIDIA's Triton image run perf/trtexec_latency.sh on the plan instead"
 MARKDOWN_FILE = "engine_latency.md"
 JSON_FILE = "engine_latency.json"
+
+Forward = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
 class Artifact:
     model: str  # Triton model name
     path: Path
-    runtime: str  # TorchScript / ONNX Runtime / TensorRT
-    input_name: str
-    max_batch_size: int
+    version: str
+    config: ModelConfig
 
 
 @dataclass
@@ -55,9 +63,6 @@ class Row:
     throughput: float  # images per second at this batch size, one call at a time
 
 
-Call = Callable[[], None]
-
-
 def discover(repo: Path) -> Tuple[dict, List[Artifact], List[str]]:
     """Artifacts of the repository's built version (manifest) with their configs; skipped ones with why."""
     repo = Path(repo)
@@ -69,7 +74,7 @@ def discover(repo: Path) -> Tuple[dict, List[Artifact], List[str]]:
     for config_path in sorted(repo.glob("*/config.pbtxt")):
         config = parse_config(config_path)
         name = artifact_name(config)
-        if name not in RUNTIME_BY_ARTIFACT:
+        if name not in (PT.artifact, ONNX.artifact, TRT.artifact):
             skipped.append(f"{config.name}: no in-process runner for its artifact {name!r}")
             continue
         path = config_path.parent / version / name
@@ -77,8 +82,7 @@ def discover(repo: Path) -> Tuple[dict, List[Artifact], List[str]]:
             hint = f"; {HOW_TO_BUILD}" if name == TRT.artifact else ""
             skipped.append(f"{config.name}: {version}/{name} not built{hint}")
             continue
-        artifacts.append(Artifact(config.name, path, RUNTIME_BY_ARTIFACT[name], config.input[0].name,
-                                  config.max_batch_size))
+        artifacts.append(Artifact(config.name, path, version, config))
     artifacts.sort(key=lambda a: (model_order(a.model), a.model))
     return manifest, artifacts, skipped
 
@@ -99,134 +103,124 @@ def gpu_name() -> str:
     return f"cuda:0 {torch.cuda.get_device_name(0)}"
 
 
-# Every runner times host array in -> host array out, as the served model does and as trtexec's "Latency" does: on
-# a GPU that is H2D copy + compute + D2H copy; on a CPU the copies vanish.
-
-class TorchScriptRunner:
-    def __init__(self, artifact: Artifact, device: str):
-        import torch
-
-        self.torch = torch
-        self.dev = torch.device("cuda:0" if device == "cuda" else "cpu")
-        self.device = gpu_name() if device == "cuda" else "cpu"
-        self.module = torch.jit.load(str(artifact.path), map_location=self.dev).eval()
-
-    def prepare(self, batch: int) -> Call:
-        torch, module, dev = self.torch, self.module, self.dev
-        x = torch.randn(batch, *INPUT_DIMS)
-
-        def call() -> None:
-            with torch.inference_mode():
-                module(x.to(dev)).cpu()  # .cpu() also waits for the GPU
-
-        return call
-
-
-class OnnxRunner:
-    def __init__(self, artifact: Artifact, device: str):
-        import onnxruntime as ort
-
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(artifact.path), providers=providers)
-        self.input_name = artifact.input_name
-        self.device = gpu_name() if device == "cuda" else "cpu"
-
-    def prepare(self, batch: int) -> Call:
-        x = np.random.default_rng(0).standard_normal((batch, *INPUT_DIMS), dtype=np.float32)
-        session, feed = self.session, {self.input_name: x}
-
-        def call() -> None:
-            session.run(None, feed)
-
-        return call
-
-
 class TensorRTRunner:
-    """TensorRT 10: deserialize, one execution context, torch-owned buffers (pinned host, device), execute_async_v3."""
+    """TensorRT 10: deserialize, one execution context, torch-owned buffers (pinned host, device), execute_async_v3.
+    Called like the python backend's runners: host array in, host array out."""
 
-    def __init__(self, artifact: Artifact, device: str):
+    def __init__(self, path: Path, input_name: str):
         import torch
 
         trt = import_tensorrt()
         self.torch, self.trt = torch, trt
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(artifact.path.read_bytes())
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise KitError(f"{artifact.path} does not deserialize with TensorRT {trt.__version__} on this GPU: "
+            raise KitError(f"{path} does not deserialize with TensorRT {trt.__version__} on this GPU: "
                            f"rebuild it here ({HOW_TO_BUILD})")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_name = artifact.input_name
-        self.device = gpu_name()
+        self.input_name = input_name
+        self.batch = None
+        self.buffers: Dict[str, tuple] = {}  # name -> (device, pinned host); TensorRT holds their raw addresses
 
-    def prepare(self, batch: int) -> Call:
-        torch, trt, engine, context, stream = self.torch, self.trt, self.engine, self.context, self.stream
+    def _bind(self, batch: int) -> None:
+        torch, trt, engine, context = self.torch, self.trt, self.engine, self.context
         if not context.set_input_shape(self.input_name, (batch, *INPUT_DIMS)):
             raise KitError(f"the plan's optimization profile does not accept batch {batch}")
-        # (destination, source) pairs; the closure below keeps these tensors alive while TensorRT holds their addresses
-        copies_in, copies_out = [], []
-        for name in self.names:
+        self.buffers = {}
+        for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors)):
             if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
                 raise KitError(f"plan tensor {name!r} is {engine.get_tensor_dtype(name)}, the kit's contract is FP32")
             shape = tuple(context.get_tensor_shape(name))
-            on_device = torch.empty(shape, device="cuda:0")
-            on_host = torch.randn(shape).pin_memory()  # pinned, as trtexec's and Triton's host buffers
-            context.set_tensor_address(name, on_device.data_ptr())
-            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                copies_in.append((on_device, on_host))
-            else:
-                copies_out.append((on_host, on_device))
+            self.buffers[name] = (torch.empty(shape, device="cuda:0"), torch.empty(shape).pin_memory())
+            context.set_tensor_address(name, self.buffers[name][0].data_ptr())
+        self.batch = batch
 
-        def call() -> None:
-            with torch.cuda.stream(stream):
-                for dst, src in copies_in:
-                    dst.copy_(src, non_blocking=True)
-                if not context.execute_async_v3(stream.cuda_stream):
-                    raise KitError("TensorRT execute_async_v3 failed")
-                for dst, src in copies_out:
-                    dst.copy_(src, non_blocking=True)
-            stream.synchronize()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        if batch.shape[0] != self.batch:
+            self._bind(batch.shape[0])
+        outputs = [name for name in self.buffers if name != self.input_name]
+        device_in, host_in = self.buffers[self.input_name]
+        host_in.copy_(torch.from_numpy(batch))
+        with torch.cuda.stream(self.stream):
+            device_in.copy_(host_in, non_blocking=True)
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise KitError("TensorRT execute_async_v3 failed")
+            for name in outputs:
+                self.buffers[name][1].copy_(self.buffers[name][0], non_blocking=True)
+        self.stream.synchronize()
+        return self.buffers[outputs[0]][1].numpy()
 
-        return call
+
+def served_forward(artifact: Artifact, device: str) -> Forward:
+    """The repository's own python-backend model.py, initialized as Triton would for one instance of this config."""
+    path = artifact.path.parent / "model.py"
+    spec = importlib.util.spec_from_file_location(f"served_{artifact.model}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:  # a model.py from before the kit made it importable outside Triton
+        raise KitError(f"{path} cannot run outside Triton ({exc}): rebuild the repository with build_repo.py") from None
+    model = module.TritonPythonModel()
+    # Triton hands initialize() the config as JSON with every field, empty parameter strings included
+    config = json_format.MessageToDict(artifact.config, preserving_proto_field_name=True,
+                                       including_default_value_fields=True)
+    model.initialize({"model_config": json.dumps(config),
+                      "model_repository": str(artifact.path.parent.parent), "model_version": artifact.version,
+                      "model_instance_kind": "GPU" if device == "cuda" else "CPU", "model_instance_device_id": "0"})
+    return model.forward
 
 
-def runner_for(artifact: Artifact, device: str):
-    """(runner, None) or (None, why it is skipped) for the resolved device (cpu/cuda)."""
-    kind = artifact.path.name
-    if kind == PT.artifact:
-        return TorchScriptRunner(artifact, device), None
-    if kind == ONNX.artifact:
-        import onnxruntime as ort
-
-        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            return OnnxRunner(artifact, "cpu"), None  # still a row, labelled cpu: this onnxruntime is CPU-only
-        return OnnxRunner(artifact, device), None
+def make_forward(artifact: Artifact, device: str) -> Tuple[Optional[Forward], Optional[str]]:
+    """(forward, None) or (None, why it is skipped) for the resolved device (cpu/cuda)."""
+    if artifact.config.backend == "python":
+        return served_forward(artifact, device), None
+    if artifact.path.name == PT.artifact:
+        return TorchRunner(str(artifact.path), "cuda:0" if device == "cuda" else "cpu"), None
+    if artifact.path.name == ONNX.artifact:  # without its CUDA provider, onnxruntime stays on CPU (Device column)
+        return OnnxRunner(str(artifact.path), artifact.config.input[0].name, 0 if device == "cuda" else None), None
     if import_tensorrt() is None:
         return None, f"{artifact.model}: the TensorRT Python package is not importable here; {TRTEXEC_HINT}"
     if device != "cuda":
         return None, f"{artifact.model}: a TensorRT plan runs on a CUDA GPU only (this run is on cpu)"
-    return TensorRTRunner(artifact, device), None
+    return TensorRTRunner(artifact.path, artifact.config.input[0].name), None
 
 
-def measure(call: Call, warmup: int, iters: int, seconds: float) -> List[float]:
+def describe(forward: Forward) -> Tuple[str, str]:
+    """(runtime, device) of a runner, as the table shows them. By class name: a repository's model.py is its own
+    module, not mnv3kit.backend.model."""
+    kind = type(forward).__name__
+    if kind == "TorchRunner":
+        return "TorchScript", gpu_name() if forward.device.type == "cuda" else "cpu"
+    if kind == "OnnxRunner":
+        return "ONNX Runtime", gpu_name() if "CUDAExecutionProvider" in forward.session.get_providers() else "cpu"
+    return "TensorRT", gpu_name()
+
+
+def sample_input(config: ModelConfig, batch: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if config.input[0].data_type == model_config_pb2.TYPE_UINT8:  # raw pixels, normalized inside the model
+        return rng.integers(0, 256, (batch, *INPUT_DIMS), dtype=np.uint8)
+    return rng.standard_normal((batch, *INPUT_DIMS), dtype=np.float32)
+
+
+def measure(forward: Forward, x: np.ndarray, warmup: int, iters: int, seconds: float) -> List[float]:
     """Milliseconds per call, at least ``iters`` calls and ``seconds`` of timed calls, after ``warmup`` calls."""
     for _ in range(warmup):  # also pays TorchScript's profiling runs and cuDNN/TensorRT autotuning
-        call()
+        forward(x)
     times: List[float] = []
     start = time.perf_counter()
     while len(times) < iters or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        call()
+        forward(x)
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
 
-def summarize(artifact: Artifact, device: str, batch: int, times: Sequence[float]) -> Row:
+def summarize(model: str, runtime: str, device: str, batch: int, times: Sequence[float]) -> Row:
     t = np.asarray(times)
-    return Row(artifact.model, artifact.runtime, device, batch, len(t), float(t.min()), float(t.max()),
-               float(t.mean()), float(np.median(t)), float(np.percentile(t, 99)), batch * 1e3 / float(t.mean()))
+    return Row(model, runtime, device, batch, len(t), float(t.min()), float(t.max()), float(t.mean()),
+               float(np.median(t)), float(np.percentile(t, 99)), batch * 1e3 / float(t.mean()))
 
 
 def run(repo: Path, batch_sizes: Optional[Sequence[int]], device: str, warmup: int, iters: int, seconds: float,
@@ -235,20 +229,21 @@ def run(repo: Path, batch_sizes: Optional[Sequence[int]], device: str, warmup: i
     manifest, artifacts, skipped = discover(repo)
     device = resolve_device(device)
     for a in artifacts:
-        too_big = [b for b in (batch_sizes or []) if b > a.max_batch_size]
+        too_big = [b for b in (batch_sizes or []) if b > a.config.max_batch_size]
         if too_big:
-            raise KitError(f"batch size {too_big[0]} exceeds max_batch_size {a.max_batch_size} of {a.model} "
+            raise KitError(f"batch size {too_big[0]} exceeds max_batch_size {a.config.max_batch_size} of {a.model} "
                            f"(its config.pbtxt)")
     rows: List[Row] = []
     for artifact in artifacts:
-        runner, why = runner_for(artifact, device)
-        if runner is None:
+        forward, why = make_forward(artifact, device)
+        if forward is None:
             skipped.append(why)
             continue
-        for batch in batch_sizes or range(1, artifact.max_batch_size + 1):
-            progress(f"{artifact.model} ({artifact.runtime}, {runner.device}) batch {batch}")
-            rows.append(summarize(artifact, runner.device, batch, measure(runner.prepare(batch), warmup, iters,
-                                                                          seconds)))
+        runtime, where = describe(forward)
+        for batch in batch_sizes or range(1, artifact.config.max_batch_size + 1):
+            progress(f"{artifact.model} ({runtime}, {where}) batch {batch}")
+            times = measure(forward, sample_input(artifact.config, batch), warmup, iters, seconds)
+            rows.append(summarize(artifact.model, runtime, where, batch, times))
     if not rows:
         raise KitError(f"nothing measured in {repo}: " + "; ".join(skipped))
     return {"date": now(), "repo": str(repo), "arch": manifest.get("arch"), "hardware": host,
@@ -263,7 +258,7 @@ def versions() -> Dict[str, Optional[str]]:
 
     trt = import_tensorrt()
     return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "tensorrt": trt.__version__ if trt else None, "torch_threads": torch.get_num_threads()}
+            "tensorrt": trt.__version__ if trt else None}
 
 
 def render(result: dict) -> str:
@@ -273,11 +268,12 @@ def render(result: dict) -> str:
              f"- Repository: {result['repo']}",
              f"- Hardware: {hardware_line(result['hardware'])}",
              f"- Software: torch {v['torch']}, onnxruntime {v['onnxruntime']}, "
-             f"TensorRT {v['tensorrt'] or 'not installed'}; CPU threads: torch {v['torch_threads']}, "
-             f"ONNX Runtime its default (one per core), as in the served model",
+             f"TensorRT {v['tensorrt'] or 'not installed'}",
+             "- Code: the served model's own (python backend: the repository's model.py, initialized from its "
+             "config.pbtxt); host array in -> host array out, as a request (on a GPU: with both copies, like "
+             "trtexec's Latency)",
              f"- Timing: {s['warmup']} warm-up calls, then at least {s['iters']} calls and {s['seconds']} s per batch "
-             f"size, one call at a time, host array in -> host array out (on a GPU: with both copies, like trtexec's "
-             f"Latency); throughput = batch / mean latency", ""]
+             f"size, one call at a time; throughput = batch / mean latency", ""]
     headers = ["Artifact", "Runtime", "Device", "Batch", "min (ms)", "max (ms)", "mean (ms)", "median (ms)",
                "p99 (ms)", "Throughput (img/s)"]
     stats = ("min_ms", "max_ms", "mean_ms", "median_ms", "p99_ms")

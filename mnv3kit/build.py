@@ -14,18 +14,22 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import KitError
-from .export import ONNX_OPSET, export_onnx, export_torchscript
-from .parity import TOLERANCE, check_parity, format_table, parity_batch, rows_as_dicts, run_parity, sample_photos
-from .preprocess import is_image_file
-from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
+from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
+from .parity import (TOLERANCE, check_parity, format_table, parity_pixels, rows_as_dicts, run_parity, sample_photos,
+                     write_reference)
+from .preprocess import is_image_file, normalize
+from .render import (TORCH_MODELS, ConfigOptions, PlanOptions, check_config_options, check_plan_options,
+                     python_backend, render_config, render_plan_script)
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, U8, ModelSpec
+from .spec import (COMPILED_ARTIFACT, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MEAN, MODELS, ONNX, PARITY_FILE,
+                   PLAN_INFO_FILE, PT, STD, TRT, U8, ModelSpec)
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
 
 TRT_MODES = ("auto", "skip", "require")
 PLAN_SCRIPT = "build_plan.sh"
+REFERENCE_IMAGES = 8  # photos in parity.npz, the load-time check of python-backend torch models
 
 
 @dataclass
@@ -99,7 +103,8 @@ def build(opts: BuildOptions) -> Path:
     check_plan_options(opts.plan, cfg.max_batch_size if cfg.target == "ngc" and opts.trt != "skip" else None)
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
-    models = select_models(cfg.target, opts.models)
+    check_config_options(cfg)
+    models = select_models(cfg, opts.models)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
                             "render configs", "validate", "swap in"], 1))
     bar = tqdm(total=8, unit="step", file=sys.stderr, dynamic_ncols=True, disable=None,  # None: off unless a TTY
@@ -126,19 +131,32 @@ def build(opts: BuildOptions) -> Path:
             (staging / spec.name / LABELS_FILE).write_text("\n".join(labels) + "\n")
         pt_path = staging / PT.name / version / PT.artifact
         onnx_path = staging / ONNX.name / version / ONNX.artifact
+        compiled = cfg.runtime == "compiled"
+        program_path = staging / PT.name / version / COMPILED_ARTIFACT if compiled else None
 
         step()
         export_torchscript(model, pt_path)
+        if compiled:
+            export_program(model, program_path, cfg.max_batch_size)
         step()
         export_onnx(model, onnx_path)
 
         step()
-        batch = parity_batch(_parity_paths(opts.parity_images), cfg.max_batch_size)
-        rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}))
+        paths = _parity_paths(opts.parity_images)
+        pixels = parity_pixels(paths, max(cfg.max_batch_size, REFERENCE_IMAGES))
+        rows = run_parity(model, pt_path, onnx_path, normalize(pixels), sorted({1, cfg.max_batch_size}), program_path)
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
-        if U8 in models:  # the same TorchScript behind the UINT8 contract
-            shutil.copyfile(pt_path, staging / U8.name / version / U8.artifact)
+        device_check = None
+        for spec in (s for s in models if s in TORCH_MODELS):
+            vdir = staging / spec.name / version
+            if spec == U8:  # the same model behind the UINT8 contract
+                shutil.copyfile(program_path or pt_path, vdir / (COMPILED_ARTIFACT if compiled else U8.artifact))
+            if python_backend(spec, cfg):
+                write_reference(model, pixels[:REFERENCE_IMAGES], vdir / PARITY_FILE)
+        if compiled:
+            pt_path.unlink()
+            device_check = _check_on_gpu(cfg, models, staging, version)
         for spec in {PT, ONNX} - set(models):
             shutil.rmtree(staging / spec.name)
 
@@ -153,7 +171,7 @@ def build(opts: BuildOptions) -> Path:
 
         for spec in models:
             (staging / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
-            if cfg.target == "local":
+            if python_backend(spec, cfg):
                 shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -164,7 +182,8 @@ def build(opts: BuildOptions) -> Path:
             else {"path": None, "random_init": True},
             "versions": _versions(),
             "tensorrt": trt_entry,
-            "parity": {"tolerance": opts.parity_tolerance, "rows": rows_as_dicts(rows)},
+            "parity": {"tolerance": opts.parity_tolerance, "rows": rows_as_dicts(rows), "device": device_check},
+            "runtime": cfg.runtime,
         }
 
         step()
@@ -182,10 +201,40 @@ def build(opts: BuildOptions) -> Path:
     return Path(opts.output)
 
 
-def select_models(target: str, keys: Optional[Sequence[str]]) -> List[ModelSpec]:
+def _check_on_gpu(cfg: ConfigOptions, models: Sequence[ModelSpec], staging: Path, version: str) -> Optional[dict]:
+    """Compile the program for the serving GPU now, when this machine has it: the parity check at load, run at
+    build time, fails the build instead of the deployment and leaves TorchInductor's cache warm for the server."""
+    import torch
+
+    from .backend.model import RunnerError, TorchRunner
+
+    if cfg.instances.kind != "KIND_GPU" or not torch.cuda.is_available():
+        log(f"--runtime compiled: no CUDA device here, so TorchInductor compiles the program and checks it against "
+            f"{PARITY_FILE} when the server loads it on its GPU (the model does not load if the check fails)")
+        return None
+    spec = PT if PT in models else U8
+    vdir = staging / spec.name / version
+    started = time.time()
+    try:
+        runner = TorchRunner(str(vdir / COMPILED_ARTIFACT), "cuda:0", cfg.gpu.precision, cfg.gpu.channels_last,
+                             cfg.gpu.cuda_graph_batches, MEAN, STD, spec == U8, cfg.gpu.compile_cache)
+        summary = runner.check_parity(vdir / PARITY_FILE, cfg.gpu.parity_tolerance)
+    except RunnerError as exc:
+        raise KitError(f"{spec.name}: {exc}") from None
+    seconds = round(time.time() - started, 1)
+    log(f"{spec.name}: compiled for {torch.cuda.get_device_name(0)} in {seconds}s; {summary}")
+    return {"gpu": torch.cuda.get_device_name(0), "compile_seconds": seconds, "summary": summary,
+            "tolerance": cfg.gpu.parity_tolerance}
+
+
+def select_models(cfg: ConfigOptions, keys: Optional[Sequence[str]]) -> List[ModelSpec]:
+    target = cfg.target
+    if target == "local":
+        default, available = LOCAL_MODELS, (*LOCAL_MODELS, *LOCAL_OPTIONAL)
+    else:  # the UINT8 model needs the python backend: offered with --runtime compiled
+        default, available = MODELS, (*MODELS, *LOCAL_OPTIONAL) if cfg.runtime == "compiled" else MODELS
     if keys is None:
-        return list(LOCAL_MODELS if target == "local" else MODELS)
-    available = (*LOCAL_MODELS, *LOCAL_OPTIONAL) if target == "local" else MODELS
+        return list(default)
     known = {spec.key: spec for spec in available}
     unknown = [k for k in keys if k not in known]
     if unknown or not keys:

@@ -47,3 +47,15 @@ def simplify_onnx(proto: "onnx.ModelProto") -> "onnx.ModelProto":
     if not ok:
         raise KitError("onnxsim could not validate the simplified ONNX model; report this with the onnxsim version")
     return simplified
+
+
+def export_program(model: torch.nn.Module, path: Path, max_batch: int) -> None:
+    """torch.export program with a dynamic batch dimension 1..max_batch (model.pt2): what --runtime compiled serves.
+    TorchInductor compiles it where it is served, for that GPU; the program itself holds no device code."""
+    from torch.export import Dim
+
+    batch = Dim(BATCH_DIM, min=1, max=max(2, max_batch))
+    example = torch.zeros((2, *INPUT_DIMS))
+    with torch.no_grad():
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))

@@ -2,14 +2,14 @@
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .errors import KitError
-from .preprocess import eval_transform, load_image
-from .spec import ONNX
+from .preprocess import eval_pixels, load_image, normalize
+from .spec import MEAN, ONNX, STD
 
 # Allowed max |Δlogit| is TOLERANCE x max(1, max |logit|): 1e-4 absolute for small logits, relative beyond.
 # A flat 1e-4 is below FP32's own rounding on realistic logits: eager FP32 alone differs from an FP64 run of
@@ -49,7 +49,13 @@ def sample_photos() -> List[Path]:
 
 
 def parity_batch(paths: Sequence[Path], size: int) -> np.ndarray:
-    """``size`` preprocessed images: the photos, then mirrored/rotated/cropped views of them to fill the batch."""
+    """``size`` preprocessed images (normalized FP32) of the photos and their views (parity_pixels)."""
+    return normalize(parity_pixels(paths, size))
+
+
+def parity_pixels(paths: Sequence[Path], size: int) -> np.ndarray:
+    """``size`` images as uint8 pixels after Resize + CenterCrop: the photos, then mirrored/rotated/cropped views of
+    them to fill the batch."""
     from PIL import Image
 
     per_image = []
@@ -59,26 +65,40 @@ def parity_batch(paths: Sequence[Path], size: int) -> np.ndarray:
                           img.crop((0, 0, w // 2, h // 2)), img.crop((w // 2, h // 2, w, h))])
     views = [v for group in zip(*per_image) for v in group]  # every photo first, then their variations
     picked = (views * (size // len(views) + 1))[:size]
-    return np.stack([eval_transform(v) for v in picked])
+    return np.stack([eval_pixels(v) for v in picked])
+
+
+def compare(fmt: str, out: np.ndarray, reference: np.ndarray) -> ParityRow:
+    return ParityRow(fmt, len(reference), float(np.abs(out - reference).max()), float(np.abs(reference).max()),
+                     bool((out.argmax(1) == reference.argmax(1)).all()))
 
 
 def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, images: np.ndarray,
-               batch_sizes: Sequence[int]) -> List[ParityRow]:
+               batch_sizes: Sequence[int], program_path: Optional[Path] = None) -> List[ParityRow]:
+    """Eager PyTorch against the TorchScript file, the ONNX file (ONNX Runtime) and, when given, the torch.export
+    program, at each batch size."""
     import onnxruntime as ort
 
-    scripted = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+    runners = {"torchscript": torch.jit.load(str(torchscript_path), map_location="cpu").eval()}
+    if program_path is not None:
+        runners["torch.export"] = torch.export.load(str(program_path)).module()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rows = []
     for batch in batch_sizes:
         x = images[:batch]
         with torch.no_grad():
             reference = model.eval()(torch.from_numpy(x)).numpy()
-            outputs = {"torchscript": scripted(torch.from_numpy(x)).numpy(),
-                       "onnx": session.run([ONNX.output_name], {ONNX.input_name: x})[0]}
-        for fmt, out in outputs.items():
-            rows.append(ParityRow(fmt, batch, float(np.abs(out - reference).max()), float(np.abs(reference).max()),
-                                  bool((out.argmax(1) == reference.argmax(1)).all())))
+            outputs = {fmt: run(torch.from_numpy(x)).numpy() for fmt, run in runners.items()}
+        outputs["onnx"] = session.run([ONNX.output_name], {ONNX.input_name: x})[0]
+        rows += [compare(fmt, out, reference) for fmt, out in outputs.items()]
     return rows
+
+
+def write_reference(model: torch.nn.Module, pixels: np.ndarray, path: Path) -> None:
+    """The photos (uint8 pixels) and eager FP32 logits a served torch model checks itself against at load."""
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(normalize(pixels))).numpy()
+    np.savez(path, pixels=pixels, mean=np.asarray(MEAN, np.float32), std=np.asarray(STD, np.float32), logits=logits)
 
 
 def format_table(rows: Sequence[ParityRow], tolerance: float = TOLERANCE) -> str:

@@ -323,13 +323,13 @@ def failure_reason(out: Path, point: dict) -> str:
     return lines[-1] if lines else "perf_analyzer wrote no CSV and no message"
 
 
-def engine_throughputs(path: Optional[Path]) -> Dict[tuple, dict]:
-    """(model, batch) -> row of a perf/bench_engine.py JSON, for the served / in-process column."""
+def read_engine(path: Optional[Path]) -> Optional[dict]:
+    """A perf/bench_engine.py JSON with its rows keyed (model, batch), for the served / in-process columns."""
     if path is None:
-        return {}
+        return None
     try:
         data = json.loads(Path(path).read_text())
-        return {(r["model"], r["batch"]): r for r in data["rows"]}
+        return {**data, "by_point": {(r["model"], r["batch"]): r for r in data["rows"]}}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KitError(f"--compare {path}: not a JSON written by perf/bench_engine.py --out ({exc})") from None
 
@@ -358,11 +358,10 @@ def plot(rows: List[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def render_report(run: dict, rows: List[dict], failures: List[str], engine: Dict[tuple, dict]) -> str:
+def render_report(run: dict, rows: List[dict], failures: List[str], engine: Optional[dict]) -> str:
     pa = run["perf_analyzer"]
     template = " ".join(["perf_analyzer", "-m", "MODEL", "-b", "BATCH", "-u", run["url"], "-i", run["protocol"],
-                         *map(shlex.quote, pa["args"]),
-                         "-f", "csv/MODEL_bBATCH.csv", "--verbose-csv"])
+                         *map(shlex.quote, pa["args"]), "-f", "csv/MODEL_bBATCH.csv", "--verbose-csv"])
     lines = [f"# Served performance: Triton {run['server'].get('version', '?')}", "",
              f"- Date: {run['date']}",
              f"- Server: Triton {run['server'].get('version', '?')} at {run['url']} over {run['protocol'].upper()}",
@@ -370,6 +369,10 @@ def render_report(run: dict, rows: List[dict], failures: List[str], engine: Dict
              f"- Client: {pa['version']}; per point `{template}`",
              "- Models (config as served):"]
     lines += [f"  - `{model}`: {desc}" for model, desc in run["models"].items()]
+    if engine:
+        lines.append(f"- In-process reference: perf/bench_engine.py of {engine.get('date', '?')} "
+                     f"({engine.get('repo', '?')}, one call at a time). Measure both back to back: a shared or "
+                     f"virtual host's speed drifts between runs")
     label = lambda r: f"{short_name(r['model'])}/{r['batch']}"  # noqa: E731
     ms = lambda v: f"{v:.2f}"  # noqa: E731
     headers = ["Model/Batch_Size", "Concurrency", "Throughput (infer/sec)", "Avg latency (ms)", "p50 latency (ms)",
@@ -379,7 +382,7 @@ def render_report(run: dict, rows: List[dict], failures: List[str], engine: Dict
     if engine:
         headers += ["In-process (infer/sec)", "Served / in-process"]
         for row, r in zip(table, rows):
-            e = engine.get((r["model"], r["batch"]))
+            e = engine["by_point"].get((r["model"], r["batch"]))
             row += [f"{e['throughput']:.1f} ({e['device']})", f"{r['throughput'] / e['throughput']:.2f}"] if e else \
                 ["-", "-"]
     lines += ["", "## Throughput and latency", "", markdown_table(headers, table) if rows else "(no point measured)"]
@@ -405,7 +408,7 @@ def report(args: argparse.Namespace) -> int:
         run = json.loads((out / RUN_FILE).read_text())
     except FileNotFoundError:
         raise KitError(f"{out} has no {RUN_FILE}: not a run_perf.sh output directory") from None
-    engine = engine_throughputs(args.compare)
+    engine = read_engine(args.compare)
     rows, failures = [], []
     for point in run["points"]:
         measured = read_point(out, point)

@@ -7,11 +7,15 @@ from typing import Optional, Tuple
 import jinja2
 
 from .errors import KitError
-from .spec import DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, PLAN_INFO_FILE, STD, TRT, ModelSpec
+from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, PLAN_INFO_FILE, PT,
+                   RUNTIMES, STD, TRT, U8, ModelSpec)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 TARGETS = ("ngc", "local")
-LOCAL_RUNTIME = {"model.pt": "torch", "model.onnx": "onnxruntime"}  # what the python backend runs each with
+ONNX_ACCELERATORS = ("none", "tensorrt")
+TORCH_MODELS = (PT, U8)  # what --runtime applies to
+# FP16 and TF32 (cuDNN's default for FP32 convolutions) on a GPU: the load-time parity check's default factor.
+GPU_PARITY_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class GpuOptions:
     precision: str = "fp32"  # fp32 | fp16 (computed in half, logits returned as FP32)
     channels_last: bool = False
     cuda_graph_batches: Tuple[int, ...] = ()  # capture one CUDA graph per size; a batch runs padded to the next
+    compile_cache: str = "/tmp/mnv3kit-compile-cache"  # TorchInductor/Triton kernel caches of --runtime compiled
+    parity_tolerance: float = GPU_PARITY_TOLERANCE  # load-time check of a GPU torch model (FP16, TF32, compiled)
+    onnx_accelerator: str = "none"  # ngc: ONNX Runtime's TensorRT execution provider
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class ConfigOptions:
     instances: Instances = field(default_factory=Instances)
     batching: Batching = field(default_factory=Batching)
     gpu: GpuOptions = field(default_factory=GpuOptions)
+    runtime: str = "torchscript"  # of the torch models: torchscript | compiled (python backend, TorchInductor)
+    cpu_parity_tolerance: float = 1e-4  # the build's --parity-tolerance, checked again at load on CPU instances
 
 
 @dataclass(frozen=True)
@@ -91,26 +100,60 @@ def _env() -> jinja2.Environment:
     )
 
 
-def template_name(model: ModelSpec, target: str) -> str:
-    return "local.pbtxt.j2" if target == "local" else f"{model.name}.pbtxt.j2"
+def python_backend(model: ModelSpec, opts: "ConfigOptions") -> bool:
+    """Served by the python backend: everything on the local target, the compiled torch models anywhere."""
+    return opts.target == "local" or (model in TORCH_MODELS and opts.runtime == "compiled")
 
 
-def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
+def artifact_of(model: ModelSpec, opts: "ConfigOptions") -> str:
+    return COMPILED_ARTIFACT if model in TORCH_MODELS and opts.runtime == "compiled" else model.artifact
+
+
+def python_runtime(model: ModelSpec, opts: "ConfigOptions") -> str:
+    """The `runtime` parameter model.py reads: torch (TorchScript), compiled, or onnxruntime."""
+    if model == ONNX:
+        return "onnxruntime"
+    return "compiled" if opts.runtime == "compiled" else "torch"
+
+
+def template_name(model: ModelSpec, opts: "ConfigOptions") -> str:
+    return "python.pbtxt.j2" if python_backend(model, opts) else f"{model.name}.pbtxt.j2"
+
+
+def check_config_options(opts: "ConfigOptions") -> None:
     if opts.target not in TARGETS:
         raise KitError(f"unknown target {opts.target!r}: choose one of {', '.join(TARGETS)}")
     if opts.gpu.precision not in ("fp32", "fp16"):
         raise KitError(f"precision must be fp32 or fp16, got {opts.gpu.precision!r}")
-    if opts.target != "local" and model.input_dtype != "TYPE_FP32":
-        raise KitError(f"{model.name} exists for --target local only")
+    if opts.runtime not in RUNTIMES:
+        raise KitError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {opts.runtime!r}")
+    if opts.runtime == "compiled" and opts.instances.kind != "KIND_GPU":
+        raise KitError("--runtime compiled needs --instance-kind KIND_GPU: TorchInductor's C++ build on a CPU takes "
+                       "minutes per batch size (280 s measured on 2 cores) and ONNX Runtime is the faster CPU runtime; "
+                       "use --runtime torchscript or --models onnx on CPU")
+    if opts.gpu.onnx_accelerator not in ONNX_ACCELERATORS:
+        raise KitError(f"--onnx-accelerator must be one of {', '.join(ONNX_ACCELERATORS)}")
+    bad = [b for b in opts.gpu.cuda_graph_batches if not 1 <= b <= opts.max_batch_size]
+    if bad:
+        raise KitError(f"--cuda-graph-batches {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
+
+
+def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
+    check_config_options(opts)
+    if not python_backend(model, opts) and model.input_dtype != "TYPE_FP32":
+        raise KitError(f"{model.name} is served by the python backend only: --target local or --runtime compiled")
     bad = [b for b in opts.batching.preferred if not 1 <= b <= opts.max_batch_size]
     if opts.batching.enabled and bad:
         raise KitError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
-    name = template_name(model, opts.target)
+    name = template_name(model, opts)
+    on_gpu = opts.instances.kind == "KIND_GPU"
     return _env().get_template(name).render(
         template=name, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy,
-        instance=opts.instances, batching=opts.batching, runtime=LOCAL_RUNTIME.get(model.artifact, ""),
-        gpu=opts.gpu, mean=MEAN, std=STD,
+        instance=opts.instances, batching=opts.batching, artifact=artifact_of(model, opts),
+        runtime=python_runtime(model, opts), gpu=opts.gpu, mean=MEAN, std=STD,
+        parity_tolerance=opts.gpu.parity_tolerance if on_gpu else opts.cpu_parity_tolerance,
+        onnx_accelerator=opts.gpu.onnx_accelerator, workspace_bytes=1 << 30,
     )
 
 

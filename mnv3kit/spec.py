@@ -12,6 +12,11 @@ INPUT_DIMS = (CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
 LABELS_FILE = "labels.txt"
 MANIFEST_FILE = "manifest.json"
 PLAN_INFO_FILE = "plan_info.json"  # TensorRT version + GPU compute capability, beside model.plan
+PARITY_FILE = "parity.npz"  # beside a python-backend torch artifact: photos + eager FP32 logits, checked at load
+COMPILED_ARTIFACT = "model.pt2"  # torch.export program, compiled by TorchInductor where it is served
+# How the torch models (pt, u8) run: TorchScript (native libtorch on ngc, the python backend on local) or
+# the exported program compiled by TorchInductor in the python backend (any target; KIND_GPU).
+RUNTIMES = ("torchscript", "compiled")
 DEFAULT_VERSION = 1
 
 

@@ -10,7 +10,7 @@ from tritonclient.grpc import model_config_pb2
 
 from .errors import KitError
 from .repository import read_manifest, sha256
-from .spec import INPUT_DIMS, MANIFEST_FILE, MODELS_BY_NAME, PLAN_INFO_FILE
+from .spec import COMPILED_ARTIFACT, INPUT_DIMS, MANIFEST_FILE, MODELS_BY_NAME, PLAN_INFO_FILE
 from .trt_build import HOW_TO_BUILD, import_tensorrt, inspect_plan
 
 ModelConfig = model_config_pb2.ModelConfig
@@ -43,15 +43,21 @@ def artifact_name(config: ModelConfig) -> Optional[str]:
     return ARTIFACT_BY_PLATFORM.get(config.platform)
 
 
-def _check_torchscript(path: Path, max_batch: int, classes: int) -> Optional[str]:
+def _check_torch(path: Path, max_batch: int, classes: int) -> Optional[str]:
+    """model.pt (TorchScript) or model.pt2 (torch.export program, run eagerly here) at max batch on the CPU."""
     import torch
 
+    kind = "the torch.export program" if path.name == COMPILED_ARTIFACT else "TorchScript"
     try:
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        if path.name == COMPILED_ARTIFACT:
+            module = torch.export.load(str(path)).module()
+        else:
+            module = torch.jit.load(str(path), map_location="cpu").eval()
         with torch.inference_mode():
             out = module(torch.zeros((max_batch, *INPUT_DIMS)))
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
-        return f"{path}: TorchScript does not run on [{max_batch},{','.join(map(str, INPUT_DIMS))}]: {str(exc).splitlines()[0]}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{path}: {kind} does not run on [{max_batch},{','.join(map(str, INPUT_DIMS))}]: {first}"
     if tuple(out.shape) != (max_batch, classes):
         return f"{path}: output shape {tuple(out.shape)}, config promises ({max_batch}, {classes})"
     return None
@@ -176,8 +182,8 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
             continue
         if not run_artifacts:
             continue
-        if artifact == "model.pt":
-            problem = _check_torchscript(path, config.max_batch_size, classes)
+        if artifact in ("model.pt", COMPILED_ARTIFACT):
+            problem = _check_torch(path, config.max_batch_size, classes)
             report.problems += [problem] if problem else []
         elif artifact == "model.onnx":
             report.problems += _check_onnx(path, config, config.max_batch_size, classes)

@@ -1,64 +1,72 @@
 #!/usr/bin/env bash
-# Issue 7 in ONE call on the GPU machine of the `device` tool (Python 3.12 + torch + CUDA there, no Triton):
-# unpack .device/carry.tar.xz (perf/make_gpu_carry.sh), build a local-target repository for KIND_GPU, measure the raw
-# in-process model (perf/raw_gpu.py), start the embedded Triton, run perf_analyzer sweeps (the seed's batch 1..8
-# table, then dynamic-batching concurrency sweeps up to max batch 64) against it, and write the reports with the
-# served / raw ratio under perf/results/gpu-<date>/ ($OUT/gpu-results.tar.gz when run through the device tool).
-#   device run:  command "bash perf/gpu_run.sh", carry [".device/carry.tar.xz"]
-# Env: ARCH (large), INSTANCES (2), QUEUE_DELAY_US (0: a lone request never waits; busy instances still
-# batch whatever queued meanwhile), WINDOW_MS (1500).
+# The GPU report in one run on one GPU host: build a --runtime compiled repository for KIND_GPU (TorchInductor
+# compiles on this GPU during the build: the cold start, recorded in the manifest), measure the raw variants
+# in-process (perf/raw_gpu.py: torchvision's eager model as the anchor, the kit's TorchScript and compiled
+# artifacts), serve the repository with the embedded Triton (the warm start, from the compile cache), run
+# perf_analyzer over gRPC (batch 1 latency, batch 64 with system and CUDA shared memory, dynamic batching), and write
+# perf/results/gpu-<date>/REPORT.md with every ratio taken against the fastest raw variant.
+#   bash perf/gpu_run.sh            (after installing the kit's requirements on the GPU host; see README "GPU")
+# Env: ARCH (large), INSTANCES (2), GRAPHS (1,4,8,16,32,64), WINDOW_MS (1000), PY (python3),
+# CARRY (an archive made by tools/make_gpu_carry.sh, unpacked first when given: server, perf_analyzer, client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}
 INSTANCES=${INSTANCES:-2}
-WINDOW_MS=${WINDOW_MS:-1500}
+GRAPHS=${GRAPHS:-1,4,8,16,32,64}
+WINDOW_MS=${WINDOW_MS:-1000}
 PY=${PY:-$(command -v python3)}
 STAMP=$(date -u +%Y%m%d-%H%M)
-RES=perf/results/gpu-$STAMP
-REPO=/tmp/mnv3kit-repo-gpu
+RES=${RES:-perf/results/gpu-$STAMP}
+REPO=${REPO:-/tmp/mnv3kit-repo-gpu}
+CACHE=${CACHE:-/tmp/mnv3kit-compile-cache}
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-CARRY=/tmp/mnv3kit-carry
-if [ ! -d "$CARRY" ]; then
-  mkdir -p "$CARRY" && tar -C "$CARRY" -xJf .device/carry.tar.xz
+if [ -n "${CARRY:-}" ]; then
+  source tools/gpu_carry_env.sh "$CARRY"
 fi
-ln -sf "$(ls "$CARRY"/site/nvidia_pytriton.libs/libcudart-*.so.12*)" "$CARRY/lib/libcudart.so.12"
-export PYTHONPATH="$CARRY/site${PYTHONPATH:+:$PYTHONPATH}"
-export LD_LIBRARY_PATH="$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PERF_ANALYZER="$CARRY/site/bin/perf_analyzer" PYTHON="$PY" PYTHONUNBUFFERED=1
+export PYTHON="$PY" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-"$PY" -c 'import torch, numpy, google.protobuf as pb; print("torch", torch.__version__, "numpy", numpy.__version__, "protobuf", pb.__version__)'
+"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 
-echo "== build (arch $ARCH, KIND_GPU x$INSTANCES, max batch 64, fp16, channels_last, CUDA graphs)"
-graphs=1,2,4,8,16,32,64
-"$PY" build_repo.py --target local --arch "$ARCH" --models pt,u8 -o "$REPO" --instance-kind KIND_GPU \
-  --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 8,16,32,64 --queue-delay-us "${QUEUE_DELAY_US:-0}" \
-  --precision fp16 --channels-last --cuda-graph-batches "$graphs"
+echo "== build: --runtime compiled, arch $ARCH, KIND_GPU x$INSTANCES, max batch 64, fp16, channels_last, graphs $GRAPHS"
+rm -rf "$CACHE"
+"$PY" build_repo.py --target local --arch "$ARCH" --models pt,u8 -o "$REPO" --runtime compiled \
+  --instance-kind KIND_GPU --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 16,32,64 \
+  --queue-delay-us 0 --precision fp16 --channels-last --cuda-graph-batches "$GRAPHS" --compile-cache "$CACHE"
 
 echo "== raw in-process"
-"$PY" perf/raw_gpu.py --repo "$REPO" --batch-sizes 1-8,16,32,64 --out "$RES"
+"$PY" perf/raw_gpu.py --repo "$REPO" -b 1,8,64 -o "$RES"
 
-echo "== serve"
-"$PY" serve.py --repo "$REPO" --timeout 300 > "$RES/serve.log" 2>&1 &
+echo "== serve (warm start: TorchInductor's cache from the build)"
+started=$SECONDS
+"$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 600); do grep -q "ready:" "$RES/serve.log" && break; kill -0 $server || { cat "$RES/serve.log"; exit 1; }; sleep 0.5; done
-head -n 2 "$RES/serve.log"
+until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do
+  kill -0 $server 2>/dev/null || { cat "$RES/serve.log"; exit 1; }
+  sleep 0.5
+done
+echo "ready after $((SECONDS - started)) s" | tee "$RES/warm_start.txt"
 
 perf() { bash perf/run_perf.sh -u localhost:8001 -i grpc -p "$WINDOW_MS" --compare "$RES/raw_gpu.json" \
   --metrics localhost:8002/metrics "$@" || true; }
-echo "== seed table: batch 1..8, concurrency 1"
-perf -m mobilenetv3_pt,mobilenetv3_u8 -b 1-8 -o "$RES/seed"
-echo "== dynamic batching: batch-1 requests, concurrency 1..128, system shared memory"
-perf -m mobilenetv3_pt,mobilenetv3_u8 -b 1 -c 1:129:32 --shared-memory system -o "$RES/dynamic"
-echo "== large requests: batch 64, concurrency 1..4, system shared memory"
-perf -m mobilenetv3_pt,mobilenetv3_u8 -b 64 -c 1:4 --shared-memory system -o "$RES/batch64"
+echo "== batch 1 and 8, concurrency 1"
+perf -m mobilenetv3_pt,mobilenetv3_u8 -b 1,8 -o "$RES/latency"
+perf -m mobilenetv3_pt -b 1 --shared-memory cuda -o "$RES/latency-cudashm"
+echo "== batch 64, system and CUDA shared memory"
+perf -m mobilenetv3_pt,mobilenetv3_u8 -b 64 -c 4 --shared-memory system -o "$RES/batch64"
+perf -m mobilenetv3_pt -b 64 -c 4 --shared-memory cuda -o "$RES/batch64-cudashm"
+echo "== dynamic batching: batch-1 requests at rising concurrency, system shared memory"
+perf -m mobilenetv3_u8 -b 1 -c 16:64:48 --shared-memory system -o "$RES/dynamic"
 curl -s localhost:8002/metrics > "$RES/metrics.txt" || true
 
 kill -TERM $server; wait $server || true; trap - EXIT
+echo "== AOTInductor: compile a package, load it in a fresh process"
+timeout 240 "$PY" tools/try_aoti.py "$REPO" | tee "$RES/aoti.txt" || echo "aoti: no result within 240 s" | tee -a "$RES/aoti.txt"
+cp "$REPO/manifest.json" "$RES/manifest.json"
 "$PY" perf/gpu_report.py "$RES" || true
 if [ -n "${OUT:-}" ]; then
-  tar -C perf/results -czf "$OUT/gpu-results.tar.gz" "gpu-$STAMP"
-  cp "$RES"/*.md "$OUT/" 2>/dev/null || true
+  tar -C "$(dirname "$RES")" -czf "$OUT/gpu-results.tar.gz" "$(basename "$RES")"
+  cp "$RES"/REPORT.md "$OUT/" 2>/dev/null || true
 fi

@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""Raw in-process GPU throughput of a repository's TorchScript model: the ceiling of the served path.
+"""Raw in-process GPU throughput: torchvision's model (the anchor), the kit's TorchScript and compiled artifacts.
 
-  python perf/raw_gpu.py --repo /tmp/repo_gpu --batch-sizes 1-8,16,32,64 --out perf/results/run
+  python perf/raw_gpu.py --repo /tmp/repo_gpu -b 1,8,64 -o perf/results/run
 
-Runs the same TorchRunner as the served python-backend model (mnv3kit/backend/model.py) in this process, for each
-variant (precision x memory format, CUDA graph per batch size), two ways:
-  replay    CUDA graph replay only, input already on the GPU (the model's own speed)
-  end2end   what one served execute() does: host batch -> pinned staging -> GPU -> graph -> logits back to host
-Writes raw_gpu.md and raw_gpu.json; the JSON has bench_engine.py's row shape (model, batch, throughput, device), so
-`perf/run_perf.sh --compare raw_gpu.json` adds the served / raw ratio to every served row.
+Every variant runs in mnv3kit/backend/model.py's TorchRunner (the served code) with the served configuration of the
+repository's mobilenetv3_pt (precision, channels_last; one CUDA graph per batch size), on the same weights:
+  torchvision-eager  torchvision.models.mobilenet_v3_<arch>, eager PyTorch captured as CUDA graphs (the anchor)
+  kit-torchscript    the kit's model traced to TorchScript, frozen (--runtime torchscript)
+  kit-compiled       the repository's model.pt2 compiled by TorchInductor (--runtime compiled), FP32 and UINT8 input
+Timed per batch size: replay (the CUDA graph alone, input already on the GPU), end-to-end from a host array (what
+one served execute() does with a host input: pinned staging, copy, replay, logits back), from a GPU tensor (CUDA
+shared memory), and paced single calls. Writes raw_gpu.md and raw_gpu.json; the JSON's rows have bench_engine.py's
+shape (model, batch, throughput, device) for the served models' own variant, so `run_perf.sh --compare
+raw_gpu.json` adds the served / raw ratio to every served row.
 """
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,13 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mnv3kit.backend.model import TorchRunner  # noqa: E402
 from mnv3kit.errors import KitError, cli_errors  # noqa: E402
 from mnv3kit.perf import hardware, hardware_line, markdown_table, now, parse_batch_sizes  # noqa: E402
-from mnv3kit.spec import MEAN, PT, STD, U8  # noqa: E402
-
-VARIANTS = {  # name -> (precision, channels_last)
-    "fp16-cl": ("fp16", True),
-    "fp32-cl": ("fp32", True),
-    "fp16": ("fp16", False),
-}
+from mnv3kit.repository import read_manifest  # noqa: E402
+from mnv3kit.spec import COMPILED_ARTIFACT, MEAN, PT, STD, U8  # noqa: E402
+from mnv3kit.validate import parse_config  # noqa: E402
 
 
 def timed(fn, iters: int, torch) -> float:
@@ -58,22 +59,58 @@ def paced(fn, calls: int, torch, gap_s: float = 0.002) -> float:
     return float(np.median(times))
 
 
-def measure(artifact: Path, batches, variant: str, uint8: bool, iters: int, torch) -> list:
-    precision, channels_last = VARIANTS[variant]
-    runner = TorchRunner(str(artifact), "cuda:0", precision, channels_last, batches, MEAN, STD, uint8_input=uint8)
+def served_options(repo: Path) -> dict:
+    config = parse_config(repo / PT.name / "config.pbtxt")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    if params.get("artifact") != COMPILED_ARTIFACT:
+        raise KitError(f"{repo}: build it with --runtime compiled --instance-kind KIND_GPU (its {PT.name} runs "
+                       f"{params.get('artifact', 'natively')})")
+    return {"precision": params["precision"], "channels_last": params["channels_last"] == "true",
+            "cache": params["compile_cache"]}
+
+
+def variants(repo: Path, arch: str, opts: dict, torch):
+    """name -> (what to build a TorchRunner from, uint8 input), all on the repository's weights."""
+    import torchvision
+
+    from mnv3kit.export import export_torchscript
+    from mnv3kit.model import MobileNetV3
+
+    program = repo / PT.name / "1" / COMPILED_ARTIFACT
+    state = torch.export.load(str(program)).module().state_dict()
+    classes = state["classifier.3.weight"].shape[0]
+    anchor = getattr(torchvision.models, f"mobilenet_v3_{arch}")(num_classes=classes)
+    anchor.load_state_dict(state)
+    kit = MobileNetV3(arch, classes)
+    kit.load_state_dict(state)
+    scripted = Path(tempfile.mkdtemp(prefix="mnv3kit-raw-")) / "model.pt"
+    export_torchscript(kit.eval(), scripted)
+    return {"torchvision-eager": (anchor, False), "kit-torchscript": (str(scripted), False),
+            "kit-compiled": (str(program), False), "kit-compiled-u8": (str(program), True)}
+
+
+def measure(name: str, source, uint8: bool, batches, opts: dict, iters: int, torch) -> list:
+    started = time.perf_counter()
+    runner = TorchRunner(source, "cuda:0", opts["precision"], opts["channels_last"], batches, MEAN, STD,
+                         uint8_input=uint8, compile_cache=opts["cache"])
+    init_s = time.perf_counter() - started
     rng = np.random.default_rng(0)
     rows = []
     for b in batches:
         graph = runner.graphs[b][0]
         host = (rng.integers(0, 256, (b, 3, 224, 224), dtype=np.uint8) if uint8
                 else rng.standard_normal((b, 3, 224, 224), dtype=np.float32))
+        on_gpu = torch.from_numpy(host).cuda()
         replay = timed(graph.replay, iters, torch)
         end2end = timed(lambda: runner(host), iters, torch)
-        rows.append({"model": U8.name if uint8 else PT.name, "variant": variant, "batch": b,
-                     "replay_ms": replay * 1e3, "replay_img_s": b / replay,
+        from_gpu = timed(lambda: runner(on_gpu), iters, torch)
+        served = name.startswith("kit-compiled")
+        rows.append({"model": (U8.name if uint8 else PT.name) if served else name, "variant": name, "batch": b,
+                     "init_s": init_s, "replay_ms": replay * 1e3, "replay_img_s": b / replay,
                      "end2end_ms": end2end * 1e3, "throughput": b / end2end,
+                     "gpu_input_ms": from_gpu * 1e3, "gpu_input_img_s": b / from_gpu,
                      "paced_ms": paced(lambda: runner(host), min(iters, 50), torch) * 1e3,
-                     "device": f"raw {variant}{' u8' if uint8 else ''}"})
+                     "device": f"raw {name}"})
     del runner
     torch.cuda.empty_cache()
     return rows
@@ -82,9 +119,9 @@ def measure(artifact: Path, batches, variant: str, uint8: bool, iters: int, torc
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", type=Path, required=True, help="repository whose mobilenetv3_pt/1/model.pt is measured")
-    p.add_argument("-b", "--batch-sizes", default="1-8,16,32,64", help="default 1-8,16,32,64")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--repo", type=Path, required=True,
+                   help="repository built with --runtime compiled --instance-kind KIND_GPU (its model.pt2 and config)")
+    p.add_argument("-b", "--batch-sizes", default="1,8,64", help="default 1,8,64")
     p.add_argument("--iters", type=int, default=200, help="timed calls per point (default 200)")
     p.add_argument("-o", "--out", type=Path, required=True, help="writes raw_gpu.md and raw_gpu.json here")
     args = p.parse_args(argv)
@@ -93,32 +130,31 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             raise KitError("no CUDA device: raw_gpu.py measures the GPU path (perf/bench_engine.py covers CPU)")
-        artifact = args.repo / PT.name / "1" / PT.artifact
-        if not artifact.is_file():
-            raise KitError(f"{artifact} missing: build the repository with build_repo.py --target local")
+        manifest = read_manifest(args.repo)
+        opts = served_options(args.repo)
         batches = parse_batch_sizes(args.batch_sizes)
-        variants = [v for v in args.variants.split(",") if v]
-        unknown = [v for v in variants if v not in VARIANTS]
-        if unknown:
-            raise KitError(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
         rows = []
-        for variant in variants:
-            rows += measure(artifact, batches, variant, False, args.iters, torch)
-        rows += measure(artifact, batches, variants[0], True, args.iters, torch)  # the UINT8 contract
+        for name, (source, uint8) in variants(args.repo, manifest["arch"], opts, torch).items():
+            print(f"raw_gpu.py: {name}", file=sys.stderr, flush=True)
+            rows += measure(name, source, uint8, batches, opts, args.iters, torch)
         gpu = torch.cuda.get_device_name(0)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "raw_gpu.json").write_text(json.dumps(
-            {"date": now(), "gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
+            {"date": now(), "gpu": gpu, "torch": torch.__version__, "options": opts, "rows": rows}, indent=1))
         table = markdown_table(
-            ["Model", "Variant", "Batch", "Replay (ms)", "Replay (img/s)", "End-to-end (ms)", "End-to-end (img/s)",
-             "Paced single call (ms)"],
-            [[r["model"], r["variant"], r["batch"], f"{r['replay_ms']:.3f}", f"{r['replay_img_s']:,.0f}",
-              f"{r['end2end_ms']:.3f}", f"{r['throughput']:,.0f}", f"{r['paced_ms']:.3f}"] for r in rows])
+            ["Variant", "Batch", "Start (s)", "Replay (ms)", "Replay (img/s)", "Host in (ms)", "Host in (img/s)",
+             "GPU in (ms)", "GPU in (img/s)", "Paced (ms)"],
+            [[r["variant"], r["batch"], f"{r['init_s']:.1f}", f"{r['replay_ms']:.3f}", f"{r['replay_img_s']:,.0f}",
+              f"{r['end2end_ms']:.3f}", f"{r['throughput']:,.0f}", f"{r['gpu_input_ms']:.3f}",
+              f"{r['gpu_input_img_s']:,.0f}", f"{r['paced_ms']:.3f}"] for r in rows])
         text = (f"# Raw in-process GPU throughput\n\n- Date: {now()}\n- GPU: {gpu}, torch {torch.__version__}\n"
-                f"- Host: {hardware_line(hardware(), load=False)}\n- Model: {artifact}\n\n"
-                f"Replay: CUDA graph replay with the input already on the GPU. End-to-end: host batch -> pinned -> "
-                f"GPU -> graph -> logits on the host, as one served execute() does. Paced: median of single end-to-end calls "
-                f"2 ms apart (a client at concurrency 1).\n\n{table}\n")
+                f"- Host: {hardware_line(hardware(), load=False)}\n- Repository: {args.repo} ({manifest['arch']}); "
+                f"precision {opts['precision']}, channels_last {opts['channels_last']}, one CUDA graph per batch\n\n"
+                f"Start: seconds to build the runner (load, compile from the cache at {opts['cache']}, capture). "
+                f"Replay: the CUDA graph alone, input on the GPU. Host in: host array -> pinned -> GPU -> graph -> "
+                f"logits on the host (one served execute() with a host input). GPU in: the same from a GPU tensor "
+                f"(CUDA shared memory). Paced: median of single host-in calls 2 ms apart (a client at concurrency "
+                f"1).\n\n{table}\n")
         (args.out / "raw_gpu.md").write_text(text)
         print(text)
         return 0

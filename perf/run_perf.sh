@@ -26,7 +26,8 @@ Options:
   -i, --protocol P         http or grpc (default http)
   -b, --batch-sizes LIST   e.g. 1-8 or 1,2,4,8 (default 1..max_batch_size of the models: 1-8, as the seed)
   -c, --concurrency RANGE  outstanding requests, START[:END[:STEP]] (default 1, as perf_client's table)
-      --shared-memory M    none or system: pass tensors through system shared memory (server on this host)
+      --shared-memory M    none, system or cuda: pass tensors through system or CUDA shared memory (server on
+                           this host; cuda: the GPU that serves, perf_analyzer allocates it)
   -p, --window MS          length of each measurement window (default perf_analyzer's 5000)
       --count N            count windows instead: each window lasts until N requests completed (and >= 1 s)
       --stability PCT      allowed spread of the last 3 windows before a point counts as stable (default 10)
@@ -79,7 +80,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ $protocol == http || $protocol == grpc ]] || die "--protocol must be http or grpc, got '$protocol'"
-[[ $shm == none || $shm == system ]] || die "--shared-memory must be none or system, got '$shm'"
+[[ $shm == none || $shm == system || $shm == cuda ]] || die "--shared-memory must be none, system or cuda, got '$shm'"
 [[ $concurrency =~ ^[1-9][0-9]*(:[1-9][0-9]*(:[1-9][0-9]*)?)?$ ]] \
   || die "--concurrency must be START[:END[:STEP]], got '$concurrency'"
 [ -z "$window" ] || [ -z "$count" ] || die "--window and --count are two ways to size a measurement: give one"

@@ -249,7 +249,7 @@ def test_gpu_options_render_into_local_configs():
         assert params["cuda_graph_batches"] == "1,8,64"
     assert text_format.Parse(render_config(U8, cfg), model_config_pb2.ModelConfig()).input[0].data_type == \
         model_config_pb2.TYPE_UINT8
-    with pytest.raises(KitError, match="local only"):
+    with pytest.raises(KitError, match="python backend only"):
         render_config(U8, ConfigOptions())
     with pytest.raises(KitError, match="offers pt, onnx, trt"):
         build(BuildOptions(models=("u8",)))

@@ -1,18 +1,23 @@
-"""Triton python-backend model of the kit's --target local repositories.
+"""Triton python-backend model of the kit's python-backend repositories (--target local, or --runtime compiled).
 
 Copied verbatim into <model>/<version>/model.py. It serves the same contract as the native backends
-(input [N,3,224,224] -> logits [N,classes] FP32) by running the artifact beside it: model.pt with
-TorchScript or model.onnx with ONNX Runtime (config parameters `artifact` and `runtime`). Triton's dynamic
-batcher hands execute() several requests; they run as ONE forward pass and the result is split back.
-A UINT8 input (raw pixels) is normalized on the serving device with the config's `mean`/`std`.
-On GPU instances the torch runner can compute in FP16, use channels_last, and replay one CUDA graph per batch
-size in `cuda_graph_batches` (a batch runs padded to the next captured size): eager PyTorch is launch-bound at
-~2.7 ms per call on an H100/H200 whatever the batch, a replayed graph is not.
+(input [N,3,224,224] -> logits [N,classes] FP32) by running the artifact beside it (config parameters `artifact`
+and `runtime`): model.pt with TorchScript, model.pt2 (a torch.export program) compiled by TorchInductor, or
+model.onnx with ONNX Runtime. Triton's dynamic batcher hands execute() several requests; they run as ONE forward
+pass and the result is split back. A UINT8 input (raw pixels) is normalized on the serving device with the
+config's `mean`/`std`.
+On GPU instances the torch runner can compute in FP16, use channels_last, and replay one CUDA graph per batch size
+in `cuda_graph_batches` (a batch runs padded to the next captured size): eager PyTorch is launch-bound at ~2.7 ms
+per call on an H100/H200 whatever the batch, a replayed graph is not. Inputs that Triton already holds in GPU memory
+(CUDA shared memory, or an ensemble step on the GPU) are taken as they are (DLPack), with no trip through the host.
+Before serving, a torch runner checks itself against the build's eager FP32 logits on real photographs
+(parity.npz beside the artifact): a model that does not pass does not load.
 Self-contained on purpose: it runs inside Triton's stub process, which need not have the kit installed; the
-kit's raw GPU benchmark imports TorchRunner from here so that served and raw numbers run the same code.
+kit's benchmarks import TorchRunner from here so that served and raw numbers run the same code.
 """
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -20,20 +25,48 @@ import numpy as np
 
 try:
     import triton_python_backend_utils as pb_utils
-except ImportError:  # imported outside Triton by the kit's raw benchmark
+except ImportError:  # imported outside Triton by the kit's benchmarks
     pb_utils = None
+
+PARITY_FILE = "parity.npz"  # pixels (uint8 NCHW), mean, std, logits (eager FP32 at build time)
+COMPILED_SUFFIX = ".pt2"
+# A host batch larger than this is copied into pinned memory by several threads: one thread copies ~10 GB/s, and a
+# UINT8 batch of 64 (9.6 MB) or an FP32 one (38.5 MB) would otherwise keep the GPU waiting.
+STAGE_SPLIT_BYTES, STAGE_THREADS = 4 << 20, 4
+FALLBACK = "build with --runtime torchscript (TorchScript replayed as CUDA graphs) to serve without TorchInductor"
+
+
+class RunnerError(RuntimeError):
+    """The runner cannot serve as configured; the message names the cause and the fallback."""
+
+
+def _log(message: str) -> None:
+    if pb_utils is not None:
+        pb_utils.Logger.log_info(message)
+    else:
+        print(message, flush=True)
 
 
 def _floats(text: str) -> Optional[Tuple[float, ...]]:
     return tuple(float(v) for v in text.split(",")) if text else None
 
 
-class TorchRunner:
-    """TorchScript on CPU or GPU; on GPU optionally FP16, channels_last and CUDA graphs per batch size."""
+def allowed_difference(reference: np.ndarray, tolerance: float) -> float:
+    """Max |logit difference| allowed against ``reference``: tolerance x max(1, max |logit|) (the build's parity rule)."""
+    return tolerance * max(1.0, float(np.abs(reference).max()))
 
-    def __init__(self, path: str, device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
+
+class TorchRunner:
+    """A torch model on CPU or GPU, called with host arrays and/or GPU tensors (one per request).
+
+    ``source``: a path to model.pt (TorchScript: frozen on GPU) or model.pt2 (a torch.export program, compiled
+    with TorchInductor per batch size in ``graph_batches``), or an nn.Module run eagerly (benchmarks' anchor).
+    """
+
+    def __init__(self, source, device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
                  graph_batches: Sequence[int] = (), mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, uint8_input: bool = False):
+                 std: Optional[Sequence[float]] = None, uint8_input: bool = False,
+                 compile_cache: Optional[str] = None):
         import torch
 
         self.torch = torch
@@ -41,26 +74,62 @@ class TorchRunner:
         on_gpu = self.device.type == "cuda"
         self.dtype = torch.float16 if precision == "fp16" and on_gpu else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.stage_pool = None
         if on_gpu:
-            # cuDNN's autotuner suits CUDA graphs (fixed shapes per graph). The CPU side is one memcpy per batch:
+            # Each instance has its own stub process: make its GPU the current device, or torch.cuda.graph() would
+            # capture on a stream of GPU 0 while an instance on another GPU (instance_group gpus: [0, 1]) runs.
+            torch.cuda.set_device(self.device)
+            # cuDNN's autotuner suits CUDA graphs (fixed shapes per graph). The CPU side is a few copies per batch:
             # torch's default of one thread per core, in every instance's process, would only contend.
             torch.backends.cudnn.benchmark = True
             torch.set_num_threads(1)
-        module = torch.jit.load(path, map_location=self.device).eval()
-        module = module.to(dtype=self.dtype, memory_format=self.memory_format)
-        if on_gpu:  # fold BatchNorm into the convolutions, drop training-only branches
-            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
-        self.module = module
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.stage_pool = ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="stage")
+        self.compiled = isinstance(source, (str, Path)) and str(source).endswith(COMPILED_SUFFIX)
+        self.runtime = "compiled" if self.compiled else "torchscript" if isinstance(source, (str, Path)) else "eager"
+        self.module = self._load(source)
         self.uint8_input = uint8_input
         if uint8_input:  # (x / 255 - mean) / std  ==  x * scale + shift
             m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
             s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
             self.scale = (1.0 / (255.0 * s)).to(self.device, self.dtype)
             self.shift = (-m / s).to(self.device, self.dtype)
+        self.sizes = sorted(set(graph_batches))  # the batch sizes a call is padded to (compiled, or captured)
+        if self.compiled:
+            self.module = self._compile(self.module, compile_cache)
         self.graphs: Dict[int, tuple] = {}
         if on_gpu:
-            for batch in sorted(set(graph_batches)):
+            for batch in self.sizes:
                 self._capture(batch)
+        elif self.compiled:
+            for batch in self.sizes:  # compile every size now, not on a client's request
+                self._run(self._zeros(batch))
+
+    def _load(self, source):
+        torch = self.torch
+        if not isinstance(source, (str, Path)):
+            module = source.eval()
+        elif self.compiled:
+            module = torch.export.load(str(source)).module()
+        else:
+            module = torch.jit.load(str(source), map_location=self.device).eval()
+        module = module.to(self.device).to(dtype=self.dtype, memory_format=self.memory_format)
+        if self.runtime == "torchscript" and self.device.type == "cuda":
+            # fold BatchNorm into the convolutions. Not optimize_for_inference: measured on an H200 it halves
+            # throughput at batch 64 (3.89 vs 1.99 ms per replay).
+            module = torch.jit.freeze(module)
+        return module
+
+    def _compile(self, module, cache: Optional[str]):
+        """The network alone is compiled (the UINT8 normalization stays outside), so the FP32 and UINT8 models share
+        one set of kernels, and TorchInductor's cache serves the second from the first."""
+        torch = self.torch
+        if cache:  # TorchInductor's and Triton's on-disk caches: a restart reuses the kernels compiled before
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache) / "inductor")
+            os.environ["TRITON_CACHE_DIR"] = str(Path(cache) / "triton")
+        torch._dynamo.config.cache_size_limit = max(8, 2 * len(self.sizes))  # one graph per batch size
+        return torch.compile(module, dynamic=False if self.sizes else None)
 
     def _forward(self, x):
         x = x.to(self.dtype)
@@ -68,35 +137,87 @@ class TorchRunner:
             x = x * self.scale + self.shift
         return self.module(x.contiguous(memory_format=self.memory_format)).float()
 
+    def _zeros(self, batch: int, pinned: bool = False):
+        dtype = self.torch.uint8 if self.uint8_input else self.torch.float32
+        device = "cpu" if pinned else self.device
+        return self.torch.zeros((batch, 3, 224, 224), dtype=dtype, device=device, pin_memory=pinned)
+
+    def _run(self, x):
+        try:
+            with self.torch.no_grad():
+                return self._forward(x)
+        except Exception as exc:  # noqa: BLE001 - TorchInductor/Triton failures surface here
+            if not self.compiled:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunnerError(f"TorchInductor could not compile the model for batch {x.shape[0]} on "
+                              f"{self.device} ({type(exc).__name__}: {first}); {FALLBACK}") from exc
+
     def _capture(self, batch: int) -> None:
         torch = self.torch
-        in_dtype = torch.uint8 if self.uint8_input else torch.float32
-        static_in = torch.zeros((batch, 3, 224, 224), dtype=in_dtype, device=self.device)
-        pinned = torch.zeros(static_in.shape, dtype=in_dtype, pin_memory=True)
+        static_in = self._zeros(batch)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(3):  # let the TorchScript executor profile and optimize before the capture
-                self._forward(static_in)
+        with torch.cuda.stream(side):
+            for _ in range(3):  # compile / let the TorchScript executor optimize, before the capture
+                self._run(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(graph):
             static_out = self._forward(static_in)
-        self.graphs[batch] = (graph, static_in, pinned, static_out)
+        self.graphs[batch] = (graph, static_in, self._zeros(batch, pinned=True), static_out)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def _stage(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Copy a host part into pinned memory, in slices on the stage threads when it is large."""
+        if src.nbytes < STAGE_SPLIT_BYTES or len(src) < 2:
+            np.copyto(dst, src)
+            return
+        bounds = np.linspace(0, len(src), min(STAGE_THREADS, len(src)) + 1).astype(int)
+        list(self.stage_pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]),
+                                 zip(bounds[:-1], bounds[1:])))
+
+    def __call__(self, *parts) -> np.ndarray:
+        """Logits of the parts stacked in order; each part is a host array or a tensor on this device."""
         torch = self.torch
-        n = batch.shape[0]
-        host = torch.from_numpy(batch)
-        size = next((b for b in sorted(self.graphs) if b >= n), None)
+        n = sum(int(p.shape[0]) for p in parts)
+        size = next((b for b in self.sizes if b >= n), None)
+        if size not in self.graphs:
+            tensors = [torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts]
+            x = tensors[0] if len(tensors) == 1 else torch.cat([t.to(self.device) for t in tensors])
+            if size is not None and self.compiled:  # compiled on CPU: pad to a compiled size
+                x = torch.cat([x, torch.zeros((size - n, *x.shape[1:]), dtype=x.dtype)])
+            return self._run(x.to(self.device))[:n].cpu().numpy()
+        graph, static_in, pinned, static_out = self.graphs[size]
+        start = 0
         with torch.no_grad():
-            if size is None:
-                return self._forward(host.to(self.device)).cpu().numpy()
-            graph, static_in, pinned, static_out = self.graphs[size]
-            pinned[:n].copy_(host)  # pinned staging: the host-to-device copy runs at full speed
-            static_in[:n].copy_(pinned[:n], non_blocking=True)
+            for part in parts:
+                stop = start + part.shape[0]
+                if isinstance(part, np.ndarray):  # pinned staging: the host-to-device copy runs at full speed
+                    self._stage(part, pinned[start:stop].numpy())
+                    static_in[start:stop].copy_(pinned[start:stop], non_blocking=True)
+                else:
+                    static_in[start:stop].copy_(part)
+                start = stop
             graph.replay()
             return static_out[:n].cpu().numpy()
+
+    def check_parity(self, path: Path, tolerance: float) -> str:
+        """Compare with the build's eager FP32 logits on its parity photographs; raise RunnerError if they differ."""
+        data = np.load(path)
+        pixels, reference = data["pixels"], data["logits"]
+        n = min(len(pixels), max(self.sizes or [len(pixels)]))
+        x = pixels[:n]
+        if not self.uint8_input:  # exactly mnv3kit.preprocess.normalize
+            x = (x.astype(np.float32) / 255.0 - data["mean"].reshape(3, 1, 1)) / data["std"].reshape(3, 1, 1)
+        out, reference = self(np.ascontiguousarray(x)), reference[:n]
+        diff, limit = float(np.abs(out - reference).max()), allowed_difference(reference, tolerance)
+        same_top1 = bool((out.argmax(1) == reference.argmax(1)).all())
+        summary = (f"{self.runtime} {str(self.dtype).replace('torch.', '')} on {self.device}: max |logit difference| {diff:.3e} "
+                   f"vs the build's eager FP32 on {n} photographs (limit {limit:.1e}), top-1 "
+                   f"{'same' if same_top1 else 'DIFFERS'}")
+        if not (diff <= limit and same_top1):
+            raise RunnerError(f"parity gate failed: {summary}; serve in fp32 or {FALLBACK}")
+        return summary
 
 
 class OnnxRunner:
@@ -109,7 +230,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(path, providers=providers)
         self.input_name = input_name
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, *parts: np.ndarray) -> np.ndarray:
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self.session.run(None, {self.input_name: batch})[0]
 
 
@@ -121,30 +243,45 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         uint8_input = config["input"][0]["data_type"] == "TYPE_UINT8"
         self.input_dtype = np.uint8 if uint8_input else np.float32
-        artifact = str(Path(args["model_repository"]) / args["model_version"] / params["artifact"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        artifact = str(version_dir / params["artifact"])
         on_gpu = args["model_instance_kind"] == "GPU"
         device_id = int(args["model_instance_device_id"])
         runtime = params["runtime"]
-        if runtime == "torch":
-            self.forward = TorchRunner(
-                artifact, f"cuda:{device_id}" if on_gpu else "cpu", params.get("precision", "fp32"),
-                params.get("channels_last") == "true",
-                [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
-                _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input)
+        error = pb_utils.TritonModelException if pb_utils else RuntimeError
+        if runtime in ("torch", "compiled"):
+            try:
+                self.forward = TorchRunner(
+                    artifact, f"cuda:{device_id}" if on_gpu else "cpu", params.get("precision", "fp32"),
+                    params.get("channels_last") == "true",
+                    [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
+                    _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input,
+                    params.get("compile_cache") or None)
+                if (version_dir / PARITY_FILE).is_file():
+                    summary = self.forward.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
+                    _log(f"{args['model_instance_name']}: {summary}")
+            except RunnerError as exc:
+                raise error(f"{config['name']}: {exc}") from None
         elif runtime == "onnxruntime" and not uint8_input:
             self.forward = OnnxRunner(artifact, self.input_name, device_id if on_gpu else None)
         else:
-            raise pb_utils.TritonModelException(f"unsupported runtime {runtime!r} for a {self.input_dtype} input")
+            raise error(f"unsupported runtime {runtime!r} for a {self.input_dtype} input")
+
+    def _input(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+        if tensor.is_cpu():
+            return np.ascontiguousarray(tensor.as_numpy(), dtype=self.input_dtype)
+        from torch.utils.dlpack import from_dlpack  # in GPU memory already: no copy through the host
+
+        return from_dlpack(tensor.to_dlpack())
 
     def execute(self, requests):
-        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        sizes = [a.shape[0] for a in arrays]
-        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        parts = [self._input(r) for r in requests]
         try:
-            logits = self.forward(np.ascontiguousarray(batch, dtype=self.input_dtype))
+            logits = self.forward(*parts)
         except Exception as exc:  # noqa: BLE001 - the error goes back to every client in the batch
             error = pb_utils.TritonError(f"inference failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        bounds = np.cumsum([0] + sizes)
+        bounds = np.cumsum([0] + [p.shape[0] for p in parts])
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits[a:b])])
                 for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,12 @@
+# Sourced by perf/gpu_run.sh on a GPU host without the kit's server-side requirements: unpacks the archive made by
+# tools/make_gpu_carry.sh (the Triton server of nvidia-pytriton with the Python 3.12 stub, perf_analyzer,
+# tritonclient, onnxsim) and points Python, the loader and run_perf.sh at it.
+#   source tools/gpu_carry_env.sh .device/carry.tar.xz
+carry_dir=/tmp/mnv3kit-carry
+if [ ! -d "$carry_dir" ]; then
+  mkdir -p "$carry_dir" && tar -C "$carry_dir" -xJf "$1"
+fi
+ln -sf "$(ls "$carry_dir"/site/nvidia_pytriton.libs/libcudart-*.so.12*)" "$carry_dir/lib/libcudart.so.12"
+export PYTHONPATH="$carry_dir/site${PYTHONPATH:+:$PYTHONPATH}"
+export LD_LIBRARY_PATH="$carry_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PERF_ANALYZER="$carry_dir/site/bin/perf_analyzer"
