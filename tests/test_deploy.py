@@ -256,3 +256,35 @@ def test_install_helm_script_installs_the_pinned_binary(tmp_path):
                                                                              "PIP": f"{sys.executable} -m pip"})
     assert proc.returncode == 0, proc.stderr
     assert "installed v4.1.4" in proc.stdout and (dest / "helm").read_bytes() == installed.read_bytes()
+
+
+def test_round_robin_grpc_channel_spreads_requests_over_servers(built_repo):
+    """What the headless Service is for: one gRPC client, a round_robin channel, every server gets requests."""
+    import json
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from mnv3kit.server import LocalTriton, Ports
+    from mnv3kit.spec import PT
+
+    def served(server):
+        status, body = _get(f"http://{server.http_url}/v2/models/{PT.name}/stats")
+        assert status == 200, body
+        return json.loads(body)["model_stats"][0]["inference_stats"]["success"]["count"]
+
+    image = grpcclient.InferInput(PT.input_name, [1, 3, 224, 224], "FP32")
+    image.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float32))
+    repo = built_repo("small", "local")
+    with LocalTriton(repo, Ports.free()) as a, LocalTriton(repo, Ports.free()) as b:
+        target = f"ipv4:127.0.0.1:{a.ports.grpc},127.0.0.1:{b.ports.grpc}"  # two addresses, as DNS gives per pod
+        for options, spread in ((None, False), ([("grpc.lb_policy_name", "round_robin")], True)):
+            before = served(a), served(b)
+            client = grpcclient.InferenceServerClient(target, channel_args=options)
+            client.is_server_ready()  # connects the channel's subchannels
+            for _ in range(8):
+                client.infer(PT.name, [image])
+            client.close()
+            counts = served(a) - before[0], served(b) - before[1]
+            assert sum(counts) == 8
+            assert (min(counts) >= 2) == spread, counts  # pick_first (the default) sends everything to one
