@@ -288,3 +288,40 @@ def test_round_robin_grpc_channel_spreads_requests_over_servers(built_repo):
             counts = served(a) - before[0], served(b) - before[1]
             assert sum(counts) == 8
             assert (min(counts) >= 2) == spread, counts  # pick_first (the default) sends everything to one
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: `make venv` installs Debian's prometheus package")
+def test_adapter_rule_computes_queue_time_per_request_with_prometheus(tmp_path):
+    """Prometheus' own engine (promtool test rules) evaluates the adapter's query on Triton's two counters."""
+    (rule,) = ADAPTER["rules"]["custom"]
+    # what the adapter substitutes when the HPA asks for the pods of a Deployment
+    expr = (rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="default",pod=~"triton-a|triton-b"')
+            .replace("<<.GroupBy>>", "pod"))
+    name = rule["name"]["as"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(
+        {"groups": [{"name": "adapter", "rules": [{"record": name, "expr": expr}]}]}))
+
+    def series(metric, pod, model, values):
+        return {"series": f'{metric}{{namespace="default",pod="{pod}",model="{model}",version="1"}}',
+                "values": values}
+
+    every_15s = [  # pod a: two busy models; pod b: idle (counters flat)
+        series("nv_inference_queue_duration_us", "triton-a", "mobilenetv3_pt", "0+1500x12"),
+        series("nv_inference_request_success", "triton-a", "mobilenetv3_pt", "0+3x12"),
+        series("nv_inference_queue_duration_us", "triton-a", "mobilenetv3_onnx", "0+3000x12"),
+        series("nv_inference_request_success", "triton-a", "mobilenetv3_onnx", "0+1x12"),
+        series("nv_inference_queue_duration_us", "triton-b", "mobilenetv3_pt", "7000x12"),
+        series("nv_inference_request_success", "triton-b", "mobilenetv3_pt", "40x12"),
+    ]
+    expected = [{"labels": f'{name}{{pod="triton-a"}}', "value": (1500 + 3000) / (3 + 1)},
+                {"labels": f'{name}{{pod="triton-b"}}', "value": 0}]
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yaml"], "evaluation_interval": "15s",
+        "tests": [{"interval": "15s", "input_series": every_15s,
+                   "promql_expr_test": [{"expr": name, "eval_time": "2m", "exp_samples": expected}]}]}))
+    proc = subprocess.run([PROMTOOL, "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout + proc.stderr
