@@ -38,13 +38,20 @@ def helm_binary() -> str:
     return found
 
 
-def repository_values(repo: Path) -> dict:
+def repository_values(repo: Path, kserve: bool = False) -> dict:
     """Chart values that follow from how the repository was built (build_repo.py's manifest)."""
     manifest = read_manifest(repo)
     if manifest.get("target") != "ngc":
         raise KitError(f"{repo} was built with --target {manifest.get('target')}: the chart runs NVIDIA's Triton "
                        f"image, which serves --target ngc repositories (native backends)")
-    return {"tensorrt": {"buildPlan": TRT.name in manifest.get("models", [])}}
+    has_trt = TRT.name in manifest.get("models", [])
+    if not kserve:
+        return {"tensorrt": {"buildPlan": has_trt}}  # built in the pod, for its GPU
+    plan = repo / TRT.name / str(manifest.get("version", 1)) / TRT.artifact
+    if has_trt and not plan.is_file():
+        raise KitError(f"{plan} is missing and KServe cannot build it in the pod: build it with the serving image "
+                       f"first (docker compose run trt-build) or build the repository with --models pt,onnx")
+    return {"mode": "kserve", "tensorrt": {"buildPlan": False}}
 
 
 def render(values: Sequence[dict] = (), value_files: Sequence[Path] = (), sets: Sequence[str] = (),
@@ -125,9 +132,10 @@ def validate(docs: Sequence[dict], kube_versions: Sequence[str] = KUBE_VERSIONS)
 def render_for_repository(repo: Optional[Path], value_files: Sequence[Path] = (), sets: Sequence[str] = (),
                           kserve: bool = False, release: str = "mnv3kit-triton",
                           namespace: str = "default") -> List[dict]:
-    values = [repository_values(repo)] if repo is not None else []
-    if kserve:
-        values.append({"mode": "kserve"})
+    if repo is not None:
+        values = [repository_values(repo, kserve)]
+    else:
+        values = [{"mode": "kserve"}] if kserve else []
     return render(values, value_files, sets, release, namespace)
 
 

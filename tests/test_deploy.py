@@ -16,7 +16,7 @@ from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.errors import KitError
 
 try:
-    from mnv3kit.deploy import helm_binary, render, repository_values, validate
+    from mnv3kit.deploy import CHART, helm_binary, render, repository_values, validate
     helm_binary()
     HELM = True
 except KitError:
@@ -44,6 +44,9 @@ def triton_container(docs):
 
 
 def test_default_chart_renders_valid_manifests_with_the_kits_serving_contract():
+    lint = subprocess.run([helm_binary(), "lint", "--strict", str(CHART), "--set", "triton.restrictedApi.key=k"],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0 and "0 chart(s) failed" in lint.stdout, lint.stdout + lint.stderr
     docs = render([KEY])
     assert validate(docs) == []
     kinds = by_kind(docs)
@@ -193,6 +196,8 @@ def test_deploy_cli_reads_the_repository(built_repo, tmp_path):
     assert repository_values(built_repo("small", "ngc")) == {"tensorrt": {"buildPlan": True}}
     assert_one_line_error(run_cli("deploy.py", "--repo", built_repo("small", "local")), "--target local")
     assert_one_line_error(run_cli("deploy.py", "--repo", built_repo("small", "ngc")), "restricted APIs need a key")
+    assert_one_line_error(run_cli("deploy.py", "--repo", built_repo("small", "ngc"), "--kserve"),
+                          "model.plan is missing and KServe cannot build it in the pod")
     assert_one_line_error(run_cli("deploy.py", "-f", tmp_path / "missing.yaml"), "does not exist")
 
 
