@@ -13,7 +13,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, assert_one_line_error, run_cli
+from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
+from mnv3kit.render import ConfigOptions
+from mnv3kit.repository import read_manifest
 
 try:
     from mnv3kit.deploy import CHART, helm_binary, render, repository_values, validate
@@ -198,6 +201,15 @@ def test_deploy_cli_reads_the_repository(built_repo, tmp_path):
     assert_one_line_error(run_cli("deploy.py", "--repo", built_repo("small", "ngc")), "restricted APIs need a key")
     assert_one_line_error(run_cli("deploy.py", "--repo", built_repo("small", "ngc"), "--kserve"),
                           "model.plan is missing and KServe cannot build it in the pod")
+    # a repository without the TensorRT model is what KServe can serve as it is
+    no_trt = tmp_path / "model_repository"
+    build(BuildOptions(arch="small", output=no_trt, models=("pt", "onnx"), config=ConfigOptions(target="ngc")))
+    assert read_manifest(no_trt)["tensorrt"]["status"] == "not-selected"
+    proc = run_cli("deploy.py", "--repo", no_trt, "--kserve", "--set", "triton.restrictedApi.existingSecret=key",
+                   "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    isvc = one(yaml.safe_load_all(out.read_text()), "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "pvc://mnv3kit-model-repository"
     assert_one_line_error(run_cli("deploy.py", "-f", tmp_path / "missing.yaml"), "does not exist")
 
 

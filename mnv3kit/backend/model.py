@@ -42,6 +42,9 @@ class TorchRunner:
         self.dtype = torch.float16 if precision == "fp16" and on_gpu else torch.float32
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if on_gpu:
+            # Each instance has its own stub process: make its GPU the current device, or torch.cuda.graph() would
+            # capture on a stream of GPU 0 while an instance on another GPU (instance_group gpus: [0, 1]) runs.
+            torch.cuda.set_device(self.device)
             # cuDNN's autotuner suits CUDA graphs (fixed shapes per graph). The CPU side is one memcpy per batch:
             # torch's default of one thread per core, in every instance's process, would only contend.
             torch.backends.cudnn.benchmark = True
