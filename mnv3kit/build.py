@@ -73,10 +73,12 @@ def _parity_paths(folder: Optional[Path]) -> List[Path]:
     return paths
 
 
-def _tensorrt(opts: BuildOptions, staging: Path) -> dict:
+def _tensorrt(opts: BuildOptions, staging: Path, models: List[ModelSpec]) -> dict:
     """Build the plan when possible; otherwise say exactly how it gets built. Returns the manifest entry."""
     if opts.config.target == "local":
         return {"status": "not-applicable", "reason": "the embedded Triton has no TensorRT backend"}
+    if TRT not in models:
+        return {"status": "not-selected", "reason": f"--models without {TRT.key}"}
     if opts.trt == "skip":
         return {"status": "skipped", "reason": f"--trt skip; {HOW_TO_BUILD}"}
     builder = available_builder()
@@ -161,10 +163,10 @@ def build(opts: BuildOptions) -> Path:
             shutil.rmtree(staging / spec.name)
 
         step()
-        if cfg.target == "ngc":
+        if TRT in models:
             (staging / TRT.name / PLAN_SCRIPT).write_text(render_plan_script(opts.plan, cfg.version))
             (staging / TRT.name / PLAN_SCRIPT).chmod(0o755)
-        trt_entry = _tensorrt(opts, staging)
+        trt_entry = _tensorrt(opts, staging, models)
 
         step()
         from .backend import PYTHON_MODEL
