@@ -7,7 +7,7 @@
 # Every point: mobilenetv3_u8 (FP16, channels_last, CUDA graph at 64), batch-64 requests over gRPC with system
 # shared memory, fixed measurement windows. Writes perf/results/multigpu-<date>/REPORT.md (perf/multigpu_report.py)
 # with the scaling vs (a) measured in the same call ($OUT/multigpu-results.tar.gz through the device tool).
-#   bash perf/make_gpu_carry.sh          # here, once: .device/carry.tar.xz
+#   bash tools/make_gpu_carry.sh          # here, once: .device/carry.tar.xz
 #   device run:  command "bash perf/multi_gpu_run.sh", carry [".device/carry.tar.xz"], kind nvidia-h100-x2
 # Env: ARCH (large), INSTANCES per GPU (2), CONCURRENCY per server (4:16:4 for a/b; c uses half of each level per
 # server), WINDOW_MS (2000).
@@ -27,23 +27,16 @@ levels=$(seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[3]}" "${BASH_REMATCH[2]}")
 command -v nvidia-smi >/dev/null || die "needs a machine with 2 NVIDIA GPUs (nvidia-smi not found)"
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 [ "$gpus" -ge 2 ] || die "needs 2 GPUs, this machine has $gpus"
-[ -f .device/carry.tar.xz ] || die ".device/carry.tar.xz missing: run bash perf/make_gpu_carry.sh first and carry it"
+[ -f .device/carry.tar.xz ] || die ".device/carry.tar.xz missing: run bash tools/make_gpu_carry.sh first and carry it"
 PY=${PY:-$(command -v python3)}
 STAMP=$(date -u +%Y%m%d-%H%M)
 RES=perf/results/multigpu-$STAMP
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-# The carry setup of perf/gpu_run.sh (same archive, same layout).
-CARRY=/tmp/mnv3kit-carry
-if [ ! -d "$CARRY" ]; then
-  mkdir -p "$CARRY" && tar -C "$CARRY" -xJf .device/carry.tar.xz
-fi
-ln -sf "$(ls "$CARRY"/site/nvidia_pytriton.libs/libcudart-*.so.12*)" "$CARRY/lib/libcudart.so.12"
-export PYTHONPATH="$CARRY/site${PYTHONPATH:+:$PYTHONPATH}"
-export LD_LIBRARY_PATH="$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source tools/gpu_carry_env.sh .device/carry.tar.xz
 export PYTHONUNBUFFERED=1
-PA="$CARRY/site/bin/perf_analyzer"
+PA="$PERF_ANALYZER"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$RES/gpus.txt"
 nvidia-smi topo -m > "$RES/topology.txt" 2>&1 || true
 
