@@ -7,8 +7,7 @@
 # Every point: mobilenetv3_u8 (FP16, channels_last, CUDA graph at 64), batch-64 requests over gRPC with system
 # shared memory, fixed measurement windows. Writes perf/results/multigpu-<date>/REPORT.md (perf/multigpu_report.py)
 # with the scaling vs (a) measured in the same call ($OUT/multigpu-results.tar.gz through the device tool).
-#   bash tools/make_gpu_carry.sh          # here, once: .device/carry.tar.xz
-#   device run:  command "bash perf/multi_gpu_run.sh", carry [".device/carry.tar.xz"], kind nvidia-h100-x2
+#   bash perf/multi_gpu_run.sh            (on a host with 2 GPUs and the kit's requirements; CARRY as in gpu_run.sh)
 # Env: ARCH (large), INSTANCES per GPU (2), CONCURRENCY per server (4:16:4 for a/b; c uses half of each level per
 # server), WINDOW_MS (2000).
 set -euo pipefail
@@ -27,16 +26,17 @@ levels=$(seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[3]}" "${BASH_REMATCH[2]}")
 command -v nvidia-smi >/dev/null || die "needs a machine with 2 NVIDIA GPUs (nvidia-smi not found)"
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 [ "$gpus" -ge 2 ] || die "needs 2 GPUs, this machine has $gpus"
-[ -f .device/carry.tar.xz ] || die ".device/carry.tar.xz missing: run bash tools/make_gpu_carry.sh first and carry it"
+[ -z "${CARRY:-}" ] || [ -f "$CARRY" ] || die "CARRY=$CARRY: no such archive (tools/make_gpu_carry.sh makes it)"
 PY=${PY:-$(command -v python3)}
 STAMP=$(date -u +%Y%m%d-%H%M)
 RES=perf/results/multigpu-$STAMP
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-source tools/gpu_carry_env.sh .device/carry.tar.xz
+[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
 export PYTHONUNBUFFERED=1
-PA="$PERF_ANALYZER"
+PA=${PERF_ANALYZER:-$(command -v perf_analyzer || true)}
+[ -n "$PA" ] || die "perf_analyzer not found: install the kit's requirements (tritonclient[all]) or set PERF_ANALYZER"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$RES/gpus.txt"
 nvidia-smi topo -m > "$RES/topology.txt" 2>&1 || true
 
