@@ -14,8 +14,10 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 TARGETS = ("ngc", "local")
 ONNX_ACCELERATORS = ("none", "tensorrt")
 TORCH_MODELS = (PT, U8)  # what --runtime applies to
-# FP16 and TF32 (cuDNN's default for FP32 convolutions) on a GPU: the load-time parity check's default factor.
-GPU_PARITY_TOLERANCE = 0.05
+# The load-time parity check's default factor on GPU instances (FP16; TF32 is cuDNN's default for FP32
+# convolutions). Measured: Large, FP16, compiled, H200: max |logit difference| 0.121 at max |logit| 27.8 (4.4e-3
+# relative) against eager FP32 on the CPU; 0.02 leaves a 4.5x margin and still refuses wrong weights or kernels.
+GPU_PARITY_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)

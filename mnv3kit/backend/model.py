@@ -259,7 +259,7 @@ class TritonPythonModel:
                     params.get("compile_cache") or None)
                 if (version_dir / PARITY_FILE).is_file():
                     summary = self.forward.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
-                    _log(f"{args['model_instance_name']}: {summary}")
+                    _log(f"{args.get('model_instance_name', config['name'])}: {summary}")
             except RunnerError as exc:
                 raise error(f"{config['name']}: {exc}") from None
         elif runtime == "onnxruntime" and not uint8_input:
