@@ -85,8 +85,9 @@ def main(argv=None) -> int:
         from mnv3kit.validate import check_repository
 
         if args.check is None:
-            if args.max_batch_size < 1:
-                raise KitError("--max-batch-size must be >= 1")
+            for flag, value in (("--max-batch-size", args.max_batch_size), ("--instance-count", args.instance_count)):
+                if value < 1:
+                    raise KitError(f"{flag} must be >= 1, got {value}")
             kind = args.instance_kind if args.instance_kind != "auto" else (
                 "KIND_CPU" if args.target == "local" else "KIND_GPU")
             max_batch = args.max_batch or args.max_batch_size
@@ -103,7 +104,10 @@ def main(argv=None) -> int:
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
-            build(opts)
+            try:
+                build(opts)
+            except (OSError, RuntimeError) as exc:  # disk full, permissions, an exporter failure: still one line
+                raise KitError(f"build failed ({type(exc).__name__}: {exc}); the previous repository is kept") from None
             repo = args.output
         else:
             repo = args.check

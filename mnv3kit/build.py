@@ -69,10 +69,14 @@ def _parity_paths(folder: Optional[Path]) -> List[Path]:
     return paths
 
 
-def _tensorrt(opts: BuildOptions, staging: Path) -> dict:
+def _tensorrt(opts: BuildOptions, staging: Path, models: Sequence[ModelSpec]) -> dict:
     """Build the plan when possible; otherwise say exactly how it gets built. Returns the manifest entry."""
     if opts.config.target == "local":
         return {"status": "not-applicable", "reason": "the embedded Triton has no TensorRT backend"}
+    if TRT not in models:
+        return {"status": "not-requested", "reason": f"--models leaves {TRT.name} out"}
+    (staging / TRT.name / PLAN_SCRIPT).write_text(render_plan_script(opts.plan, opts.config.version))
+    (staging / TRT.name / PLAN_SCRIPT).chmod(0o755)
     if opts.trt == "skip":
         return {"status": "skipped", "reason": f"--trt skip; {HOW_TO_BUILD}"}
     builder = available_builder()
@@ -96,10 +100,10 @@ def build(opts: BuildOptions) -> Path:
     """Run every step into a staging directory, validate it, then swap it in place of ``opts.output``."""
     started = time.time()
     cfg = opts.config
-    check_plan_options(opts.plan, cfg.max_batch_size if cfg.target == "ngc" and opts.trt != "skip" else None)
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
     models = select_models(cfg.target, opts.models)
+    check_plan_options(opts.plan, cfg.max_batch_size if TRT in models and opts.trt != "skip" else None)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
                             "render configs", "validate", "swap in"], 1))
     bar = tqdm(total=8, unit="step", file=sys.stderr, dynamic_ncols=True, disable=None,  # None: off unless a TTY
@@ -143,10 +147,7 @@ def build(opts: BuildOptions) -> Path:
             shutil.rmtree(staging / spec.name)
 
         step()
-        if cfg.target == "ngc":
-            (staging / TRT.name / PLAN_SCRIPT).write_text(render_plan_script(opts.plan, cfg.version))
-            (staging / TRT.name / PLAN_SCRIPT).chmod(0o755)
-        trt_entry = _tensorrt(opts, staging)
+        trt_entry = _tensorrt(opts, staging, models)
 
         step()
         from .backend import PYTHON_MODEL

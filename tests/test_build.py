@@ -142,6 +142,23 @@ def test_trt_require_fails_here_and_auto_explains(tmp_path, built_repo):
     assert "trt-build" in manifest["tensorrt"]["reason"]
 
 
+@pytest.mark.parametrize("models", ["pt,onnx", "onnx"])
+def test_ngc_subset_without_trt_builds_and_checks(tmp_path, models):
+    out = tmp_path / "repo"
+    proc = run_cli("build_repo.py", "--arch", "small", "--models", models, "-o", out)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    names = sorted(spec.name for spec in MODELS if spec.key in models.split(","))
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
+    assert json.loads((out / "manifest.json").read_text())["tensorrt"]["status"] == "not-requested"
+    assert check_repository(out).ok
+
+
+def test_instance_count_zero_is_refused_before_building(tmp_path):
+    proc = run_cli("build_repo.py", "--arch", "small", "--instance-count", "0", "-o", tmp_path / "r")
+    assert_one_line_error(proc, "--instance-count must be >= 1")
+    assert proc.returncode == 2 and not (tmp_path / "r").exists()
+
+
 def test_plan_script_profile_and_options():
     script = render_plan_script(PlanOptions(opt_batch=4, max_batch=16, fp16=True, workspace_mb=2048))
     assert "--minShapes=image:1x3x224x224 --optShapes=image:4x3x224x224 --maxShapes=image:16x3x224x224" in script
