@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parity-tolerance", type=float, default=1e-4,
                    help="allowed max |logit difference| between eager, TorchScript and ONNX, times "
                    "max(1, max |logit|) (default 1e-4)")
+    p.add_argument("--allow-constant-logits", action="store_true",
+                   help="build even when the model gives the same logits for every parity image (refused by default: "
+                        "such a model answers every request the same)")
     return p.parse_args(argv)
 
 
@@ -103,6 +106,7 @@ def main(argv=None) -> int:
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models,
+                                allow_constant_logits=args.allow_constant_logits,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
             try:
                 build(opts)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import __version__
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_torchscript
-from .parity import TOLERANCE, check_parity, format_table, parity_batch, rows_as_dicts, run_parity, sample_photos
+from .parity import TOLERANCE, check_parity, constant_logits, format_table, parity_batch, rows_as_dicts, run_parity, sample_photos
 from .preprocess import is_image_file
 from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
 from .repository import file_hashes, sha256, staged_repository, write_manifest
@@ -40,6 +40,7 @@ class BuildOptions:
     parity_images: Optional[Path] = None
     parity_tolerance: float = TOLERANCE
     models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
+    allow_constant_logits: bool = False
 
 
 def log(message: str) -> None:
@@ -137,10 +138,15 @@ def build(opts: BuildOptions) -> Path:
         export_onnx(model, onnx_path)
 
         step()
-        batch = parity_batch(_parity_paths(opts.parity_images), cfg.max_batch_size)
+        batch = parity_batch(_parity_paths(opts.parity_images), max(cfg.max_batch_size, 8))
         rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}))
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
+        constant = constant_logits(model, batch, opts.parity_tolerance)
+        if constant and not opts.allow_constant_logits:
+            raise KitError(f"{constant}; --allow-constant-logits builds it anyway; nothing was written")
+        if constant:
+            log(f"WARNING: {constant}")
         if U8 in models:  # the same TorchScript behind the UINT8 contract
             shutil.copyfile(pt_path, staging / U8.name / version / U8.artifact)
         for spec in {PT, ONNX} - set(models):

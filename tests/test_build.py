@@ -104,6 +104,25 @@ def test_torchvision_layout_checkpoint_reproduces_its_logits(tmp_path, photos, a
     assert "--maxShapes=image:4x3x224x224" in (out / TRT.name / "build_plan.sh").read_text()
 
 
+def test_constant_model_is_refused_unless_allowed(tmp_path):
+    """A checkpoint whose logits do not depend on the image (here: a zero last layer, so logits = its bias) passes
+    every parity row with differences of 0; the build refuses it, --allow-constant-logits builds it with a warning."""
+    model = build_model("small", 3, seed=0)
+    state = model.state_dict()
+    state["classifier.3.weight"].zero_()
+    state["classifier.3.bias"].copy_(torch.tensor([0.5, -0.2, 0.1]))
+    weights = tmp_path / "constant.pth"
+    torch.save(state, weights)
+    common = ("--arch", "small", "--target", "local", "--models", "onnx", "--weights", weights)
+    proc = run_cli("build_repo.py", *common, "-o", tmp_path / "refused")
+    assert_one_line_error(proc, "same logits for all 8 parity images", "--pretrained imagenet",
+                          "--allow-constant-logits", "nothing was written")
+    assert proc.returncode == 2 and not (tmp_path / "refused").exists()
+    proc = run_cli("build_repo.py", *common, "--allow-constant-logits", "-o", tmp_path / "allowed")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING: the model gives the same logits" in proc.stderr
+
+
 def test_parity_gate_limits():
     assert ParityRow("onnx", 8, 2e-4, 0.5, True).ok() is False  # small logits: 1e-4 absolute
     assert ParityRow("onnx", 8, 9e-5, 0.5, True).ok()
