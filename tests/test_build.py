@@ -265,6 +265,31 @@ def test_check_finds_each_problem(built_repo, tmp_path, damage, fragment):
     assert any(fragment in p for p in report.problems), report.problems
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    ("max_batch_above_script_profile", "max_batch_size 16 is above the TensorRT profile max 8 of "
+                                       "mobilenetv3_trt/build_plan.sh"),
+    ("max_batch_above_plan_info", "max_batch_size 8 is above the TensorRT profile max 4 of "
+                                  "mobilenetv3_trt/1/plan_info.json"),
+    ("kind_cpu_on_plan", "KIND_CPU on a tensorrt_plan model"),
+    ("instance_count_zero", "instance_group count 0"),
+])
+def test_check_finds_what_only_fails_on_a_deployment(built_repo, tmp_path, damage, fragment):
+    """Each its own finding, not only the sha256 mismatch that any hand edit of a built file also shows."""
+    repo = _copy(built_repo, tmp_path, target="ngc")
+    trt = repo / TRT.name / "config.pbtxt"
+    if damage == "max_batch_above_script_profile":
+        trt.write_text(trt.read_text().replace("max_batch_size: 8", "max_batch_size: 16"))
+    elif damage == "max_batch_above_plan_info":  # as build_plan.sh records a plan built with --max-batch 4
+        (repo / TRT.name / "1" / "plan_info.json").write_text(json.dumps({"profile": {"min": 1, "opt": 4, "max": 4}}))
+    elif damage == "kind_cpu_on_plan":
+        trt.write_text(trt.read_text().replace("KIND_GPU", "KIND_CPU"))
+    elif damage == "instance_count_zero":
+        cfg = repo / PT.name / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace("count: 1", "count: 0"))
+    problems = check_repository(repo).problems
+    assert any(fragment in p for p in problems), problems
+
+
 def test_cli_help_explains():
     proc = run_cli("build_repo.py", "--help")
     assert proc.returncode == 0
