@@ -15,11 +15,13 @@ from tqdm import tqdm
 from . import __version__
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_torchscript
-from .parity import TOLERANCE, check_parity, constant_logits, format_table, parity_batch, rows_as_dicts, run_parity, sample_photos
+from .parity import (TOLERANCE, check_parity, constant_logits, format_table, parity_batch, rows_as_dicts, run_parity,
+                     sample_photos)
 from .preprocess import is_image_file
 from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, U8, ModelSpec
+from .spec import (LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MANIFEST_FILE, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, U8,
+                   ModelSpec)
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
@@ -104,6 +106,7 @@ def build(opts: BuildOptions) -> Path:
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
     models = select_models(cfg.target, opts.models)
+    kept = {spec.name: kept_versions(opts.output, spec, cfg) for spec in models}
     check_plan_options(opts.plan, cfg.max_batch_size if TRT in models and opts.trt != "skip" else None)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
                             "render configs", "validate", "swap in"], 1))
@@ -162,10 +165,13 @@ def build(opts: BuildOptions) -> Path:
             (staging / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
             if cfg.target == "local":
                 shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
+            for old in kept[spec.name]:
+                shutil.copytree(Path(opts.output) / spec.name / str(old), staging / spec.name / str(old))
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
             "max_batch_size": cfg.max_batch_size, "version": cfg.version,
+            "kept_versions": {name: versions for name, versions in kept.items() if versions},
             "models": [spec.name for spec in models],
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
             else {"path": None, "random_init": True},
@@ -187,6 +193,26 @@ def build(opts: BuildOptions) -> Path:
         bar.set_description("done")
     log(f"wrote {opts.output} ({', '.join(spec.name for spec in models)}) in {time.time() - started:.1f}s")
     return Path(opts.output)
+
+
+def kept_versions(output: Path, spec: ModelSpec, cfg: ConfigOptions) -> List[int]:
+    """Versions of ``spec`` in the kit-built repository being replaced that the version policy serves beside the
+    one this build writes: they are carried over (a build writes one version, --model-version). Under latest[:N]
+    only older ones: a version above the new one would be served instead of it."""
+    folder = Path(output) / spec.name
+    old = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and
+                 int(p.name) != cfg.version) if (Path(output) / MANIFEST_FILE).is_file() and folder.is_dir() else []
+    policy = cfg.version_policy
+    if policy.kind == "specific":
+        missing = sorted(set(policy.versions) - {cfg.version} - set(old))
+        if missing:
+            raise KitError(f"--version-policy specific:{','.join(map(str, policy.versions))}: {spec.name} would have "
+                           f"no version {', '.join(map(str, missing))}; a build writes --model-version "
+                           f"({cfg.version}) and keeps the served versions of the repository it replaces ({output})")
+        return [v for v in old if v in policy.versions]
+    if policy.kind == "all":
+        return old
+    return [v for v in old if v < cfg.version][-(policy.num_versions - 1):] if policy.num_versions > 1 else []
 
 
 def select_models(target: str, keys: Optional[Sequence[str]]) -> List[ModelSpec]:

@@ -172,6 +172,23 @@ def test_ngc_subset_without_trt_builds_and_checks(tmp_path, models):
     assert check_repository(out).ok
 
 
+def test_version_policy_keeps_the_served_versions_of_the_previous_build(tmp_path):
+    out = tmp_path / "repo"
+    common = ("--arch", "small", "--target", "local", "--models", "onnx", "-o", out)
+    proc = run_cli("build_repo.py", *common, "--version-policy", "specific:1,2")
+    assert_one_line_error(proc, "specific:1,2: mobilenetv3_onnx would have no version 2", "--model-version (1)")
+    assert run_cli("build_repo.py", *common).returncode == 0
+    v1 = (out / ONNX.name / "1" / ONNX.artifact).read_bytes()
+    proc = run_cli("build_repo.py", *common, "--model-version", "2", "--version-policy", "specific:1,2")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / ONNX.name / "1" / ONNX.artifact).read_bytes() == v1 and (out / ONNX.name / "2" / ONNX.artifact).is_file()
+    assert list(parse(out / ONNX.name / "config.pbtxt").version_policy.specific.versions) == [1, 2]
+    assert json.loads((out / "manifest.json").read_text())["kept_versions"] == {ONNX.name: [1]}
+    assert check_repository(out).ok
+    assert run_cli("build_repo.py", *common).returncode == 0  # latest:1, version 1 again: version 2 is not kept
+    assert sorted(p.name for p in (out / ONNX.name).iterdir() if p.is_dir()) == ["1"]
+
+
 def test_instance_count_zero_is_refused_before_building(tmp_path):
     proc = run_cli("build_repo.py", "--arch", "small", "--instance-count", "0", "-o", tmp_path / "r")
     assert_one_line_error(proc, "--instance-count must be >= 1")

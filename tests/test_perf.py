@@ -95,8 +95,9 @@ def unstable_perf_analyzer(tmp_path, batch):
     from mnv3kit.perf import find_perf_analyzer
 
     wrapper = tmp_path / "perf_analyzer"
-    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -b {batch} "*) exec {find_perf_analyzer()} "$@" --max-trials 1 ;; '
-                       f'esac\nexec {find_perf_analyzer()} "$@"\n')
+    real = find_perf_analyzer()
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -b {batch} "*) exec {real} "$@" --max-trials 1 ;; esac\n'
+                       f'exec {real} "$@"\n')
     wrapper.chmod(0o755)
     return {"PERF_ANALYZER": str(wrapper)}
 
