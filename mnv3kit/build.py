@@ -15,8 +15,8 @@ from tqdm import tqdm
 from . import __version__
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_torchscript
-from .parity import (TOLERANCE, check_parity, constant_logits, format_table, parity_batch, rows_as_dicts, run_parity,
-                     sample_photos)
+from .parity import (PARITY_IMAGES, TOLERANCE, check_parity, constant_logits, format_table, parity_batch,
+                     rows_as_dicts, run_parity, sample_photos)
 from .preprocess import is_image_file
 from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
 from .repository import file_hashes, sha256, staged_repository, write_manifest
@@ -141,7 +141,7 @@ def build(opts: BuildOptions) -> Path:
         export_onnx(model, onnx_path)
 
         step()
-        batch = parity_batch(_parity_paths(opts.parity_images), max(cfg.max_batch_size, 8))
+        batch = parity_batch(_parity_paths(opts.parity_images), max(cfg.max_batch_size, PARITY_IMAGES))
         rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}))
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)

@@ -15,6 +15,7 @@ from .spec import ONNX
 # A flat 1e-4 is below FP32's own rounding on realistic logits: eager FP32 alone differs from an FP64 run of
 # the same model by up to 3.4e-4 on logits of magnitude 30-75 (measured; see README "Parity gate").
 TOLERANCE = 1e-4
+PARITY_IMAGES = 8  # at least: the photos and views of them, enough to tell a model whose logits ignore the image
 
 
 def allowed_difference(reference: np.ndarray, tolerance: float = TOLERANCE) -> float:
