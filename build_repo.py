@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build (or check) a Triton model repository from MobileNetV3 weights.
 
-  python build_repo.py --arch large --weights weights/MobileNetV3_Large.pth --labels class_indices.json
+  python build_repo.py --arch large --weights weights/MobileNetV3_Large.pth --labels weights/class_indices.json
   python build_repo.py --check model_repository
 
 A build traces TorchScript, exports ONNX (dynamic batch, onnxsim), checks numerical parity between them on real
