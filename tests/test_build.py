@@ -189,6 +189,13 @@ def test_version_policy_keeps_the_served_versions_of_the_previous_build(tmp_path
     assert sorted(p.name for p in (out / ONNX.name).iterdir() if p.is_dir()) == ["1"]
 
 
+def test_filesystem_failure_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = run_cli("build_repo.py", "--arch", "small", "-o", tmp_path / "a_file" / "repo")
+    assert_one_line_error(proc, "build failed", "a_file", "the previous repository is kept")
+    assert proc.returncode == 2
+
+
 def test_instance_count_zero_is_refused_before_building(tmp_path):
     proc = run_cli("build_repo.py", "--arch", "small", "--instance-count", "0", "-o", tmp_path / "r")
     assert_one_line_error(proc, "--instance-count must be >= 1")
