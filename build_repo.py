@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build (or check) a Triton model repository from MobileNetV3 weights.
 
-  python build_repo.py --arch large --weights weights/MobileNetV3_Large.pth --labels class_indices.json
+  python build_repo.py --arch large --weights weights/MobileNetV3_Large.pth --labels weights/class_indices.json
   python build_repo.py --check model_repository
 
 A build traces TorchScript, exports ONNX (dynamic batch, onnxsim), checks numerical parity between them on real
@@ -91,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parity-tolerance", type=float, default=1e-4,
                    help="allowed max |logit difference| between eager, TorchScript and ONNX, times "
                    "max(1, max |logit|) (default 1e-4)")
+    p.add_argument("--allow-constant-logits", action="store_true",
+                   help="build even when the model gives the same logits for every parity image (refused by default: "
+                        "such a model answers every request the same)")
     return p.parse_args(argv)
 
 
@@ -103,8 +106,9 @@ def main(argv=None) -> int:
         from mnv3kit.validate import check_repository
 
         if args.check is None:
-            if args.max_batch_size < 1:
-                raise KitError("--max-batch-size must be >= 1")
+            for flag, value in (("--max-batch-size", args.max_batch_size), ("--instance-count", args.instance_count)):
+                if value < 1:
+                    raise KitError(f"{flag} must be >= 1, got {value}")
             kind = args.instance_kind if args.instance_kind != "auto" else (
                 "KIND_CPU" if args.target == "local" else "KIND_GPU")
             max_batch = args.max_batch or args.max_batch_size
@@ -122,8 +126,12 @@ def main(argv=None) -> int:
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models,
+                                allow_constant_logits=args.allow_constant_logits,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
-            build(opts)
+            try:
+                build(opts)
+            except (OSError, RuntimeError) as exc:  # disk full, permissions, an exporter failure: still one line
+                raise KitError(f"build failed ({type(exc).__name__}: {exc}); the previous repository is kept") from None
             repo = args.output
         else:
             repo = args.check

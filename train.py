@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train MobileNetV3 on an ImageFolder dataset (the seed's train.py), for build_repo.py to deploy.
 
-  python train.py --data flower_data --arch small --epochs 50 --pretrained mobilenet_v3_small.pth
+  python train.py --data flower_data --arch small --epochs 50 --pretrained imagenet
   python build_repo.py --arch small --weights weights/MobileNetV3_Small.pth --labels weights/class_indices.json
 
 Data: DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg (the seed's layout; both with the same class folders),
@@ -18,9 +18,11 @@ Outputs in --output (default weights/):
   last_small.pth           model + optimizer + epoch + best accuracy after every epoch: --resume
 
 --pretrained takes a torchvision-layout checkpoint (e.g. torchvision's mobilenet_v3_small-047dcff4.pth) of any
-class count; its final layer (classifier.3) is replaced for your classes and, as the seed did, the features are
-frozen (--no-freeze-features fine-tunes everything). Runs on CUDA when available, else CPU. The same --seed
-gives the same run on CPU, and --resume continues exactly where the interrupted run stopped.
+class count, or `imagenet`: torchvision's ImageNet weights for --arch, fetched once through torch.hub. Its final
+layer (classifier.3) is replaced for your classes and, as the seed did, the features are frozen
+(--no-freeze-features fine-tunes everything). From scratch (no --pretrained), BatchNorm statistics are recomputed
+on the training images before each validation. Runs on CUDA when available, else CPU. The same --seed gives the
+same run on CPU, and --resume continues exactly where the interrupted run stopped.
 Exit codes: 0 ok, 2 bad input (one line `train.py: error: ...`), 130 interrupted.
 """
 
@@ -49,9 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"DataLoader worker processes, 0 loads in the main process (default {default_workers()})")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=ARCHS, help=f"MobileNetV3 variant (default {DEFAULTS['arch']}; {on_resume})")
-    g.add_argument("--pretrained", type=Path, metavar="PATH",
-                   help="torchvision-layout checkpoint of any class count; classifier.3 is replaced. "
-                        "Omitted: train from scratch")
+    g.add_argument("--pretrained", type=Path, metavar="PATH|imagenet",
+                   help="torchvision-layout checkpoint of any class count; classifier.3 is replaced. 'imagenet': "
+                        "torchvision's ImageNet weights for --arch, downloaded once through torch.hub (checksum "
+                        "verified, cached in $TORCH_HOME/hub/checkpoints). Omitted: train from scratch")
     g.add_argument("--freeze-features", action=argparse.BooleanOptionalAction, default=None,
                    help="train only the classifier (default: on with --pretrained, off from scratch)")
     g = p.add_argument_group("training")

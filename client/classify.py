@@ -51,6 +51,9 @@ def main(argv=None) -> int:
             raise KitError(f"no images found in {', '.join(args.images)}")
         classifier = TritonClassifier(args.url, args.protocol, args.model, args.timeout,
                                       concurrency=len(paths) if args.use_async else 1)
+        if args.topk > classifier.num_classes:
+            print(f"classify.py: note: -k {args.topk} is above the {classifier.num_classes} classes of {args.model}: "
+                  f"showing all {classifier.num_classes}", file=sys.stderr)
         try:
             records = classify(classifier, paths, args.batch_size, args.topk, args.use_async)
         finally:

@@ -15,21 +15,20 @@ from tqdm import tqdm
 from . import __version__
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
-from .parity import (TOLERANCE, check_parity, format_table, parity_pixels, rows_as_dicts, run_parity, sample_photos,
-                     write_reference)
+from .parity import (PARITY_IMAGES, TOLERANCE, check_parity, constant_logits, format_table, parity_pixels,
+                     rows_as_dicts, run_parity, sample_photos, write_reference)
 from .preprocess import is_image_file, normalize
 from .render import (TORCH_MODELS, ConfigOptions, PlanOptions, check_config_options, check_plan_options,
                      python_backend, render_config, render_plan_script)
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import (COMPILED_ARTIFACT, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MEAN, MODELS, ONNX, PARITY_FILE,
-                   PLAN_INFO_FILE, PT, STD, TRT, U8, ModelSpec)
+from .spec import (COMPILED_ARTIFACT, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MANIFEST_FILE, MEAN, MODELS, ONNX,
+                   PARITY_FILE, PLAN_INFO_FILE, PT, STD, TRT, U8, ModelSpec)
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
 
 TRT_MODES = ("auto", "skip", "require")
 PLAN_SCRIPT = "build_plan.sh"
-REFERENCE_IMAGES = 8  # photos in parity.npz, the load-time check of python-backend torch models
 
 
 @dataclass
@@ -44,6 +43,7 @@ class BuildOptions:
     parity_images: Optional[Path] = None
     parity_tolerance: float = TOLERANCE
     models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
+    allow_constant_logits: bool = False
 
 
 def log(message: str) -> None:
@@ -73,12 +73,14 @@ def _parity_paths(folder: Optional[Path]) -> List[Path]:
     return paths
 
 
-def _tensorrt(opts: BuildOptions, staging: Path, models: List[ModelSpec]) -> dict:
+def _tensorrt(opts: BuildOptions, staging: Path, models: Sequence[ModelSpec]) -> dict:
     """Build the plan when possible; otherwise say exactly how it gets built. Returns the manifest entry."""
     if opts.config.target == "local":
         return {"status": "not-applicable", "reason": "the embedded Triton has no TensorRT backend"}
     if TRT not in models:
-        return {"status": "not-selected", "reason": f"--models without {TRT.key}"}
+        return {"status": "not-requested", "reason": f"--models leaves {TRT.name} out"}
+    (staging / TRT.name / PLAN_SCRIPT).write_text(render_plan_script(opts.plan, opts.config.version))
+    (staging / TRT.name / PLAN_SCRIPT).chmod(0o755)
     if opts.trt == "skip":
         return {"status": "skipped", "reason": f"--trt skip; {HOW_TO_BUILD}"}
     builder = available_builder()
@@ -102,11 +104,12 @@ def build(opts: BuildOptions) -> Path:
     """Run every step into a staging directory, validate it, then swap it in place of ``opts.output``."""
     started = time.time()
     cfg = opts.config
-    check_plan_options(opts.plan, cfg.max_batch_size if cfg.target == "ngc" and opts.trt != "skip" else None)
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
     check_config_options(cfg)
     models = select_models(cfg, opts.models)
+    kept = {spec.name: kept_versions(opts.output, spec, cfg) for spec in models}
+    check_plan_options(opts.plan, cfg.max_batch_size if TRT in models and opts.trt != "skip" else None)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
                             "render configs", "validate", "swap in"], 1))
     bar = tqdm(total=8, unit="step", file=sys.stderr, dynamic_ncols=True, disable=None,  # None: off unless a TTY
@@ -145,17 +148,23 @@ def build(opts: BuildOptions) -> Path:
 
         step()
         paths = _parity_paths(opts.parity_images)
-        pixels = parity_pixels(paths, max(cfg.max_batch_size, REFERENCE_IMAGES))
-        rows = run_parity(model, pt_path, onnx_path, normalize(pixels), sorted({1, cfg.max_batch_size}), program_path)
+        pixels = parity_pixels(paths, max(cfg.max_batch_size, PARITY_IMAGES))
+        batch = normalize(pixels)
+        rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}), program_path)
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
+        constant = constant_logits(model, batch, opts.parity_tolerance)
+        if constant and not opts.allow_constant_logits:
+            raise KitError(f"{constant}; --allow-constant-logits builds it anyway; nothing was written")
+        if constant:
+            log(f"WARNING: {constant}")
         device_check = None
         for spec in (s for s in models if s in TORCH_MODELS):
             vdir = staging / spec.name / version
             if spec == U8:  # the same model behind the UINT8 contract
                 shutil.copyfile(program_path or pt_path, vdir / (COMPILED_ARTIFACT if compiled else U8.artifact))
             if python_backend(spec, cfg):
-                write_reference(model, pixels[:REFERENCE_IMAGES], vdir / PARITY_FILE)
+                write_reference(model, pixels[:PARITY_IMAGES], vdir / PARITY_FILE)
         if compiled:
             pt_path.unlink()
             device_check = _check_on_gpu(cfg, models, staging, version)
@@ -163,9 +172,6 @@ def build(opts: BuildOptions) -> Path:
             shutil.rmtree(staging / spec.name)
 
         step()
-        if TRT in models:
-            (staging / TRT.name / PLAN_SCRIPT).write_text(render_plan_script(opts.plan, cfg.version))
-            (staging / TRT.name / PLAN_SCRIPT).chmod(0o755)
         trt_entry = _tensorrt(opts, staging, models)
 
         step()
@@ -175,10 +181,13 @@ def build(opts: BuildOptions) -> Path:
             (staging / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
             if python_backend(spec, cfg):
                 shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
+            for old in kept[spec.name]:
+                shutil.copytree(Path(opts.output) / spec.name / str(old), staging / spec.name / str(old))
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
             "max_batch_size": cfg.max_batch_size, "version": cfg.version,
+            "kept_versions": {name: versions for name, versions in kept.items() if versions},
             "models": [spec.name for spec in models],
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
             else {"path": None, "random_init": True},
@@ -227,6 +236,26 @@ def _check_on_gpu(cfg: ConfigOptions, models: Sequence[ModelSpec], staging: Path
     log(f"{spec.name}: compiled for {torch.cuda.get_device_name(0)} in {seconds}s; {summary}")
     return {"gpu": torch.cuda.get_device_name(0), "compile_seconds": seconds, "summary": summary,
             "tolerance": cfg.gpu.parity_tolerance}
+
+
+def kept_versions(output: Path, spec: ModelSpec, cfg: ConfigOptions) -> List[int]:
+    """Versions of ``spec`` in the kit-built repository being replaced that the version policy serves beside the
+    one this build writes: they are carried over (a build writes one version, --model-version). Under latest[:N]
+    only older ones: a version above the new one would be served instead of it."""
+    folder = Path(output) / spec.name
+    old = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and
+                 int(p.name) != cfg.version) if (Path(output) / MANIFEST_FILE).is_file() and folder.is_dir() else []
+    policy = cfg.version_policy
+    if policy.kind == "specific":
+        missing = sorted(set(policy.versions) - {cfg.version} - set(old))
+        if missing:
+            raise KitError(f"--version-policy specific:{','.join(map(str, policy.versions))}: {spec.name} would have "
+                           f"no version {', '.join(map(str, missing))}; a build writes --model-version "
+                           f"({cfg.version}) and keeps the served versions of the repository it replaces ({output})")
+        return [v for v in old if v in policy.versions]
+    if policy.kind == "all":
+        return old
+    return [v for v in old if v < cfg.version][-(policy.num_versions - 1):] if policy.num_versions > 1 else []
 
 
 def select_models(cfg: ConfigOptions, keys: Optional[Sequence[str]]) -> List[ModelSpec]:

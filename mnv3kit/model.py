@@ -6,7 +6,7 @@ and are numerically identical to ``F.hardsigmoid``/``F.hardswish``.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -196,15 +196,37 @@ def build_model(arch: str, num_classes: int, seed: Optional[int] = None) -> Mobi
         model = MobileNetV3(arch, num_classes)
         for lin in (model.classifier[0], model.classifier[3]):  # unit-variance logits instead of ~0.01
             nn.init.normal_(lin.weight, 0, lin.in_features ** -0.5)
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration pass
-        model.train()
         smooth = F.interpolate(torch.randn(16, 3, 8, 8), size=224, mode="bilinear", align_corners=False)
-        with torch.no_grad():
-            model(smooth + 0.3 * torch.randn(16, 3, 224, 224))
-        for bn in bns:
-            bn.momentum = BN_MOMENTUM
-            bn.num_batches_tracked.zero_()
+        recompute_batchnorm(model, [smooth + 0.3 * torch.randn(16, 3, 224, 224)])
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.num_batches_tracked.zero_()
     return model.eval()
+
+
+def recompute_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], skip: Optional[nn.Module] = None) -> int:
+    """"Precise BN": set every BatchNorm's running statistics (except those inside ``skip``) to the average of
+    its per-batch statistics over ``batches`` (momentum None: a cumulative average, not an exponential one), the
+    rest of the model in eval mode. The momentum-0.01 averages of training have seen too few batches to be right
+    on small data; these are what the eval-mode model then uses. Returns the number of images seen."""
+    frozen = set(skip.modules()) if skip is not None else set()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m not in frozen]
+    if not bns:
+        return 0
+    was_training, momenta = model.training, [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+                seen += len(x)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return seen

@@ -15,6 +15,7 @@ from .spec import MEAN, ONNX, STD
 # A flat 1e-4 is below FP32's own rounding on realistic logits: eager FP32 alone differs from an FP64 run of
 # the same model by up to 3.4e-4 on logits of magnitude 30-75 (measured; see README "Parity gate").
 TOLERANCE = 1e-4
+PARITY_IMAGES = 8  # at least: the photos and views of them, enough to tell a model whose logits ignore the image
 
 
 def allowed_difference(reference: np.ndarray, tolerance: float = TOLERANCE) -> float:
@@ -116,6 +117,22 @@ def check_parity(rows: Sequence[ParityRow], tolerance: float = TOLERANCE) -> Non
         raise KitError(f"parity gate failed: {worst.format} at batch {worst.batch} differs from eager PyTorch by "
                        f"{worst.max_abs_diff:.3e} (limit {worst.limit(tolerance):.1e}, top-1 "
                        f"{'same' if worst.top1_agree else 'differs'}); nothing was written")
+
+
+def constant_logits(model: torch.nn.Module, images: np.ndarray, tolerance: float = TOLERANCE) -> Optional[str]:
+    """Why ``model`` is useless to serve when its logits do not depend on the image (None when they do).
+
+    Seen with training from scratch on little data: BatchNorm running statistics that never converged make the
+    eval-mode features ~0, so every image gets the same logits, and every parity difference is ~0 as well."""
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(images)).numpy()
+    spread = float((logits.max(0) - logits.min(0)).max())  # the most any logit moves across the images
+    if len(images) < 2 or spread > allowed_difference(logits, tolerance):
+        return None
+    return (f"the model gives the same logits for all {len(images)} parity images (they differ by at most "
+            f"{spread:.1e}, max |logit| {np.abs(logits).max():.2e}): every request would get one answer. Typical "
+            f"cause: training from scratch on too little data; retrain from ImageNet weights (train.py --pretrained "
+            f"imagenet)")
 
 
 def rows_as_dicts(rows: Sequence[ParityRow]) -> List[dict]:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from google.protobuf import json_format
@@ -268,6 +268,10 @@ def prepare(args: argparse.Namespace) -> int:
     configs = {m: server.config(m) for m in models}
     if args.batch_sizes:
         batches = parse_batch_sizes(args.batch_sizes)
+        too_big = {m: c.max_batch_size for m, c in configs.items() if max(batches) > c.max_batch_size}
+        if too_big:
+            raise KitError(f"--batch-sizes {args.batch_sizes}: batch {max(batches)} is above max_batch_size of "
+                           + ", ".join(f"{m} ({b})" for m, b in too_big.items()))
     else:  # the seed measured 1..8 = max_batch_size; perf_analyzer itself rejects a batch above a model's maximum
         batches = list(range(1, min(max(c.max_batch_size, 1) for c in configs.values()) + 1))
     for model in models if args.warmup else ():
@@ -334,7 +338,12 @@ def read_engine(path: Optional[Path]) -> Optional[dict]:
         raise KitError(f"--compare {path}: not a JSON written by perf/bench_engine.py --out ({exc})") from None
 
 
-def plot(rows: List[dict], title: str, path: Path) -> None:
+LABEL_OFFSETS = [(4, 4), (4, -11), (-20, 4), (-20, -11), (4, 15), (4, -22), (-20, 15), (-20, -22)]  # points
+
+
+def figure(rows: List[dict], title: str, failed: Sequence[Tuple[str, int]] = ()):
+    """Throughput against p99, one line per model, each point labelled bB (cC); labels placed where they overlap
+    no other label. Points that were not measured are listed on the plot (a line joins the measured ones only)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: CI and servers have no display
@@ -342,18 +351,38 @@ def plot(rows: List[dict], title: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     several = len({r["concurrency"] for r in rows}) > 1
+    points = []
     for model in sorted({r["model"] for r in rows}, key=model_order):
         mine = sorted((r for r in rows if r["model"] == model), key=lambda r: (r["concurrency"], r["batch"]))
         ax.plot([r["p99_ms"] for r in mine], [r["throughput"] for r in mine], marker="o", label=model)
-        for r in mine:
-            ax.annotate(f"b{r['batch']}" + (f"c{r['concurrency']}" if several else ""), (r["p99_ms"], r["throughput"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+        points += [(f"b{r['batch']}" + (f"c{r['concurrency']}" if several else ""), (r["p99_ms"], r["throughput"]))
+                   for r in mine]
+    if failed:
+        ax.text(0.99, 0.01, "not measured (see report): " + ", ".join(f"{short_name(m)} b{b}" for m, b in failed),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="tab:red")
     ax.set_xlabel("p99 latency (ms)")
     ax.set_ylabel("throughput (infer/sec)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text, xy in points:
+        for offset in LABEL_OFFSETS:  # the first offset whose box is free; else the last one tried
+            label = ax.annotate(text, xy, textcoords="offset points", xytext=offset, fontsize=8)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or offset == LABEL_OFFSETS[-1]:
+                break
+            label.remove()
+        placed.append(box)
+    return fig
+
+
+def plot(rows: List[dict], title: str, path: Path, failed: Sequence[Tuple[str, int]] = ()) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, title, failed)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -409,12 +438,13 @@ def report(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise KitError(f"{out} has no {RUN_FILE}: not a run_perf.sh output directory") from None
     engine = read_engine(args.compare)
-    rows, failures = [], []
+    rows, failures, failed = [], [], []
     for point in run["points"]:
         measured = read_point(out, point)
         if not measured:
             failures.append(f"`{point['model']}` batch {point['batch']}: {failure_reason(out, point)} "
                             f"(log: {point['log']})")
+            failed.append((point["model"], point["batch"]))
         rows += measured
     rows.sort(key=lambda r: (r["batch"], r["concurrency"], model_order(r["model"]), r["model"]))
     if rows:
@@ -423,7 +453,7 @@ def report(args: argparse.Namespace) -> int:
             writer.writeheader()
             writer.writerows(rows)
         plot(rows, f"Triton {run['server'].get('version', '?')} {run['protocol'].upper()} - "
-                   f"{hardware_line(run['hardware'], load=False)}", out / PLOT_PNG)
+                   f"{hardware_line(run['hardware'], load=False)}", out / PLOT_PNG, failed)
     text = render_report(run, rows, failures, engine)
     (out / REPORT_MD).write_text(text)
     print(text)

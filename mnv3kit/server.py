@@ -25,6 +25,8 @@ from typing import List, Optional
 from .errors import KitError
 
 READY_TIMEOUT_S = 120.0
+# Errors the server logs at every start on a machine without a GPU; never why a repository failed to load.
+NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM unable to start")
 HOW_TO_INSTALL = "install the kit's requirements (make venv), which include nvidia-pytriton==0.7.0"
 
 
@@ -174,10 +176,12 @@ class LocalTriton:
             return ""
 
     def error_lines(self) -> List[str]:
-        """Triton's own error lines (glog 'E' severity and model load failures), else the log tail."""
+        """Triton's own error lines (glog 'E' severity and model load failures), else the log tail; without the
+        GPU probes' errors that every start on a machine without a GPU prints."""
         lines = self.log_text().splitlines()
-        errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit() or "UNAVAILABLE" in line
-                  or "Traceback" in line or "Error" in line]
+        errors = [line for line in lines if (line[:1] == "E" and line[1:5].isdigit() or "UNAVAILABLE" in line
+                                             or "Traceback" in line or "Error" in line)
+                  and not any(noise in line for noise in NO_GPU_NOISE)]
         return errors or lines[-15:]
 
     def stop(self, timeout: float = 20.0) -> None:

@@ -20,15 +20,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .errors import KitError
-from .model import ARCHS, MobileNetV3
+from .model import ARCHS, MobileNetV3, recompute_batchnorm
 from .preprocess import IMAGE_EXTENSIONS, ImageError, eval_transform, is_image_file, load_image, train_transform
-from .weights import check_state_dict, read_checkpoint, write_class_indices
+from .weights import IMAGENET, check_state_dict, imagenet_checkpoint, read_checkpoint, write_class_indices
 
 NEW_LAYER = "classifier.3."  # the only layer whose shape depends on the class count
 LABELS_NAME = "class_indices.json"
 CHECKPOINT_FORMAT = "mnv3kit-train-1"
 DEFAULTS = {"arch": "large", "seed": 0, "lr": 1e-4, "batch_size": 16}
 SHOWN_PROBLEMS = 10  # unreadable images named one by one; the rest are counted
+PRECISE_BN_IMAGES = 4096  # training images (eval transform) whose statistics become BatchNorm's running ones
+# From scratch, fewer training images per class than this give a network that memorizes (warned, not refused).
+SCRATCH_MIN_PER_CLASS = 500
 
 Sample = Tuple[Path, int]
 
@@ -421,7 +424,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise KitError(f"{cfg.resume} already finished epoch {saved['epoch']}: pass --epochs above "
                        f"{saved['epoch']} to train further")
 
-    pretrained = read_pretrained(cfg.pretrained, s["arch"]) if cfg.pretrained is not None and not saved else None
+    source = cfg.pretrained
+    if source is not None and str(source) == IMAGENET and not saved:
+        source = imagenet_checkpoint(s["arch"])
+    pretrained = read_pretrained(source, s["arch"]) if source is not None and not saved else None
     data = find_data(cfg.data, s["val_split"], s["seed"], cfg.workers)
     if saved and saved["config"]["classes"] != data.classes:
         raise KitError(f"{cfg.resume} was trained on classes {', '.join(saved['config']['classes'])}; "
@@ -450,7 +456,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.pretrained is not None:
             info(f"--pretrained {cfg.pretrained} not loaded: the run continues from {cfg.resume}")
     elif pretrained is not None:
-        info(load_pretrained(model, pretrained, str(cfg.pretrained)))
+        info(load_pretrained(model, pretrained, str(source)))
     if s["freeze_features"]:
         model.features.requires_grad_(False)
     model.to(device)
@@ -473,7 +479,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         best_acc, best_epoch = saved["best_acc"], saved["best_epoch"]
         history = [EpochStats(**h) for h in saved["history"]]
 
+    if pretrained is None and not saved:
+        fewest = min(sum(1 for _, label in data.train if label == i) for i in range(len(data.classes)))
+        if fewest < SCRATCH_MIN_PER_CLASS:
+            warn(f"training from scratch on {fewest} image(s) per class (smallest class): MobileNetV3 needs "
+                 f"thousands per class from scratch and will mostly memorize these; start from ImageNet weights "
+                 f"with --pretrained imagenet")
     train_set = ImageFolderDataset(data.train, train=True, seed=s["seed"])
+    # Precise BN: before each validation, BatchNorm's running statistics are recomputed on training images (eval
+    # transform, a fixed subset on large data) instead of trusting training's momentum-0.01 averages, which lag far
+    # behind the weights on small data (seen: eval-mode features near 0, the same logits for every image).
+    # Frozen features keep their pretrained statistics.
+    bn_samples = data.train[::-(-len(data.train) // PRECISE_BN_IMAGES)]
+    bn_loader = DataLoader(ImageFolderDataset(bn_samples, train=False), batch_size=s["batch_size"],
+                           num_workers=cfg.workers, pin_memory=device.type == "cuda")
     val_loader = DataLoader(ImageFolderDataset(data.val, train=False), batch_size=s["batch_size"],
                             num_workers=cfg.workers, pin_memory=device.type == "cuda")
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -485,6 +504,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                             pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(epoch_seed))
         tl, ta, n, seconds = run_epoch(model, loader, device, f"epoch {epoch}/{cfg.epochs} train", amp,
                                        optimizer, scaler, s["freeze_features"])
+        with torch.autocast(device.type, enabled=amp):
+            bar = tqdm(bn_loader, desc=f"epoch {epoch}/{cfg.epochs} BatchNorm statistics", unit="batch",
+                       leave=False, disable=None)
+            recompute_batchnorm(model, (x.to(device, non_blocking=True) for x, _ in bar),
+                                skip=model.features if s["freeze_features"] else None)
         vl, va, _, _ = run_epoch(model, val_loader, device, f"epoch {epoch}/{cfg.epochs} val", amp)
         improved = va > best_acc
         if improved:

@@ -1,5 +1,7 @@
 """`build_repo.py --check`: every config parsed by Triton's own ModelConfig schema, every artifact against it."""
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -118,6 +120,36 @@ def _check_plan(path: Path, config: ModelConfig, report: Report) -> None:
                                f"{config.max_batch_size}: rebuild with --max-batch {config.max_batch_size}")
 
 
+def _check_instances(config: ModelConfig, where: str, report: Report) -> None:
+    for group in config.instance_group:
+        if group.count < 1:  # proto3 cannot tell 0 from unset; Triton serves either as 1 instance per device
+            report.problems.append(f"{where}: instance_group count {group.count}: Triton silently makes that 1 "
+                                   f"instance; write the count you mean (build_repo.py --instance-count N)")
+        if config.platform == "tensorrt_plan" and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU:
+            report.problems.append(f"{where}: KIND_CPU on a tensorrt_plan model: TensorRT runs on GPUs only, "
+                                   f"Triton cannot load it (use KIND_GPU)")
+
+
+def _check_profile_max(model_dir: Path, max_batch_size: int, where: str, report: Report) -> None:
+    """The TensorRT optimization profile the plan is (or will be) built with must cover max_batch_size."""
+    maxima = {}
+    script = model_dir / "build_plan.sh"
+    if script.is_file():
+        match = re.search(r"--maxShapes=[^:\s]+:(\d+)x", script.read_text())
+        if match:
+            maxima[script.name] = int(match.group(1))
+    for info in sorted(model_dir.glob(f"*/{PLAN_INFO_FILE}")):
+        try:
+            maxima[f"{info.parent.name}/{info.name}"] = int(json.loads(info.read_text())["profile"]["max"])
+        except (ValueError, KeyError, TypeError):
+            report.problems.append(f"{model_dir.name}/{info.parent.name}/{info.name}: no readable profile max")
+    for source, profile_max in maxima.items():
+        if profile_max < max_batch_size:
+            report.problems.append(f"{where}: max_batch_size {max_batch_size} is above the TensorRT profile max "
+                                   f"{profile_max} of {model_dir.name}/{source}: Triton refuses the plan; rebuild "
+                                   f"with build_repo.py --max-batch-size {max_batch_size}")
+
+
 def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts: bool) -> None:
     try:
         config = parse_config(model_dir / "config.pbtxt")
@@ -134,6 +166,9 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
     report.models.append(config.name)
     if config.max_batch_size < 1:
         report.problems.append(f"{where}: max_batch_size must be >= 1 for batched serving")
+    _check_instances(config, where, report)
+    if config.platform == "tensorrt_plan":
+        _check_profile_max(model_dir, config.max_batch_size, where, report)
     if len(config.input) != 1 or len(config.output) != 1:
         report.problems.append(f"{where}: expected exactly one input and one output")
         return

@@ -1,17 +1,27 @@
 """Checkpoints and labels: load what users actually have, fail with a message that says what is off."""
 
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlparse
 
 import torch
 
 from .errors import KitError
 from .model import ARCHS, MobileNetV3, build_model
+from .repository import sha256
 
 CLASSIFIER_WEIGHT = "classifier.3.weight"
 INIT_SEED = 0  # deterministic init when no weights are given
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+# torchvision's published ImageNet-1k weights (IMAGENET1K_V1), in the layout the kit's model loads; the 8 hex
+# digits in each name are the start of the file's sha256, which torch.hub checks.
+IMAGENET_URLS = {
+    "large": "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
+    "small": "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth",
+}
+IMAGENET = "imagenet"  # train.py --pretrained imagenet
 
 
 def read_checkpoint(path: Path) -> Dict[str, torch.Tensor]:
@@ -39,6 +49,28 @@ def read_checkpoint(path: Path) -> Dict[str, torch.Tensor]:
     if all(k.startswith(prefix) for k in obj):  # saved from DataParallel/DDP
         obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
+
+
+def imagenet_checkpoint(arch: str) -> Path:
+    """torchvision's ImageNet weights for ``arch`` through torch.hub: downloaded once into its cache
+    (``$TORCH_HOME/hub/checkpoints``) with the sha256 prefix in the file name checked, also for a file placed
+    there by hand (torch.hub checks downloads only). Returns the cached file."""
+    url = IMAGENET_URLS[arch]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    path = cache / Path(urlparse(url).path).name
+    by_hand = (f"download {url} elsewhere and place it at {path} (torch.hub's cache, moved by $TORCH_HOME), "
+               f"or pass --pretrained PATH_TO_THE_FILE")
+    expected = re.search(r"-([0-9a-f]{8,})\.", path.name).group(1)
+    if path.is_file() and not sha256(path).startswith(expected):
+        raise KitError(f"{path}: its sha256 does not start with {expected} (damaged or a different file): delete it "
+                       f"and retry, or {by_hand}")
+    try:
+        torch.hub.load_state_dict_from_url(url, model_dir=str(cache), map_location="cpu", check_hash=True,
+                                           progress=False, weights_only=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a download with the wrong hash a RuntimeError
+        reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0]
+        raise KitError(f"cannot get the ImageNet weights {url} ({reason}): {by_hand}") from None
+    return path
 
 
 def num_classes_of(state: Dict[str, torch.Tensor], source: str) -> int:

@@ -2,13 +2,16 @@
 # `make demo`: build a local-target repository, serve it with the embedded Triton, classify the sample photographs
 # over HTTP and gRPC, measure it quickly with perf_analyzer, stop the server.
 # Uses weights/MobileNetV3_<Arch>.pth and weights/class_indices.json when train.py has produced them, else a
-# seeded random init (the build says so loudly). ARCH=small and PORT_BASE=9000 change the defaults.
+# seeded random init (the build says so loudly). ARCH=small, PORT_BASE=9000, REPO=DIR and PERF_OUT=DIR change the
+# defaults. The perf step is a rough look on a possibly busy machine: a point perf_analyzer could not measure
+# stably is listed in its report and noted here, and the demo still succeeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 ARCH=${ARCH:-large}
 REPO=${REPO:-model_repository_local}
 PORT_BASE=${PORT_BASE:-8000}
+PERF_OUT=${PERF_OUT:-perf/out/demo}
 HTTP=localhost:$PORT_BASE GRPC=localhost:$((PORT_BASE + 1))
 
 weights=(); Arch="$(tr '[:lower:]' '[:upper:]' <<<"${ARCH:0:1}")${ARCH:1}"
@@ -37,4 +40,11 @@ echo "== 4. classify over gRPC, batched and async (mobilenetv3_onnx)"
 $PY client/classify.py $photos -u "$GRPC" -i grpc -m mobilenetv3_onnx -b 2 --async
 
 echo "== 5. quick perf_analyzer sweep"
-bash perf/run_perf.sh --quick -u "$GRPC" -i grpc --out perf/out/demo
+status=0
+bash perf/run_perf.sh --quick -u "$GRPC" -i grpc --out "$PERF_OUT" || status=$?
+if [ $status -eq 1 ]; then  # run_perf.sh: 1 = some points failed, the others are reported
+  echo "note: some quick perf points could not be measured (listed under 'Failed points' in $PERF_OUT/report.md);" \
+       "usual on a busy machine, and not a serving problem: the demo succeeded"
+elif [ $status -ne 0 ]; then
+  exit $status
+fi

@@ -39,14 +39,16 @@ _BUILT = {}
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory):
-    """build_repo for (arch, target), once per session: random-init weights, default flags."""
+    """build_repo for (arch, target, models), once per session: random-init weights, default flags."""
 
-    def get(arch="small", target="local"):
-        key = (arch, target)
+    def get(arch="small", target="local", models=None):
+        key = (arch, target, models)
         if key not in _BUILT:
-            out = tmp_path_factory.mktemp(f"repo-{arch}-{target}") / "model_repository"
+            name = f"repo-{arch}-{target}" + (f"-{'-'.join(models)}" if models else "")
+            out = tmp_path_factory.mktemp(name) / "model_repository"
             kind = "KIND_CPU" if target == "local" else "KIND_GPU"
-            build(BuildOptions(arch=arch, output=out, config=ConfigOptions(target=target, instances=Instances(kind))))
+            build(BuildOptions(arch=arch, output=out, models=models,
+                               config=ConfigOptions(target=target, instances=Instances(kind))))
             _BUILT[key] = out
         return _BUILT[key]
 

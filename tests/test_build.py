@@ -104,6 +104,25 @@ def test_torchvision_layout_checkpoint_reproduces_its_logits(tmp_path, photos, a
     assert "--maxShapes=image:4x3x224x224" in (out / TRT.name / "build_plan.sh").read_text()
 
 
+def test_constant_model_is_refused_unless_allowed(tmp_path):
+    """A checkpoint whose logits do not depend on the image (here: a zero last layer, so logits = its bias) passes
+    every parity row with differences of 0; the build refuses it, --allow-constant-logits builds it with a warning."""
+    model = build_model("small", 3, seed=0)
+    state = model.state_dict()
+    state["classifier.3.weight"].zero_()
+    state["classifier.3.bias"].copy_(torch.tensor([0.5, -0.2, 0.1]))
+    weights = tmp_path / "constant.pth"
+    torch.save(state, weights)
+    common = ("--arch", "small", "--target", "local", "--models", "onnx", "--weights", weights)
+    proc = run_cli("build_repo.py", *common, "-o", tmp_path / "refused")
+    assert_one_line_error(proc, "same logits for all 8 parity images", "--pretrained imagenet",
+                          "--allow-constant-logits", "nothing was written")
+    assert proc.returncode == 2 and not (tmp_path / "refused").exists()
+    proc = run_cli("build_repo.py", *common, "--allow-constant-logits", "-o", tmp_path / "allowed")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING: the model gives the same logits" in proc.stderr
+
+
 def test_parity_gate_limits():
     assert ParityRow("onnx", 8, 2e-4, 0.5, True).ok() is False  # small logits: 1e-4 absolute
     assert ParityRow("onnx", 8, 9e-5, 0.5, True).ok()
@@ -140,6 +159,47 @@ def test_trt_require_fails_here_and_auto_explains(tmp_path, built_repo):
     manifest = json.loads((built_repo("small", "ngc") / "manifest.json").read_text())
     assert manifest["tensorrt"]["status"] == "skipped"
     assert "trt-build" in manifest["tensorrt"]["reason"]
+
+
+@pytest.mark.parametrize("models", ["pt,onnx", "onnx"])
+def test_ngc_subset_without_trt_builds_and_checks(tmp_path, models):
+    out = tmp_path / "repo"
+    proc = run_cli("build_repo.py", "--arch", "small", "--models", models, "-o", out)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    names = sorted(spec.name for spec in MODELS if spec.key in models.split(","))
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
+    assert json.loads((out / "manifest.json").read_text())["tensorrt"]["status"] == "not-requested"
+    assert check_repository(out).ok
+
+
+def test_version_policy_keeps_the_served_versions_of_the_previous_build(tmp_path):
+    out = tmp_path / "repo"
+    common = ("--arch", "small", "--target", "local", "--models", "onnx", "-o", out)
+    proc = run_cli("build_repo.py", *common, "--version-policy", "specific:1,2")
+    assert_one_line_error(proc, "specific:1,2: mobilenetv3_onnx would have no version 2", "--model-version (1)")
+    assert run_cli("build_repo.py", *common).returncode == 0
+    v1 = (out / ONNX.name / "1" / ONNX.artifact).read_bytes()
+    proc = run_cli("build_repo.py", *common, "--model-version", "2", "--version-policy", "specific:1,2")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / ONNX.name / "1" / ONNX.artifact).read_bytes() == v1 and (out / ONNX.name / "2" / ONNX.artifact).is_file()
+    assert list(parse(out / ONNX.name / "config.pbtxt").version_policy.specific.versions) == [1, 2]
+    assert json.loads((out / "manifest.json").read_text())["kept_versions"] == {ONNX.name: [1]}
+    assert check_repository(out).ok
+    assert run_cli("build_repo.py", *common).returncode == 0  # latest:1, version 1 again: version 2 is not kept
+    assert sorted(p.name for p in (out / ONNX.name).iterdir() if p.is_dir()) == ["1"]
+
+
+def test_filesystem_failure_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    proc = run_cli("build_repo.py", "--arch", "small", "-o", tmp_path / "a_file" / "repo")
+    assert_one_line_error(proc, "build failed", "a_file", "the previous repository is kept")
+    assert proc.returncode == 2
+
+
+def test_instance_count_zero_is_refused_before_building(tmp_path):
+    proc = run_cli("build_repo.py", "--arch", "small", "--instance-count", "0", "-o", tmp_path / "r")
+    assert_one_line_error(proc, "--instance-count must be >= 1")
+    assert proc.returncode == 2 and not (tmp_path / "r").exists()
 
 
 def test_plan_script_profile_and_options():
@@ -227,6 +287,31 @@ def test_check_finds_each_problem(built_repo, tmp_path, damage, fragment):
     report = check_repository(repo)
     assert not report.ok
     assert any(fragment in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("max_batch_above_script_profile", "max_batch_size 16 is above the TensorRT profile max 8 of "
+                                       "mobilenetv3_trt/build_plan.sh"),
+    ("max_batch_above_plan_info", "max_batch_size 8 is above the TensorRT profile max 4 of "
+                                  "mobilenetv3_trt/1/plan_info.json"),
+    ("kind_cpu_on_plan", "KIND_CPU on a tensorrt_plan model"),
+    ("instance_count_zero", "instance_group count 0"),
+])
+def test_check_finds_what_only_fails_on_a_deployment(built_repo, tmp_path, damage, fragment):
+    """Each its own finding, not only the sha256 mismatch that any hand edit of a built file also shows."""
+    repo = _copy(built_repo, tmp_path, target="ngc")
+    trt = repo / TRT.name / "config.pbtxt"
+    if damage == "max_batch_above_script_profile":
+        trt.write_text(trt.read_text().replace("max_batch_size: 8", "max_batch_size: 16"))
+    elif damage == "max_batch_above_plan_info":  # as build_plan.sh records a plan built with --max-batch 4
+        (repo / TRT.name / "1" / "plan_info.json").write_text(json.dumps({"profile": {"min": 1, "opt": 4, "max": 4}}))
+    elif damage == "kind_cpu_on_plan":
+        trt.write_text(trt.read_text().replace("KIND_GPU", "KIND_CPU"))
+    elif damage == "instance_count_zero":
+        cfg = repo / PT.name / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace("count: 1", "count: 0"))
+    problems = check_repository(repo).problems
+    assert any(fragment in p for p in problems), problems
 
 
 def test_cli_help_explains():

@@ -50,11 +50,9 @@ def test_triton_service_matches_the_rendered_repository(built_repo):
     assert triton["restart"] == "unless-stopped"
     for service in (triton, build):
         assert service["runtime"] == "nvidia" and service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
-    # every model the repository holds is a kit model, and the trt-build script exists where compose runs it
+    # every model the repository holds is a kit model; trt-build gets the mount as the directory it builds in
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(m.name for m in MODELS)
-    script_in_container = build["entrypoint"][-1]
-    assert script_in_container.startswith(mount + "/")
-    assert (repo / script_in_container[len(mount) + 1:]).is_file()
+    assert build["entrypoint"][-1] == mount
 
 
 def test_trtexec_shapes_agree_with_the_trt_config(built_repo):
@@ -75,6 +73,30 @@ def test_environment_overrides(built_repo):
                               TRITON_HTTP_PORT="9000")
     assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:24.12-py3"
     assert "0.0.0.0:9000:8000/tcp" in services["triton"]["ports"]
+
+
+def trt_build_entrypoint(services, repo):
+    """trt-build's entrypoint as the container runs it (``$$`` is Compose's escape for ``$``), with the host path of
+    the repository in place of its mount point (the entrypoint's last argument)."""
+    mount = flag(services["triton"]["command"], "model-repository")
+    command = [part.replace("$$", "$") for part in services["trt-build"]["entrypoint"]]
+    assert command[-1] == mount
+    return command[:-1] + [str(repo)]
+
+
+@pytest.mark.parametrize("models", [None, ("pt", "onnx"), ("onnx",)])
+def test_trt_build_entrypoint_runs_for_every_models_subset(built_repo, tmp_path, models):
+    """With mobilenetv3_trt it runs build_plan.sh (here: its trtexec guard); without it, it is a no-op that succeeds,
+    so `triton` (depends_on: service_completed_successfully) starts for every --models subset."""
+    repo = built_repo("small", "ngc", models)
+    command = trt_build_entrypoint(compose_config(repo), repo)
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "TRTEXEC": str(tmp_path / "no-trtexec")})
+    if models is None:
+        assert proc.returncode == 2 and "build_plan.sh: trtexec not found" in proc.stderr
+    else:
+        assert not (repo / TRT.name).exists()
+        assert proc.returncode == 0 and "nothing to build" in proc.stdout, proc.stderr
 
 
 def test_plan_script_guards_run_for_real(built_repo, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnv3kit.model import (ARCHS, BN_EPS, BN_MOMENTUM, HSigmoid, HSwish, MobileNetV3, build_model, relu6_hardsigmoid,
-                           relu6_hardswish)
+from mnv3kit.model import (ARCHS, BN_EPS, BN_MOMENTUM, HSigmoid, HSwish, MobileNetV3, build_model,
+                           recompute_batchnorm, relu6_hardsigmoid, relu6_hardswish)
 
 LAYOUT = json.loads((Path(__file__).parent / "data" / "torchvision_layout.json").read_text())
 
@@ -60,6 +60,24 @@ def test_seeded_init_is_deterministic_and_not_degenerate():
     assert torch.equal(ya, yb)
     assert ya.std() > 0.1  # realistic logits, so parity checks mean something
     assert not torch.equal(ya, build_model("small", 5, seed=1)(x))
+
+
+def test_recompute_batchnorm_averages_the_batch_statistics():
+    """Precise BN: each running mean/var becomes the average of the per-batch statistics (first layer checked
+    against a direct computation); BatchNorms under ``skip`` keep theirs; momentum and mode are restored."""
+    model = build_model("small", 3, seed=0).train()
+    skipped = [m for m in model.features[-1].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in skipped]
+    torch.manual_seed(1)
+    batches = [torch.rand(4, 3, 64, 64) * 2 - 1 for _ in range(3)]
+    assert recompute_batchnorm(model, batches, skip=model.features[-1]) == 12
+    conv, bn = model.features[0][0], model.features[0][1]
+    with torch.no_grad():
+        outs = [conv(x) for x in batches]
+    torch.testing.assert_close(bn.running_mean, torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([o.var((0, 2, 3)) for o in outs]).mean(0))
+    assert all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(skipped, before))
+    assert bn.momentum == BN_MOMENTUM and model.training
 
 
 def test_bad_arch_and_classes():

@@ -91,6 +91,13 @@ def test_text_output_and_onnx_model(server, photos):
         assert re.fullmatch(rf"{re.escape(str(path))}: class_\d \d\.\d{{3}}, class_\d \d\.\d{{3}}", line), line
 
 
+def test_topk_above_the_class_count_is_clamped_with_a_note(server, photos):
+    proc = run_cli("client/classify.py", *photos, "-u", server.http_url, "-m", ONNX.name, "-k", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"classify.py: note: -k 10 is above the 5 classes of {ONNX.name}: showing all 5"]
+    assert all(line.count(", ") == 4 for line in proc.stdout.splitlines())
+
+
 def test_folder_input(server, photos):
     proc, records = classify_json(photos[0].parent, "-u", server.grpc_url, "-i", "grpc")
     assert proc.returncode == 0 and len(records) == len(photos)

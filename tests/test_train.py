@@ -10,15 +10,14 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 from PIL import Image
-from torch import nn
 
 from conftest import assert_one_line_error, run_cli
-from mnv3kit.model import MobileNetV3, build_model
-from mnv3kit.parity import allowed_difference, parity_batch
+from mnv3kit.model import MobileNetV3, build_model, recompute_batchnorm
+from mnv3kit.parity import allowed_difference, constant_logits, parity_batch
 from mnv3kit.preprocess import eval_transform, load_image
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import LOCAL_MODELS
-from mnv3kit.weights import load_model
+from mnv3kit.weights import IMAGENET_URLS, load_model
 from train import main as train_main
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): train loss ([\d.]+) acc ([\d.]+) \| val loss ([\d.]+) acc ([\d.]+) \| "
@@ -83,12 +82,7 @@ def pretrained(tmp_path_factory, photos):
     trained ones are."""
     torch.manual_seed(0)
     model = MobileNetV3("small", 1000)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average over the one calibration batch
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(parity_batch(photos, 16)))
+    recompute_batchnorm(model, [torch.from_numpy(parity_batch(photos, 16))])
     path = tmp_path_factory.mktemp("pretrained") / "mobilenet_v3_small.pth"
     torch.save(model.state_dict(), path)
     return path
@@ -204,6 +198,56 @@ def test_resume_continues_exactly(tmp_path, photos):
     without_speed = [[{k: v for k, v in h.items() if k != "images_per_s"} for h in run["history"]] for run in (a, b)]
     assert without_speed[0] == without_speed[1] and len(without_speed[0]) == 2
     assert (tmp_path / "resumed" / "MobileNetV3_Small.pth").is_file()
+
+
+def test_from_scratch_on_tiny_data_warns_and_is_not_constant(tmp_path, photos):
+    """3 classes x 10 images from scratch: without recomputed BatchNorm statistics the eval-mode model answered
+    every image with the same logits (val accuracy exactly 1/3 every epoch)."""
+    data = make_image_folder(tmp_path / "data", photos, n_train=10, n_val=5)
+    proc = run_cli("train.py", "--data", data, "--arch", "small", "--epochs", 2, "--lr", 1e-3, "--workers", 0,
+                   "-o", tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    assert "training from scratch on 10 image(s) per class" in proc.stderr and "--pretrained imagenet" in proc.stderr
+    model, _ = load_model("small", tmp_path / "w" / "MobileNetV3_Small.pth")
+    val_images = np.stack([eval_transform(load_image(p)) for p in sorted((data / "val").rglob("*.jpg"))])
+    assert constant_logits(model, val_images) is None
+    assert max(e["val_acc"] for e in epochs(proc.stdout)) > 0.5  # chance (and the constant model) is 1/3
+
+
+def test_pretrained_imagenet_through_torch_hub(tmp_path, photos, pretrained, capsys, monkeypatch):
+    """--pretrained imagenet fetches torchvision's file for the arch into torch.hub's cache, checking the sha256
+    prefix in its name (here from a file:// URL: no network in tests); offline and mismatch are one line."""
+    from mnv3kit.repository import sha256
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    published = tmp_path / "published"
+    published.mkdir()
+    good = published / f"mobilenet_v3_small-{sha256(pretrained)[:8]}.pth"
+    good.write_bytes(pretrained.read_bytes())
+    data = make_image_folder(tmp_path / "data", photos, n_train=4, n_val=2, classes=["flower", "temple"])
+    args = ("--data", data, "--arch", "small", "--epochs", 1, "--workers", 0, "--pretrained", "imagenet")
+
+    monkeypatch.setitem(IMAGENET_URLS, "small", (published / "mobilenet_v3_small-0badc0de.pth").as_uri())
+    proc = train_cli(capsys, *args, "-o", tmp_path / "offline")
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    assert_one_line_error(proc, "cannot get the ImageNet weights", IMAGENET_URLS["small"],
+                          f"place it at {cache / 'mobilenet_v3_small-0badc0de.pth'}", "--pretrained PATH")
+    wrong = published / "mobilenet_v3_small-0badc0de.pth"
+    wrong.write_bytes(pretrained.read_bytes())  # there, but its sha256 does not start with 0badc0de
+    proc = train_cli(capsys, *args, "-o", tmp_path / "mismatch")
+    assert_one_line_error(proc, "cannot get the ImageNet weights", "invalid hash value")
+    assert not (cache / wrong.name).exists()
+
+    monkeypatch.setitem(IMAGENET_URLS, "small", good.as_uri())
+    proc = train_cli(capsys, *args, "-o", tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    assert f"pretrained {cache / good.name}: loaded" in proc.stdout and "(features frozen)" in proc.stdout
+    assert (cache / good.name).read_bytes() == pretrained.read_bytes()
+    good.unlink()  # a second run uses the cache
+    assert train_cli(capsys, *args, "-o", tmp_path / "w2").returncode == 0
+    with open(cache / good.name, "ab") as f:  # a cached file that changed is refused
+        f.write(b"\0")
+    assert_one_line_error(train_cli(capsys, *args, "-o", tmp_path / "w3"), "does not start with", "delete it")
 
 
 def test_val_split_skips_unreadable_images(tmp_path, photos, pretrained):
