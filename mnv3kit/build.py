@@ -13,13 +13,15 @@ from typing import List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from . import __version__
+from .ensemble import classifier_for, write_image_models
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_torchscript
 from .parity import TOLERANCE, check_parity, format_table, parity_batch, rows_as_dicts, run_parity, sample_photos
 from .preprocess import is_image_file
 from .render import ConfigOptions, PlanOptions, check_plan_options, render_config, render_plan_script
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MODELS, ONNX, PLAN_INFO_FILE, PT, TRT, U8, ModelSpec
+from .spec import (ENSEMBLE, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MODELS, ONNX, PLAN_INFO_FILE, PREPROCESS,
+                   PT, TRT, U8, ModelSpec)
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
@@ -40,6 +42,7 @@ class BuildOptions:
     parity_images: Optional[Path] = None
     parity_tolerance: float = TOLERANCE
     models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
+    ensemble: Optional[str] = None  # spec key of the classifier the image ensemble feeds; None: no ensemble
 
 
 def log(message: str) -> None:
@@ -100,6 +103,7 @@ def build(opts: BuildOptions) -> Path:
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
     models = select_models(cfg.target, opts.models)
+    image_classifier = _image_classifier(opts, models)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
                             "render configs", "validate", "swap in"], 1))
     bar = tqdm(total=8, unit="step", file=sys.stderr, dynamic_ncols=True, disable=None,  # None: off unless a TTY
@@ -155,11 +159,14 @@ def build(opts: BuildOptions) -> Path:
             (staging / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
             if cfg.target == "local":
                 shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
+        if image_classifier is not None:
+            write_image_models(staging, image_classifier, cfg, labels)
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
             "max_batch_size": cfg.max_batch_size, "version": cfg.version,
-            "models": [spec.name for spec in models],
+            "models": [spec.name for spec in models] + ([PREPROCESS, ENSEMBLE] if image_classifier else []),
+            "ensemble": {"name": ENSEMBLE, "classifier": image_classifier.name} if image_classifier else None,
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
             else {"path": None, "random_init": True},
             "versions": _versions(),
@@ -178,7 +185,7 @@ def build(opts: BuildOptions) -> Path:
             raise KitError("the built repository failed validation, previous one kept: " + "; ".join(report.problems))
         step()
         bar.set_description("done")
-    log(f"wrote {opts.output} ({', '.join(spec.name for spec in models)}) in {time.time() - started:.1f}s")
+    log(f"wrote {opts.output} ({', '.join(manifest['models'])}) in {time.time() - started:.1f}s")
     return Path(opts.output)
 
 
@@ -193,6 +200,18 @@ def select_models(target: str, keys: Optional[Sequence[str]]) -> List[ModelSpec]
     if TRT.key in keys and ONNX.key not in keys:
         raise KitError(f"--models: {TRT.name} is built from {ONNX.name}'s model.onnx, so include onnx too")
     return [spec for spec in available if spec.key in keys]
+
+
+def _image_classifier(opts: BuildOptions, models: List[ModelSpec]) -> Optional[ModelSpec]:
+    """The classifier --ensemble names, added to the default model set if missing; None without --ensemble."""
+    if opts.ensemble is None:
+        return None
+    classifier = classifier_for(opts.ensemble, opts.config.target)
+    if classifier not in models:
+        if opts.models is not None:
+            raise KitError(f"--ensemble {opts.ensemble} feeds {classifier.name}: add {classifier.key} to --models")
+        models.append(classifier)
+    return classifier
 
 
 def _random_init_classes(opts: BuildOptions) -> int:
