@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from .backend import KIT_DIR, PREPROCESS_MODEL, VENDORED
@@ -127,6 +126,14 @@ def check_ensemble(repo: Path, config: ModelConfig, parse: Callable[[Path], Mode
                                 f"(outputs: {sorted(outputs)})")
             else:
                 available[value] = outputs[key]
+    for out in config.output:
+        labels = repo / config.name / out.label_filename
+        if out.label_filename and len(out.dims) == 1 and labels.is_file():
+            count = len([x for x in labels.read_text().splitlines() if x.strip()])
+            if count != out.dims[0]:
+                problems.append(f"{config.name}/{out.label_filename}: {count} labels, output has {out.dims[0]}")
+        elif out.label_filename:
+            problems.append(f"{config.name}/{out.label_filename}: missing")
     for name, tensor in _tensors(config, "output").items():
         if name not in available:
             problems.append(f"{where}: ensemble output {name!r} is produced by no step")
@@ -161,7 +168,3 @@ def check_preprocess(model_dir: Path, config: ModelConfig) -> List[str]:
         problems += [f"{model_dir.name}/{vdir.name}/{name}: missing" for name in files[config.backend]
                      if not (vdir / name).is_file()]
     return problems
-
-
-def parse_text(text: str) -> ModelConfig:
-    return text_format.Parse(text, ModelConfig())
