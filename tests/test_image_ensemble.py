@@ -1,5 +1,6 @@
 """The image ensemble: build, --check findings, and the real embedded Triton serving encoded photographs."""
 
+import base64
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from images import BAD, GOOD, make_edge_cases
 from mnv3kit.backend import KIT_DIR, VENDORED
 from mnv3kit.backend.preprocess_model import cpu_preprocess, gpu_decodable
@@ -200,6 +201,30 @@ def test_curl_with_the_binary_tensor_extension(server, photos):
     output = json.loads(proc.stdout)["outputs"][0]
     assert output["name"] == ENSEMBLE_OUTPUT and output["shape"] == [1, 3]
     assert all(len(entry.split(":")) == 3 for entry in output["data"])
+
+
+def test_run_perf_measures_the_ensemble_with_real_jpegs(server, photos, tmp_path):
+    out = tmp_path / "perf"
+    proc = subprocess.run(["bash", str(ROOT / "perf" / "run_perf.sh"), "--quick", "-u", server.grpc_url, "-i", "grpc",
+                           "-m", f"{ENSEMBLE},{PT.name}", "-b", "1,2", "-o", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr  # zeros or random bytes instead of the files would fail every point
+    data = json.loads((out / "inputs" / f"{ENSEMBLE}.json").read_text())["data"]
+    assert [base64.b64decode(d[IMAGE_INPUT]["b64"]) for d in data] == [p.read_bytes() for p in photos]
+    assert [d[IMAGE_INPUT]["shape"] for d in data] == [[p.stat().st_size] for p in photos]
+    report = (out / "report.md").read_text()
+    assert "china.jpg, flower.jpg" in report
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in report.split("## Throughput and latency")[1].split("## Where")[0].splitlines()
+            if line.startswith(f"| {ENSEMBLE}/") or line.startswith(f"| {PT.key}/")}
+    assert sorted(rows) == sorted([f"{ENSEMBLE}/1", f"{ENSEMBLE}/2", f"{PT.key}/1", f"{PT.key}/2"])
+    # bytes sent per image: the files; at batch 2 zero-padded to the longest (one request needs equal lengths)
+    sizes = [p.stat().st_size for p in photos]
+    expected = {f"{ENSEMBLE}/1": round(sum(sizes) / len(sizes)), f"{ENSEMBLE}/2": max(sizes),
+                f"{PT.key}/1": 3 * 224 * 224 * 4, f"{PT.key}/2": 3 * 224 * 224 * 4}
+    for label, cells in rows.items():
+        assert float(cells[1]) > 0, (label, cells)  # throughput
+        assert cells[2] == f"{expected[label]:,}", (label, cells)
 
 
 # ---------------------------------------------------------------- one bad image in a batch
