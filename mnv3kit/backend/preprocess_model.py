@@ -55,8 +55,8 @@ def gpu_decodable(data: bytes) -> bool:
         return False
 
 
-class GpuPreprocessor:
-    """nvJPEG decode + resize / center crop / normalize on one GPU (torchvision)."""
+class GpuDecoder:
+    """nvJPEG decode + resize / center crop on one GPU (torchvision), normalization there too."""
 
     def __init__(self, device: str):
         import torch
@@ -79,7 +79,7 @@ class GpuPreprocessor:
         left = int(round((img.shape[-1] - IMAGE_SIZE) / 2.0))
         return img[:, top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
 
-    def decode_many(self, datas):
+    def __call__(self, datas):
         """uint8 CHW crops on the GPU for the images nvJPEG decoded; None where the CPU path must take over."""
         torch = self.torch
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
@@ -94,38 +94,26 @@ class GpuPreprocessor:
                     decoded.append(None)
         return [None if img is None else self.resize_crop(img) for img in decoded]
 
-    def finish(self, crops, pixels: bool):
-        batch = self.torch.stack(crops)
-        return batch if pixels else (batch.float() / 255.0 - self.mean) / self.std  # as preprocess.normalize
+    def normalize(self, batch):
+        return (batch.float() / 255.0 - self.mean) / self.std  # as preprocess.normalize
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        self.pixels = config["output"][0]["data_type"] == "TYPE_UINT8"
-        threads = int(params.get("decode_threads", "0") or 0) or os.cpu_count() or 1
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+class Preprocessor:
+    """Encoded images -> the classifier's input, per image, on the CPU (Pillow threads) or a GPU (nvJPEG first).
+    ``pixels``: uint8 CHW for a classifier that normalizes itself, else normalized float32 CHW."""
+
+    def __init__(self, pixels: bool, threads: int = 0, device: str = "cpu", log=print, warn=print):
+        self.pixels = pixels
+        self.threads = threads or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
         self.gpu = None
-        if args["model_instance_kind"] == "GPU":
-            device = f"cuda:{args['model_instance_device_id']}"
+        if device != "cpu":
             try:
-                self.gpu = GpuPreprocessor(device)
-                pb_utils.Logger.log_info(f"{config['name']}: JPEG decode on {device} (nvJPEG, torchvision "
-                                         f"{self.gpu.version}); other formats on {threads} CPU threads")
+                self.gpu = GpuDecoder(device)
+                log(f"JPEG decode on {device} (nvJPEG, torchvision {self.gpu.version}); other formats on "
+                    f"{self.threads} CPU threads")
             except ImportError as exc:
-                pb_utils.Logger.log_warn(f"{config['name']}: no GPU decode ({exc}); decoding with Pillow on "
-                                         f"{threads} CPU threads")
-
-    def _images(self, requests):
-        """Per request: the bytes of each of its images (one per batch row, trailing zero padding allowed)."""
-        per_request = []
-        for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            per_request.append([row.tobytes() for row in rows.reshape(rows.shape[0], -1)])
-        return per_request
+                warn(f"no GPU decode ({exc}); decoding with Pillow on {self.threads} CPU threads")
 
     def _cpu(self, datas, pixels):
         """Pillow in the thread pool: an array per image, or the ImageError that image raised."""
@@ -136,13 +124,50 @@ class TritonPythonModel:
                 return exc
         return list(self.pool.map(one, datas))
 
-    def execute(self, requests):
-        per_request = self._images(requests)
-        flat = [d for datas in per_request for d in datas]
+    def __call__(self, datas):
+        """Per image: its preprocessed array (GPU: a uint8 CHW tensor on the device), or its ImageError."""
         if self.gpu is None:
-            results, ready = self._cpu(flat, self.pixels), None
-        else:
-            results, ready = self._gpu(flat)
+            return self._cpu(datas, self.pixels)
+        on_gpu = [i for i, d in enumerate(datas) if gpu_decodable(d)]
+        results = [None] * len(datas)
+        for i, crop in zip(on_gpu, self.gpu([datas[i] for i in on_gpu]) if on_gpu else []):
+            results[i] = crop
+        rest = [i for i, r in enumerate(results) if r is None]
+        # CPU-decoded images go up as pixels: normalization happens once, on the GPU, for the whole batch
+        for i, r in zip(rest, self._cpu([datas[i] for i in rest], True)):
+            results[i] = r if isinstance(r, Exception) else self.gpu.torch.from_numpy(r).to(self.gpu.device)
+        return results
+
+    def stack(self, items):
+        """Good items of one request -> its output batch (a numpy array, or a tensor on the GPU)."""
+        if self.gpu is None:
+            return np.stack(items)
+        batch = self.gpu.torch.stack(items)
+        return batch if self.pixels else self.gpu.normalize(batch)
+
+    def close(self):
+        self.pool.shutdown(wait=False)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        on_gpu = args["model_instance_kind"] == "GPU"
+        self.preprocess = Preprocessor(
+            config["output"][0]["data_type"] == "TYPE_UINT8", int(params.get("decode_threads", "0") or 0),
+            f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu",
+            lambda message: pb_utils.Logger.log_info(f"{args['model_instance_name']}: {message}"),
+            lambda message: pb_utils.Logger.log_warn(f"{args['model_instance_name']}: {message}"))
+
+    def execute(self, requests):
+        per_request = []  # the bytes of each image of each request: one per batch row (trailing zeros allowed)
+        for request in requests:
+            rows = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            per_request.append([row.tobytes() for row in rows.reshape(rows.shape[0], -1)])
+        results = self.preprocess([d for datas in per_request for d in datas])
         responses, start = [], 0
         for datas in per_request:
             mine = results[start:start + len(datas)]
@@ -152,28 +177,16 @@ class TritonPythonModel:
                 message = "; ".join(errors) or "the request has no image"
                 error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)  # the client's input: 400
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-            elif ready is None:
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(self.output_name, np.stack(mine))]))
+                continue
+            batch = self.preprocess.stack(mine)
+            if isinstance(batch, np.ndarray):
+                tensor = pb_utils.Tensor(self.output_name, batch)
             else:  # stays on the GPU: the classifier takes it from there
                 from torch.utils.dlpack import to_dlpack
 
-                out = ready(mine)
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor.from_dlpack(self.output_name, to_dlpack(out))]))
+                tensor = pb_utils.Tensor.from_dlpack(self.output_name, to_dlpack(batch))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
-    def _gpu(self, datas):
-        torch = self.gpu.torch
-        on_gpu = [i for i, d in enumerate(datas) if gpu_decodable(d)]
-        results = [None] * len(datas)
-        for i, crop in zip(on_gpu, self.gpu.decode_many([datas[i] for i in on_gpu]) if on_gpu else []):
-            results[i] = crop
-        rest = [i for i, r in enumerate(results) if r is None]
-        # CPU-decoded images go up as pixels: normalization happens once, on the GPU, for the whole request
-        for i, r in zip(rest, self._cpu([datas[i] for i in rest], True)):
-            results[i] = r if isinstance(r, Exception) else torch.from_numpy(r).to(self.gpu.device)
-        return results, lambda crops: self.gpu.finish(crops, self.pixels)
-
     def finalize(self):
-        self.pool.shutdown(wait=False)
+        self.preprocess.close()
