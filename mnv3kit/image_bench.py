@@ -143,7 +143,8 @@ def render(result: dict) -> str:
 
 
 def run(repo: Path, files: Sequence[Path], batch: int, device: str, seconds: float, out: Path,
-        url: Optional[str], protocol: str, perf_args: Sequence[str], progress=print) -> dict:
+        url: Optional[str], protocol: str, perf_args: Sequence[str], concurrency: Optional[int] = None,
+        progress=print) -> dict:
     host = hardware()
     out.mkdir(parents=True, exist_ok=True)
     progress(f"in-process on {device}: batch {batch} and batch 1")
@@ -154,10 +155,10 @@ def run(repo: Path, files: Sequence[Path], batch: int, device: str, seconds: flo
         progress(f"starting the embedded Triton on {repo}")
         with LocalTriton(repo, Ports.free()) as server:
             progress("served: perf_analyzer on the ensemble")
-            srv = served(server.grpc_url, "grpc", files, batch, out, perf_args)
+            srv = served(server.grpc_url, "grpc", files, concurrency or batch, out, perf_args)
     else:
         progress(f"served: perf_analyzer on the ensemble at {url}")
-        srv = served(url, protocol, files, batch, out, perf_args)
+        srv = served(url, protocol, files, concurrency or batch, out, perf_args)
     result = {"date": now(), "hardware": host, "repo": str(repo), "images": [str(f) for f in files],
               "bytes_per_image": round(sum(f.stat().st_size for f in files) / len(files)),
               "in_process": ins, "served": srv}

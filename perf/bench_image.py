@@ -7,8 +7,8 @@
 REPO is a --target local repository built with --ensemble. In-process runs the served code itself (the
 preprocessing model's Preprocessor and the classifier's backend model, configured from their config.pbtxt) on
 batches of files; served is perf/run_perf.sh (perf_analyzer) on mobilenetv3_image with the same files, one file
-per request at concurrency = --batch, plus batch 1 / concurrency 1 for latency. Without -u it starts the embedded
-Triton on REPO itself. Writes OUT/image_bench.md and .json: img/s, p50 at batch 1, bytes sent per image and the
+per request at concurrency = --batch (or -c), plus batch 1 / concurrency 1 for latency. Without -u it starts the
+embedded Triton on REPO itself. Writes OUT/image_bench.md and .json: img/s, p50 at batch 1, bytes sent per image and the
 served / in-process ratio. Exit codes: 0 ok, 2 bad input or a failed measurement.
 """
 
@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG files (default: scikit-learn's photographs)")
     p.add_argument("--jpeg-size", help="instead: JPEGs of this size (e.g. 500x375, quality 90) cut from the photos")
     p.add_argument("-b", "--batch", type=int, default=8, help="in-process batch = served concurrency (default 8)")
+    p.add_argument("-c", "--concurrency", type=int, help="served requests in flight (default: --batch)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda:N for the in-process run")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per in-process point (default 10)")
     p.add_argument("-u", "--url", help="measure a running server instead of starting one (with -i)")
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         else:
             files = image_files(str(args.images) if args.images else None)
         result = run(args.repo, files, args.batch, args.device, args.seconds, args.out, args.url, args.protocol,
-                     args.perf_args, progress=lambda m: print(m, file=sys.stderr, flush=True))
+                     args.perf_args, args.concurrency, progress=lambda m: print(m, file=sys.stderr, flush=True))
         print(render(result))
         print(f"wrote {args.out / 'image_bench.md'}, {args.out / 'image_bench.json'}", file=sys.stderr)
         return 0
