@@ -16,14 +16,18 @@ from images import BAD, GOOD, make_edge_cases
 from mnv3kit.backend import KIT_DIR, VENDORED
 from mnv3kit.backend.preprocess_model import cpu_preprocess, gpu_decodable
 from mnv3kit.build import BuildOptions, build
-from mnv3kit.ensemble import VENDOR_DIR
+from mnv3kit.ensemble import VENDOR_DIR, render_dali_pipeline
+from mnv3kit.image_bench import make_jpegs
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
 from mnv3kit.render import Batching, ConfigOptions, Instances
 from mnv3kit.server import LocalTriton, Ports
-from mnv3kit.spec import ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, ONNX, PREPROCESS, PT, U8
+from mnv3kit.spec import ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT, STD, TRT, U8
 from mnv3kit.validate import check_repository
 
+# DALI decodes RGBA without compositing on white and cannot read GIF: every other edge case must match
+DALI_SAME = ("grayscale", "cmyk", "gray16", "exif_rotated", "tiny", "huge")
+DALI_LOGIT_TOLERANCE = 0.05  # x max(1, max |logit|): measured 0.043, see README "Encoded images"
 BATCH_DELAY_US = 3_000_000  # long enough that concurrently sent requests are sure to meet in one batch
 
 
@@ -275,3 +279,57 @@ def test_bad_images_fail_alone_inside_one_batch(batching_server, photos, edge):
         # batched with others vs alone: the same up to FP32 summation order
         np.testing.assert_allclose(results[path], expected, rtol=0, atol=allowed_difference(expected))
     assert client.is_server_ready() and client.is_model_ready(ENSEMBLE)
+
+
+# ---------------------------------------------------------------- NGC target: DALI
+
+def load_dali_pipeline(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mnv3kit_dali_pipeline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ngc_repo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("image-ngc") / "repo"
+    build(BuildOptions(arch="small", output=out, ensemble="trt", config=ConfigOptions(target="ngc")))
+    return out
+
+
+def test_ngc_build_renders_the_dali_ensemble(ngc_repo):
+    ensemble, pre = parse(ngc_repo / ENSEMBLE / "config.pbtxt"), parse(ngc_repo / PREPROCESS / "config.pbtxt")
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [PREPROCESS, TRT.name]
+    assert pre.backend == "dali" and pre.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert (ngc_repo / PREPROCESS / "1" / "dali.py").read_text() == render_dali_pipeline()
+    assert not (ngc_repo / PREPROCESS / "1" / "model.py").exists()
+    report = check_repository(ngc_repo)
+    assert report.ok, report.problems  # the plan is built later, in NVIDIA's image: a note, not a problem
+
+
+def test_dali_pipeline_matches_the_kits_preprocessing(ngc_repo, photos, edge, tmp_path):
+    """The NGC pipeline on DALI's CPU operators (the nvidia-dali wheel) vs mnv3kit.preprocess, then the classifier."""
+    import warnings
+
+    import nvidia.dali as dali
+    import torch
+
+    module = load_dali_pipeline(ngc_repo / PREPROCESS / "1" / "dali.py")
+    files = [*photos, *make_jpegs(photos, tmp_path, (500, 375)), *(edge[name] for name in DALI_SAME)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pipe = dali.pipeline_def(module.graph)("cpu", batch_size=len(files), num_threads=2, device_id=None)
+        pipe.build()
+        pipe.feed_input(IMAGE_INPUT, [np.frombuffer(f.read_bytes(), np.uint8) for f in files])
+        (out,) = pipe.run()
+    served = np.stack([np.asarray(out[i]) for i in range(len(files))])
+    reference = np.stack([preprocess_file(f) for f in files])
+    one_level = 1 / 255 / min(STD)  # one uint8 step after normalization
+    assert np.abs(served - reference).max() <= one_level + 1e-6
+    classifier = torch.jit.load(str(ngc_repo / PT.name / "1" / PT.artifact))
+    with torch.no_grad():
+        a, b = classifier(torch.from_numpy(served)).numpy(), classifier(torch.from_numpy(reference)).numpy()
+    assert (a.argmax(1) == b.argmax(1)).all()
+    assert np.abs(a - b).max() <= DALI_LOGIT_TOLERANCE * max(1.0, float(np.abs(b).max()))
