@@ -18,14 +18,7 @@ REPO=/tmp/mnv3kit-repo-gpu-image
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-CARRY=/tmp/mnv3kit-carry
-if [ ! -d "$CARRY" ]; then
-  mkdir -p "$CARRY" && tar -C "$CARRY" -xJf .device/carry.tar.xz
-fi
-ln -sf "$(ls "$CARRY"/site/nvidia_pytriton.libs/libcudart-*.so.12*)" "$CARRY/lib/libcudart.so.12"
-export PYTHONPATH="$CARRY/site${PYTHONPATH:+:$PYTHONPATH}"
-export LD_LIBRARY_PATH="$CARRY/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export PERF_ANALYZER="$CARRY/site/bin/perf_analyzer" PYTHON="$PY" PYTHONUNBUFFERED=1
+source perf/gpu_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 
