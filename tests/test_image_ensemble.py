@@ -189,22 +189,30 @@ def test_classify_cli_sends_files_as_bytes(server, photos, edge, protocol):
     assert_one_line_error(proc, "takes tensors", "not bytes")
 
 
-def test_curl_with_the_binary_tensor_extension(server, photos):
+def test_curl_with_the_binary_tensor_extension(server, photos, edge):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    script = (  # README's example, with this server's port
+    script = (  # README's example, with this server's port; the HTTP status on the last line
         'HEADER=\'{"inputs":[{"name":"IMAGE","shape":[1,\'$(stat -c %s "$IMG")\'],"datatype":"UINT8",'
         '"parameters":{"binary_data_size":\'$(stat -c %s "$IMG")\'}}],'
         '"outputs":[{"name":"LOGITS","parameters":{"classification":3}}]}\'\n'
-        '{ printf %s "$HEADER"; cat "$IMG"; } | curl -s --fail-with-body '
+        '{ printf %s "$HEADER"; cat "$IMG"; } | curl -s -w "\\n%{http_code}" '
         f'localhost:{server.ports.http}/v2/models/{ENSEMBLE}/infer '
         '-H "Inference-Header-Content-Length: ${#HEADER}" --data-binary @-')
-    proc = subprocess.run(["bash", "-c", script], env={"IMG": str(photos[0]), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    output = json.loads(proc.stdout)["outputs"][0]
-    assert output["name"] == ENSEMBLE_OUTPUT and output["shape"] == [1, 3]
+
+    def curl(path):
+        proc = subprocess.run(["bash", "-c", script], env={"IMG": str(path), "PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        body, status = proc.stdout.rsplit("\n", 1)
+        return json.loads(body), int(status)
+
+    body, status = curl(photos[0])
+    output = body["outputs"][0]
+    assert status == 200 and output["name"] == ENSEMBLE_OUTPUT and output["shape"] == [1, 3]
     assert all(len(entry.split(":")) == 3 for entry in output["data"])
+    body, status = curl(edge["not_an_image"])
+    assert status == 400 and body == {"error": f"in ensemble '{ENSEMBLE}', image: not an image Pillow can read"}
 
 
 def test_run_perf_measures_the_ensemble_with_real_jpegs(server, photos, tmp_path):
