@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated subset of pt,onnx,trt (default: all the target offers; local: pt,onnx). "
                         "E.g. --target local --models onnx for a server without torch. Local also offers u8: "
                         "mobilenetv3_u8, the TorchScript model behind a UINT8 pixel input normalized on the device")
+    g.add_argument("--ensemble", metavar="CLASSIFIER", help="also build mobilenetv3_image, the ensemble that takes "
+                   "encoded image bytes (JPEG, PNG, ...), preprocesses them on the server (mobilenetv3_preprocess) "
+                   "and feeds this classifier: pt, onnx or u8 on --target local, pt, onnx or trt on ngc")
     g.add_argument("--max-batch-size", type=int, default=8, help="config max_batch_size (default 8, as the seed)")
     g.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto",
                    help="auto: KIND_GPU for ngc, KIND_CPU for local")
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
                 runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance)
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
-                                parity_tolerance=args.parity_tolerance, models=args.models,
+                                parity_tolerance=args.parity_tolerance, models=args.models, ensemble=args.ensemble,
                                 allow_constant_logits=args.allow_constant_logits,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
             try:

@@ -5,9 +5,11 @@
 
 Images are preprocessed exactly as in training (EXIF orientation, any mode -> RGB, Resize 256, CenterCrop 224,
 normalize) and sent as binary FP32 tensors (UINT8 pixels to a model with a UINT8 input, which normalizes them
-itself). Labels and logits come from Triton's classification extension;
-probabilities are the softmax over all classes. Folders are searched recursively for images. An image that cannot be
-read is reported and skipped; the others are still classified.
+itself). To a model that takes encoded images (mobilenetv3_image, input UINT8 [-1]) the files themselves are sent,
+one request per file, and the server decodes and preprocesses them; the model's config tells which (--send).
+Labels and logits come from Triton's classification extension; probabilities are the softmax over all classes.
+Folders are searched recursively for images. An image that cannot be read is reported and skipped; the others are
+still classified.
 """
 
 import argparse
@@ -17,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the checkout
 
-from mnv3kit.client import DEFAULT_URLS, EXIT_CODES, PROTOCOLS, Classified, TritonClassifier, classify, expand_inputs  # noqa: E402
+from mnv3kit.client import (DEFAULT_URLS, EXIT_CODES, PROTOCOLS, SEND_MODES, Classified, TritonClassifier,  # noqa: E402
+                            classify, expand_inputs)
 from mnv3kit.errors import KitError, cli_errors  # noqa: E402
 from mnv3kit.spec import PT  # noqa: E402
 
@@ -37,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--async", dest="use_async", action="store_true",
                    help="send all requests at once and collect the answers as they come")
     p.add_argument("--json", action="store_true", help="one JSON record per image on stdout (errors included)")
+    p.add_argument("--send", choices=SEND_MODES, default="auto",
+                   help="auto: what the model's input takes (default); bytes: the image files themselves; tensor: "
+                        "preprocessed here. With bytes, -b N keeps N single-file requests in flight")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per network call (default 60)")
     return p.parse_args(argv)
 
@@ -50,7 +56,8 @@ def main(argv=None) -> int:
         if not paths:
             raise KitError(f"no images found in {', '.join(args.images)}")
         classifier = TritonClassifier(args.url, args.protocol, args.model, args.timeout,
-                                      concurrency=len(paths) if args.use_async else 1)
+                                      concurrency=len(paths) if args.use_async else args.batch_size,
+                                      send=args.send)
         if args.topk > classifier.num_classes:
             print(f"classify.py: note: -k {args.topk} is above the {classifier.num_classes} classes of {args.model}: "
                   f"showing all {classifier.num_classes}", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from . import __version__
+from .ensemble import classifier_for, write_image_models
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
 from .parity import (PARITY_IMAGES, TOLERANCE, check_parity, constant_logits, format_table, parity_pixels,
@@ -21,8 +22,8 @@ from .preprocess import is_image_file, normalize
 from .render import (TORCH_MODELS, ConfigOptions, PlanOptions, check_config_options, check_plan_options,
                      python_backend, render_config, render_plan_script)
 from .repository import file_hashes, sha256, staged_repository, write_manifest
-from .spec import (COMPILED_ARTIFACT, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MANIFEST_FILE, MEAN, MODELS, ONNX,
-                   PARITY_FILE, PLAN_INFO_FILE, PT, STD, TRT, U8, ModelSpec)
+from .spec import (COMPILED_ARTIFACT, ENSEMBLE, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MANIFEST_FILE, MEAN,
+                   MODELS, ONNX, PARITY_FILE, PLAN_INFO_FILE, PREPROCESS, PT, STD, TRT, U8, ModelSpec)
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
@@ -44,6 +45,7 @@ class BuildOptions:
     parity_tolerance: float = TOLERANCE
     models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
     allow_constant_logits: bool = False
+    ensemble: Optional[str] = None  # spec key of the classifier the image ensemble feeds; None: no ensemble
 
 
 def log(message: str) -> None:
@@ -108,6 +110,7 @@ def build(opts: BuildOptions) -> Path:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
     check_config_options(cfg)
     models = select_models(cfg, opts.models)
+    image_classifier = _image_classifier(opts, models)
     kept = {spec.name: kept_versions(opts.output, spec, cfg) for spec in models}
     check_plan_options(opts.plan, cfg.max_batch_size if TRT in models and opts.trt != "skip" else None)
     steps = iter(enumerate(["load weights", "export TorchScript", "export ONNX", "parity gate", "TensorRT",
@@ -183,12 +186,15 @@ def build(opts: BuildOptions) -> Path:
                 shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
             for old in kept[spec.name]:
                 shutil.copytree(Path(opts.output) / spec.name / str(old), staging / spec.name / str(old))
+        if image_classifier is not None:
+            write_image_models(staging, image_classifier, cfg, labels)
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
             "max_batch_size": cfg.max_batch_size, "version": cfg.version,
             "kept_versions": {name: versions for name, versions in kept.items() if versions},
-            "models": [spec.name for spec in models],
+            "models": [spec.name for spec in models] + ([PREPROCESS, ENSEMBLE] if image_classifier else []),
+            "ensemble": {"name": ENSEMBLE, "classifier": image_classifier.name} if image_classifier else None,
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
             else {"path": None, "random_init": True},
             "versions": _versions(),
@@ -208,7 +214,7 @@ def build(opts: BuildOptions) -> Path:
             raise KitError("the built repository failed validation, previous one kept: " + "; ".join(report.problems))
         step()
         bar.set_description("done")
-    log(f"wrote {opts.output} ({', '.join(spec.name for spec in models)}) in {time.time() - started:.1f}s")
+    log(f"wrote {opts.output} ({', '.join(manifest['models'])}) in {time.time() - started:.1f}s")
     return Path(opts.output)
 
 
@@ -273,6 +279,18 @@ def select_models(cfg: ConfigOptions, keys: Optional[Sequence[str]]) -> List[Mod
     if TRT.key in keys and ONNX.key not in keys:
         raise KitError(f"--models: {TRT.name} is built from {ONNX.name}'s model.onnx, so include onnx too")
     return [spec for spec in available if spec.key in keys]
+
+
+def _image_classifier(opts: BuildOptions, models: List[ModelSpec]) -> Optional[ModelSpec]:
+    """The classifier --ensemble names, added to the default model set if missing; None without --ensemble."""
+    if opts.ensemble is None:
+        return None
+    classifier = classifier_for(opts.ensemble, opts.config.target)
+    if classifier not in models:
+        if opts.models is not None:
+            raise KitError(f"--ensemble {opts.ensemble} feeds {classifier.name}: add {classifier.key} to --models")
+        models.append(classifier)
+    return classifier
 
 
 def _random_init_classes(opts: BuildOptions) -> int:

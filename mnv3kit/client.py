@@ -14,6 +14,7 @@ from .spec import INPUT_DIMS
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 INPUT_TYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8"}  # normalized floats, or pixels the model normalizes
+SEND_MODES = ("auto", "bytes", "tensor")  # bytes: the files themselves, to a model with an encoded-image input
 
 
 class ServerUnreachable(KitError):
@@ -70,9 +71,12 @@ class TritonClassifier:
     """One model on one server; checks reachability, readiness and the tensor contract up front."""
 
     def __init__(self, url: Optional[str] = None, protocol: str = "http", model: str = "mobilenetv3_pt",
-                 timeout: float = 60.0, concurrency: int = 1):
+                 timeout: float = 60.0, concurrency: int = 1, send: str = "auto"):
         if protocol not in PROTOCOLS:
             raise KitError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if send not in SEND_MODES:
+            raise KitError(f"send mode must be one of {', '.join(SEND_MODES)}")
+        self.send = send
         self.protocol, self.model, self.timeout = protocol, model, timeout
         self.url = url or DEFAULT_URLS[protocol]
         if protocol == "http":
@@ -134,9 +138,15 @@ class TritonClassifier:
                                    f"the kit's classifiers have one of each")
         inp, out = inputs[0], outputs[0]
         dims = tuple(int(d) for d in inp.get("dims", []))
-        if inp.get("data_type") not in INPUT_TYPES or dims != INPUT_DIMS:
+        # UINT8 [-1]: one encoded file per batch item (an image ensemble such as mobilenetv3_image)
+        self.encoded = inp.get("data_type") == "TYPE_UINT8" and dims == (-1,)
+        if self.send != "auto" and self.encoded != (self.send == "bytes"):
+            raise ContractMismatch(f"model {self.model!r} takes {'encoded image bytes' if self.encoded else 'tensors'}"
+                                   f" ({inp.get('name')} {inp.get('data_type')} {list(dims)}), not {self.send}")
+        if not self.encoded and (inp.get("data_type") not in INPUT_TYPES or dims != INPUT_DIMS):
             raise ContractMismatch(f"model {self.model!r} expects {inp.get('name')} {inp.get('data_type')} "
-                                   f"{list(dims)}; this client sends FP32 or UINT8 {list(INPUT_DIMS)} images")
+                                   f"{list(dims)}; this client sends FP32 or UINT8 {list(INPUT_DIMS)} images "
+                                   f"or encoded image bytes (UINT8 [-1])")
         self.input_name, self.output_name = inp["name"], out["name"]
         self.datatype = INPUT_TYPES[inp["data_type"]]
         self.pixels = self.datatype == "UINT8"  # raw pixels, the model normalizes
@@ -221,12 +231,19 @@ def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: in
     good: List[Tuple[int, np.ndarray]] = []
     for slot, path in enumerate(paths):
         try:
-            good.append((slot, preprocess_file(path, pixels=classifier.pixels)))
+            good.append((slot, read_encoded(path) if classifier.encoded else
+                         preprocess_file(path, pixels=classifier.pixels)))
         except ImageError as exc:
             records[slot] = Unreadable(str(path), str(exc))
-    chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
-    batches = [np.stack([x for _, x in chunk]) for chunk in chunks]
-    outputs = classifier.infer_many(batches) if use_async else (classifier.infer(b) for b in batches)
+    if classifier.encoded:  # one request per file, a chunk's requests in flight together (the server batches them)
+        window = max(1, len(good)) if use_async else batch_size
+        windows = [good[i:i + window] for i in range(0, len(good), window)]
+        chunks, outputs = _per_image(windows, [_infer_encoded(classifier, [x for _, x in w]) for w in windows],
+                                     records, paths)
+    else:
+        chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
+        batches = [np.stack([x for _, x in chunk]) for chunk in chunks]
+        outputs = classifier.infer_many(batches) if use_async else (classifier.infer(b) for b in batches)
     k = max(1, min(topk, classifier.num_classes))
     for chunk, (logits, labels) in zip(chunks, outputs):
         for (slot, _), row_logits, row_probs, names in zip(chunk, logits, softmax(logits), labels):
@@ -234,3 +251,38 @@ def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: in
             top = [(names.get(int(i), f"class_{i}"), int(i), float(row_probs[i]), float(row_logits[i])) for i in order]
             records[slot] = Classified(str(paths[slot]), top, row_logits.tolist())
     return records  # type: ignore[return-value]
+
+
+def read_encoded(path: Path) -> np.ndarray:
+    """A file's bytes as one UINT8 [1, n] batch item; the server decodes it and judges whether it is an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+    return np.frombuffer(path.read_bytes(), dtype=np.uint8)[None]
+
+
+def _infer_encoded(classifier: TritonClassifier, items: Sequence[np.ndarray]) -> list:
+    """One request per file, all in flight at once; when one fails, each is retried alone so that the error lands
+    on its own file: a list of (logits, labels) or InferenceFailed, one per item."""
+    try:
+        return list(classifier.infer_many(items))
+    except InferenceFailed:
+        results = []
+        for item in items:
+            try:
+                results.append(classifier.infer(item))
+            except InferenceFailed as exc:
+                results.append(exc)
+        return results
+
+
+def _per_image(chunks, outputs, records, paths):
+    """Flatten per-file results into one-image chunks; failed files become Unreadable records."""
+    pairs = []
+    for chunk, results in zip(chunks, outputs):
+        for (slot, _), result in zip(chunk, results):
+            if isinstance(result, InferenceFailed):
+                records[slot] = Unreadable(str(paths[slot]), f"{paths[slot]}: {result}")
+            else:
+                pairs.append(([(slot, None)], result))
+    return [c for c, _ in pairs], [r for _, r in pairs]

@@ -191,16 +191,19 @@ class Server:
         except Exception:  # noqa: BLE001 - unknown model
             return False
 
-    def warm_up(self, model: str, config: ModelConfig, batch: int, requests: int) -> None:
-        """Untimed requests of zeros at this batch size: TorchScript's profiling executor optimizes on the first
-        calls per input shape (seconds each on a small CPU), which must not land in a measurement window."""
+    def warm_up(self, model: str, config: ModelConfig, batch: int, requests: int, image: bytes = b"") -> None:
+        """Untimed requests of zeros (an encoded-image model: ``image``) at this batch size: TorchScript's profiling
+        executor optimizes on the first calls per input shape (seconds each on a small CPU), which must not land in
+        a measurement window."""
         from tritonclient.utils import triton_to_np_dtype
 
         inputs = []
         for spec in config.input:
             datatype = model_config_pb2.DataType.Name(spec.data_type).replace("TYPE_", "")
-            inp = self._module.InferInput(spec.name, [batch, *spec.dims], datatype)
-            inp.set_data_from_numpy(np.zeros([batch, *spec.dims], dtype=triton_to_np_dtype(datatype)))
+            data = (np.tile(np.frombuffer(image, np.uint8), (batch, 1)) if encoded_input(config)
+                    else np.zeros([batch, *spec.dims], dtype=triton_to_np_dtype(datatype)))
+            inp = self._module.InferInput(spec.name, list(data.shape), datatype)
+            inp.set_data_from_numpy(data)
             inputs.append(inp)
         for _ in range(requests):
             self._client.infer(model, inputs)
@@ -211,6 +214,48 @@ class Server:
             return json_format.ParseDict(self._client.get_model_config(model), ModelConfig(),
                                           ignore_unknown_fields=True)
         return self._client.get_model_config(model).config
+
+
+def encoded_input(config: ModelConfig) -> bool:
+    """UINT8 [-1]: one encoded image file per batch item (the image ensemble)."""
+    return (len(config.input) == 1 and config.input[0].data_type == model_config_pb2.TYPE_UINT8
+            and list(config.input[0].dims) == [-1])
+
+
+def image_files(folder: Optional[str]) -> List[Path]:
+    """The JPEG/PNG files an encoded-image model is measured with: FOLDER's images, else scikit-learn's photos."""
+    from .parity import sample_photos
+    from .preprocess import is_image_file
+
+    if folder is None:
+        return sample_photos()
+    files = sorted(p for p in Path(folder).iterdir() if is_image_file(p)) if Path(folder).is_dir() else []
+    if not files:
+        raise KitError(f"--images {folder}: no image files (jpg, png, ...) in it")
+    return files
+
+
+def write_input_data(config: ModelConfig, files: Sequence[Path], path: Path, pad: bool) -> int:
+    """perf_analyzer --input-data JSON: each file's bytes (b64) as one batch item, with its own shape. perf_analyzer
+    batches consecutive items into one request, which needs equal lengths: ``pad`` zero-pads every file to the
+    longest (JPEG and PNG decoders stop at the image's end marker). Returns the mean bytes sent per image."""
+    import base64
+
+    blobs = [f.read_bytes() for f in files]
+    if pad:
+        blobs = [b.ljust(max(map(len, blobs)), b"\0") for b in blobs]
+    name = config.input[0].name
+    path.write_text(json.dumps({"data": [{name: {"b64": base64.b64encode(b).decode("ascii"), "shape": [len(b)]}}
+                                         for b in blobs]}))
+    return round(sum(map(len, blobs)) / len(blobs))
+
+
+def tensor_bytes(config: ModelConfig) -> int:
+    """What one image costs on the wire as the model's input tensor."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    datatype = model_config_pb2.DataType.Name(config.input[0].data_type).replace("TYPE_", "")
+    return int(np.prod(config.input[0].dims)) * np.dtype(triton_to_np_dtype(datatype)).itemsize
 
 
 def describe_config(config: ModelConfig) -> str:
@@ -274,25 +319,31 @@ def prepare(args: argparse.Namespace) -> int:
                            + ", ".join(f"{m} ({b})" for m, b in too_big.items()))
     else:  # the seed measured 1..8 = max_batch_size; perf_analyzer itself rejects a batch above a model's maximum
         batches = list(range(1, min(max(c.max_batch_size, 1) for c in configs.values()) + 1))
+    out = Path(args.out)
+    encoded = [m for m in models if encoded_input(configs[m])]
+    files = image_files(args.images) if encoded else []
+    for sub in ("csv", "logs") + (("inputs",) if encoded else ()):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    data = {(m, b): f"inputs/{m}{'' if b == 1 else '_padded'}.json" for m in encoded for b in batches}
+    sent = {(m, b): write_input_data(configs[m], files, out / path, b > 1) for (m, b), path in data.items()}
     for model in models if args.warmup else ():
         print(f"warming up {model}: {args.warmup} request(s) per batch size", file=sys.stderr, flush=True)
         for batch in batches:
             try:
-                server.warm_up(model, configs[model], batch, args.warmup)
+                server.warm_up(model, configs[model], batch, args.warmup, files[0].read_bytes() if files else b"")
             except Exception:  # noqa: BLE001 - that point's perf_analyzer run reports the server's error itself
                 pass
-    out = Path(args.out)
-    for sub in ("csv", "logs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    points = [{"model": m, "batch": b, **point_files(m, b)} for b in batches for m in models]
+    points = [{"model": m, "batch": b, **point_files(m, b), "input_data": data.get((m, b), ""),
+               "bytes_per_image": sent.get((m, b)) or tensor_bytes(configs[m])} for b in batches for m in models]
     run = {"date": now(), "url": url, "protocol": args.protocol, "server": server.metadata(),
            "perf_analyzer": {"path": str(perf_analyzer), "version": version, "args": args.perf_args},
            "hardware": host, "models": {m: describe_config(c) for m, c in configs.items()},
-           "batch_sizes": batches, "points": points}
+           "batch_sizes": batches, "points": points,
+           "images": [str(f) for f in files]}
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     assignments = {"PERF_ANALYZER": str(perf_analyzer), "PA_LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"], "URL": url,
-                   "POINTS": "\n".join(f"{p['model']}\t{p['batch']}\t{out / p['csv']}\t{out / p['log']}"
-                                        for p in points)}
+                   "POINTS": "\n".join(f"{p['model']}\t{p['batch']}\t{out / p['csv']}\t{out / p['log']}\t"
+                                        f"{out / p['input_data'] if p['input_data'] else ''}" for p in points)}
     print("\n".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items()))
     return 0
 
@@ -397,6 +448,9 @@ def render_report(run: dict, rows: List[dict], failures: List[str], engine: Opti
              f"- Hardware (host that ran perf_analyzer): {hardware_line(run['hardware'])}",
              f"- Client: {pa['version']}; per point `{template}`",
              "- Models (config as served):"]
+    if run.get("images"):
+        lines.insert(-1, f"- Encoded-image models send these files, one per batch item: "
+                         f"{', '.join(Path(f).name for f in run['images'])}")
     lines += [f"  - `{model}`: {desc}" for model, desc in run["models"].items()]
     if engine:
         lines.append(f"- In-process reference: perf/bench_engine.py of {engine.get('date', '?')} "
@@ -404,10 +458,10 @@ def render_report(run: dict, rows: List[dict], failures: List[str], engine: Opti
                      f"virtual host's speed drifts between runs")
     label = lambda r: f"{short_name(r['model'])}/{r['batch']}"  # noqa: E731
     ms = lambda v: f"{v:.2f}"  # noqa: E731
-    headers = ["Model/Batch_Size", "Concurrency", "Throughput (infer/sec)", "Avg latency (ms)", "p50 latency (ms)",
-               "p90 latency (ms)", "p95 latency (ms)", "p99 latency (ms)"]
-    table = [[label(r), r["concurrency"], f"{r['throughput']:.1f}", *(ms(r[k]) for k in LATENCIES.values())]
-             for r in rows]
+    headers = ["Model/Batch_Size", "Concurrency", "Throughput (infer/sec)", "Bytes sent / image", "Avg latency (ms)",
+               "p50 latency (ms)", "p90 latency (ms)", "p95 latency (ms)", "p99 latency (ms)"]
+    table = [[label(r), r["concurrency"], f"{r['throughput']:.1f}", f"{r['bytes_per_image']:,}" if r.get("bytes_per_image")
+              else "-", *(ms(r[k]) for k in LATENCIES.values())] for r in rows]
     if engine:
         headers += ["In-process (infer/sec)", "Served / in-process"]
         for row, r in zip(table, rows):
@@ -440,7 +494,7 @@ def report(args: argparse.Namespace) -> int:
     engine = read_engine(args.compare)
     rows, failures, failed = [], [], []
     for point in run["points"]:
-        measured = read_point(out, point)
+        measured = [{**row, "bytes_per_image": point.get("bytes_per_image")} for row in read_point(out, point)]
         if not measured:
             failures.append(f"`{point['model']}` batch {point['batch']}: {failure_reason(out, point)} "
                             f"(log: {point['log']})")
@@ -474,6 +528,7 @@ def main(argv=None) -> int:
     pr.add_argument("--models", help="comma-separated; default every ready model")
     pr.add_argument("--batch-sizes", help="e.g. 1-8 or 1,8; default 1..max_batch_size")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--images", help="folder of JPEG/PNG files for encoded-image models (default: sklearn photos)")
     pr.add_argument("--warmup", type=int, default=5, help="untimed requests per model x batch size first (default 5)")
     pr.add_argument("perf_args", nargs="*", help="perf_analyzer arguments shared by every point (recorded)")
     rp = sub.add_parser("report", help="CSV files of a run -> report.md, results.csv, throughput_vs_p99.png")

@@ -4,6 +4,7 @@ Pillow + numpy reimplementations of torchvision's Resize(256)/CenterCrop(224)/Ra
 RandomHorizontalFlip/ToTensor/Normalize (torchvision does not install beside the pinned torch).
 """
 
+import io
 import math
 import random
 import warnings
@@ -52,20 +53,29 @@ def load_image(path: Union[str, Path]) -> Image.Image:
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file (0 bytes)")
+    return decode_image(path.read_bytes(), str(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
+    """Fully decode encoded image bytes and convert them; any problem is an ImageError naming ``name``.
+    Thread-safe: the server decodes the images of a batch in a thread pool."""
+    if not data:
+        raise ImageError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
+                # checked here too: warning filters are process-wide, so under threads the warning may only print
+                if img.width * img.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(img.size)
                 img.load()  # decode now so truncation shows up here, not later
                 return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: refused, more than {MAX_PIXELS:,} pixels (decompression bomb?)") from None
+        raise ImageError(f"{name}: refused, more than {MAX_PIXELS:,} pixels (decompression bomb?)") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
+        raise ImageError(f"{name}: not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
 def resize_shorter(img: Image.Image, size: int = RESIZE_SIZE) -> Image.Image:

@@ -45,3 +45,14 @@ MODELS_BY_NAME = {m.name: m for m in (*MODELS, U8)}
 # What the embedded (python-backend) Triton can run: no TensorRT there.
 LOCAL_MODELS = (PT, ONNX)
 LOCAL_OPTIONAL = (U8,)
+
+# The image ensemble: a client sends the encoded file (JPEG, PNG, ...), the server decodes and preprocesses it
+# (mobilenetv3_preprocess) and feeds one of the classifiers above. One image per batch item as UINT8 [-1] with
+# ragged batching: the input type NVIDIA's DALI backend takes (it does not read BYTES/TYPE_STRING tensors), so both
+# targets offer the same contract, and the raw file bytes are the request body (no length prefixes).
+ENSEMBLE = "mobilenetv3_image"
+PREPROCESS = "mobilenetv3_preprocess"
+IMAGE_INPUT = "IMAGE"  # ensemble and preprocessing input: the file's bytes
+PREPROCESSED = "PREPROCESSED"  # preprocessing output: the classifier's input (FP32 normalized, or UINT8 pixels)
+ENSEMBLE_OUTPUT = "LOGITS"
+ENSEMBLE_CLASSIFIERS = {"local": (PT, ONNX, U8), "ngc": (PT, ONNX, TRT)}

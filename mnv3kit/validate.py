@@ -10,6 +10,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from .ensemble import IMAGE_MODELS, check_ensemble, check_preprocess
 from .errors import KitError
 from .repository import read_manifest, sha256
 from .spec import COMPILED_ARTIFACT, INPUT_DIMS, MANIFEST_FILE, MODELS_BY_NAME, PLAN_INFO_FILE
@@ -159,6 +160,11 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
     where = f"{model_dir.name}/config.pbtxt"
     if config.name != model_dir.name:
         report.problems.append(f"{where}: name {config.name!r} differs from its directory name {model_dir.name!r}")
+    if config.name in IMAGE_MODELS:  # the image ensemble and its preprocessing step
+        report.models.append(config.name)
+        report.problems += (check_ensemble(model_dir.parent, config, parse_config) if config.platform == "ensemble"
+                            else check_preprocess(model_dir, config))
+        return
     spec = MODELS_BY_NAME.get(config.name)
     if spec is None:
         report.problems.append(f"{where}: unknown model name {config.name!r} (expected one of {sorted(MODELS_BY_NAME)})")

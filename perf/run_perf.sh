@@ -35,6 +35,8 @@ Options:
                            localhost:8002/metrics, into the CSVs
       --warmup N           untimed requests per model x batch size before measuring (default 5): TorchScript
                            optimizes on its first calls per input shape, seconds each on a small CPU
+      --images DIR         JPEG/PNG files sent to encoded-image models (mobilenetv3_image), one per batch item,
+                           through perf_analyzer --input-data (default: scikit-learn's sample photographs)
       --compare JSON       engine_latency.json of perf/bench_engine.py --out: adds in-process throughput and the
                            served / in-process ratio per row
   -o, --out DIR            output directory (default perf/out/served-YYYYmmdd-HHMMSS)
@@ -57,7 +59,7 @@ need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
 positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
 
 models="" url="" protocol=http batches="" concurrency=1 shm=none window="" count="" stability="" metrics=""
-warmup=5 compare="" out="" quick=0 extra=()
+warmup=5 compare="" out="" quick=0 images="" extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     -h|--help) usage; exit 0 ;;
@@ -73,6 +75,7 @@ while [ $# -gt 0 ]; do
     --metrics) need "$@"; metrics=$2; shift 2 ;;
     --warmup) need "$@"; [[ $2 =~ ^[0-9]+$ ]] || die "--warmup must be a number >= 0, got '$2'"; warmup=$2; shift 2 ;;
     --compare) need "$@"; compare=$2; shift 2 ;;
+    --images) need "$@"; [ -d "$2" ] || die "--images $2: no such directory"; images=$2; shift 2 ;;
     -o|--out) need "$@"; out=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --) shift; extra=("$@"); break ;;
@@ -111,17 +114,17 @@ pa=(--concurrency-range "$concurrency" --shared-memory "$shm")
 pa+=("${extra[@]}")
 
 setup=$("$PY" -m mnv3kit.perf --prog "$PROG" prepare --protocol "$protocol" --out "$out" --warmup "$warmup" \
-  ${url:+--url "$url"} ${models:+--models "$models"} ${batches:+--batch-sizes "$batches"} -- "${pa[@]}") || exit 2
-eval "$setup"  # PERF_ANALYZER, PA_LD_LIBRARY_PATH, URL (normalized), POINTS (lines: model TAB batch TAB csv TAB log)
+  ${url:+--url "$url"} ${models:+--models "$models"} ${images:+--images "$images"} ${batches:+--batch-sizes "$batches"} -- "${pa[@]}") || exit 2
+eval "$setup"  # PERF_ANALYZER, PA_LD_LIBRARY_PATH, URL (normalized), POINTS (model TAB batch TAB csv TAB log TAB data)
 
 total=$(wc -l <<<"$POINTS")
 n=0
-while IFS=$'\t' read -r model batch csv log; do
+while IFS=$'\t' read -r model batch csv log data; do
   n=$((n + 1))
   printf '[%d/%d] %s batch %s ... ' "$n" "$total" "$model" "$batch" >&2
   rm -f "$csv"  # a stale CSV must not pass for this run's measurement
   if LD_LIBRARY_PATH=$PA_LD_LIBRARY_PATH "$PERF_ANALYZER" -m "$model" -b "$batch" -u "$URL" -i "$protocol" \
-       "${pa[@]}" -f "$csv" --verbose-csv >"$log" 2>&1 </dev/null && [ -s "$csv" ]; then
+       "${pa[@]}" ${data:+--input-data "$data"} -f "$csv" --verbose-csv >"$log" 2>&1 </dev/null && [ -s "$csv" ]; then
     echo "ok" >&2
   else
     echo "FAILED: $(grep -v '^[[:space:]]*$' "$log" | tail -n 1)" >&2

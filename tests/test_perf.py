@@ -74,8 +74,9 @@ def test_quick_run_measures_every_model_and_batch(quick_run):
     assert list(served) == [f"{spec.key}/{b}" for b in BATCHES for spec in LOCAL_MODELS]
     for label, cells in served.items():
         assert cells[0] == "1", label  # concurrency
-        throughput, avg, p50, p90, p95, p99 = map(float, cells[1:7])
+        throughput, avg, p50, p90, p95, p99 = map(float, [cells[1], *cells[3:8]])
         assert throughput > 0 and avg > 0 and 0 < p50 <= p90 <= p95 <= p99, (label, cells)
+        assert cells[2] == f"{3 * 224 * 224 * 4:,}", (label, cells)  # bytes sent per image: the FP32 tensor
     breakdown = table_rows(report.split("## Where the time goes")[1], "Model/Batch_Size")
     assert list(breakdown) == list(served)
     assert all(float(cells[5]) > 0 for cells in breakdown.values())  # server compute infer

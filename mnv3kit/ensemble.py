@@ -1,0 +1,170 @@
+"""The image ensemble: `mobilenetv3_image` = `mobilenetv3_preprocess` (encoded bytes -> tensor) -> a classifier.
+
+Renders both configs from templates/, writes the preprocessing model's files (local: the python-backend model and
+the kit's preprocessing copied beside it; ngc: the DALI pipeline) and validates ensembles for --check: every step
+names a model of the repository, every mapped tensor exists in that model's config, and the tensors that flow
+between steps (and in and out of the ensemble) agree in data type and dims.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+from tritonclient.grpc import model_config_pb2
+
+from .backend import KIT_DIR, PREPROCESS_MODEL, VENDORED
+from .errors import KitError
+from .render import ConfigOptions, _env
+from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, IMAGE_INPUT, IMAGE_SIZE, INPUT_DIMS, LABELS_FILE,
+                   MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, ModelSpec)
+
+ModelConfig = model_config_pb2.ModelConfig
+DataType = model_config_pb2.DataType
+IMAGE_MODELS = (ENSEMBLE, PREPROCESS)
+VENDOR_DIR = "mnv3kit"  # <preprocess>/<version>/mnv3kit/: the kit's preprocessing, imported by model.py
+DALI_FILE = "dali.py"  # the pipeline the DALI backend serializes at load
+DALI_TEMPLATE = "mobilenetv3_preprocess_dali.py.j2"
+
+
+def classifier_for(key: str, target: str) -> ModelSpec:
+    offered = {spec.key: spec for spec in ENSEMBLE_CLASSIFIERS[target]}
+    if key not in offered:
+        raise KitError(f"--ensemble {key}: on the {target} target the image ensemble can feed {', '.join(offered)}")
+    return offered[key]
+
+
+def render_image_configs(classifier: ModelSpec, opts: ConfigOptions) -> Dict[str, str]:
+    """model name -> config.pbtxt text, for the preprocessing model and the ensemble."""
+    common = dict(max_batch_size=opts.max_batch_size, image_input=IMAGE_INPUT, classifier=classifier,
+                  target=opts.target)
+    env = _env()
+    return {
+        PREPROCESS: env.get_template(f"{PREPROCESS}.pbtxt.j2").render(
+            template=f"{PREPROCESS}.pbtxt.j2", name=PREPROCESS, output=PREPROCESSED, input_dims=INPUT_DIMS,
+            instance=opts.instances, batching=opts.batching, **common),
+        ENSEMBLE: env.get_template(f"{ENSEMBLE}.pbtxt.j2").render(
+            template=f"{ENSEMBLE}.pbtxt.j2", name=ENSEMBLE, output=ENSEMBLE_OUTPUT, preprocess=PREPROCESS,
+            preprocessed=PREPROCESSED, num_classes=opts.num_classes, labels_file=LABELS_FILE, **common),
+    }
+
+
+def render_dali_pipeline() -> str:
+    return _env().get_template(DALI_TEMPLATE).render(
+        template=DALI_TEMPLATE, image_input=IMAGE_INPUT, resize=RESIZE_SIZE, crop=IMAGE_SIZE, mean=MEAN, std=STD)
+
+
+def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, labels: List[str]) -> None:
+    """Both model directories with their configs and files, into ``repo`` (a build's staging directory)."""
+    version = repo / PREPROCESS / str(opts.version)
+    version.mkdir(parents=True)
+    if opts.target == "local":
+        shutil.copyfile(PREPROCESS_MODEL, version / "model.py")
+        (version / VENDOR_DIR).mkdir()
+        for name in VENDORED:
+            shutil.copyfile(KIT_DIR / name, version / VENDOR_DIR / name)
+    else:
+        (version / DALI_FILE).write_text(render_dali_pipeline())
+    (repo / ENSEMBLE / str(opts.version)).mkdir(parents=True)  # Triton wants a version directory, even empty
+    (repo / ENSEMBLE / LABELS_FILE).write_text("\n".join(labels) + "\n")
+    for name, text in render_image_configs(classifier, opts).items():
+        (repo / name / "config.pbtxt").write_text(text)
+
+
+# ---------------------------------------------------------------- --check
+
+def _tensors(config: ModelConfig, kind: str) -> Dict[str, Tuple[int, Tuple[int, ...]]]:
+    return {t.name: (t.data_type, tuple(t.dims)) for t in getattr(config, kind)}
+
+
+def _describe(tensor: Tuple[int, Tuple[int, ...]]) -> str:
+    return f"{DataType.Name(tensor[0])} {list(tensor[1])}"
+
+
+def _dims_match(a: Tuple[int, ...], b: Tuple[int, ...]) -> bool:
+    """Equal rank, each dim equal or variable (-1) on either side."""
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b))
+
+
+def check_ensemble(repo: Path, config: ModelConfig, parse: Callable[[Path], ModelConfig]) -> List[str]:
+    """Problems of one ensemble config against the configs of the models its steps name."""
+    where = f"{config.name}/config.pbtxt"
+    steps = config.ensemble_scheduling.step
+    if not steps:
+        return [f"{where}: an ensemble needs ensemble_scheduling with at least one step"]
+    problems: List[str] = []
+    available = dict(_tensors(config, "input"))  # tensor name in the ensemble -> (dtype, dims)
+    for number, step in enumerate(steps, 1):
+        at = f"{where}: step {number} ({step.model_name})"
+        model_dir = repo / step.model_name
+        if not (model_dir / "config.pbtxt").is_file():
+            problems.append(f"{at}: no model {step.model_name!r} in the repository")
+            continue
+        try:
+            model = parse(model_dir / "config.pbtxt")
+        except KitError as exc:
+            problems.append(f"{at}: {exc}")
+            continue
+        if config.max_batch_size > model.max_batch_size:
+            problems.append(f"{at}: ensemble max_batch_size {config.max_batch_size} exceeds the model's "
+                            f"{model.max_batch_size}")
+        inputs, outputs = _tensors(model, "input"), _tensors(model, "output")
+        for key, value in step.input_map.items():
+            if key not in inputs:
+                problems.append(f"{at}: input_map key {key!r} is not an input of {step.model_name} "
+                                f"(inputs: {sorted(inputs)})")
+            elif value not in available:
+                problems.append(f"{at}: input_map value {value!r} is neither an ensemble input nor an output of "
+                                f"an earlier step")
+            elif available[value][0] != inputs[key][0] or not _dims_match(available[value][1], inputs[key][1]):
+                problems.append(f"{at}: {value!r} is {_describe(available[value])}, but {step.model_name} input "
+                                f"{key!r} is {_describe(inputs[key])}")
+        for key in set(inputs) - set(step.input_map):
+            problems.append(f"{at}: input {key!r} of {step.model_name} is not mapped")
+        for key, value in step.output_map.items():
+            if key not in outputs:
+                problems.append(f"{at}: output_map key {key!r} is not an output of {step.model_name} "
+                                f"(outputs: {sorted(outputs)})")
+            else:
+                available[value] = outputs[key]
+    for out in config.output:
+        labels = repo / config.name / out.label_filename
+        if out.label_filename and len(out.dims) == 1 and labels.is_file():
+            count = len([x for x in labels.read_text().splitlines() if x.strip()])
+            if count != out.dims[0]:
+                problems.append(f"{config.name}/{out.label_filename}: {count} labels, output has {out.dims[0]}")
+        elif out.label_filename:
+            problems.append(f"{config.name}/{out.label_filename}: missing")
+    for name, tensor in _tensors(config, "output").items():
+        if name not in available:
+            problems.append(f"{where}: ensemble output {name!r} is produced by no step")
+        elif available[name][0] != tensor[0] or not _dims_match(available[name][1], tensor[1]):
+            problems.append(f"{where}: ensemble output {name!r} is {_describe(tensor)}, the step producing it gives "
+                            f"{_describe(available[name])}")
+    return problems
+
+
+def check_preprocess(model_dir: Path, config: ModelConfig) -> List[str]:
+    """The preprocessing model's contract and files (the python backend's model.py and its copy of the kit)."""
+    where = f"{model_dir.name}/config.pbtxt"
+    problems = []
+    if len(config.input) != 1 or len(config.output) != 1:
+        return [f"{where}: expected one input (encoded image bytes) and one output"]
+    inp, out = config.input[0], config.output[0]
+    if inp.data_type != model_config_pb2.TYPE_UINT8 or list(inp.dims) != [-1]:
+        problems.append(f"{where}: input {inp.name!r} must be TYPE_UINT8 [-1] (the file's bytes)")
+    elif not inp.allow_ragged_batch and config.max_batch_size > 0:
+        problems.append(f"{where}: input {inp.name!r} needs allow_ragged_batch: files differ in length")
+    if tuple(out.dims) != INPUT_DIMS:
+        problems.append(f"{where}: output dims {list(out.dims)}, expected {list(INPUT_DIMS)}")
+    files = {"python": ["model.py"] + [f"{VENDOR_DIR}/{name}" for name in VENDORED], "dali": [DALI_FILE]}
+    if config.backend not in files:
+        return problems + [f"{where}: backend {config.backend!r}; the kit's preprocessing runs on python or dali"]
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        problems.append(f"{model_dir.name}: no numeric version directory")
+    for vdir in versions:
+        if config.backend == "dali" and (vdir / "model.dali").is_file():
+            continue  # a serialized pipeline instead of autoserialization
+        problems += [f"{model_dir.name}/{vdir.name}/{name}: missing" for name in files[config.backend]
+                     if not (vdir / name).is_file()]
+    return problems

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The image ensemble on the GPU machine of the `device` tool, in ONE call (after perf/make_gpu_carry.sh):
+# build a local-target repository with mobilenetv3_image on KIND_GPU (Large, FP16, CUDA graphs), serve it, then
+#   1. parity: nvJPEG preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
+#   2. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
+#      (perf/bench_image.py).
+# Reports under perf/results/gpu-image-<date>/ ($OUT/gpu-image-results.tar.gz through the device tool).
+#   device run:  command "bash perf/gpu_image.sh", carry [".device/carry.tar.xz"]
+# Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARCH=${ARCH:-large}
+INSTANCES=${INSTANCES:-2}
+PY=${PY:-$(command -v python3)}
+STAMP=$(date -u +%Y%m%d-%H%M)
+RES=perf/results/gpu-image-$STAMP
+REPO=/tmp/mnv3kit-repo-gpu-image
+mkdir -p "$RES"
+exec > >(tee "$RES/run.log") 2>&1
+
+source perf/gpu_env.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+
+echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, KIND_GPU x$INSTANCES, max batch 64, fp16, CUDA graphs)"
+"$PY" build_repo.py --target local --arch "$ARCH" --models pt --ensemble pt -o "$REPO" --instance-kind KIND_GPU \
+  --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 8,16,32,64 --queue-delay-us 0 \
+  --precision fp16 --channels-last --cuda-graph-batches 1,2,4,8,16,32,64
+
+echo "== serve"
+"$PY" serve.py --repo "$REPO" --timeout 300 > "$RES/serve.log" 2>&1 &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 600); do grep -q "ready:" "$RES/serve.log" && break; kill -0 $server || { cat "$RES/serve.log"; exit 1; }; sleep 0.5; done
+head -n 2 "$RES/serve.log"
+
+echo "== parity: nvJPEG path vs client-side preprocessing"
+"$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 --out "$RES/parity" || true
+
+echo "== served JPEG -> logits vs in-process (500x375 JPEGs, batch 64, p50 at batch 1)"
+"$PY" perf/bench_image.py --repo "$REPO" --device cuda:0 -b 64 -c "${CONCURRENCY:-128}" --jpeg-size 500x375 \
+  --seconds 10 -u localhost:8001 -i grpc -o "$RES/bench" -- -p 2000 || true
+curl -s localhost:8002/metrics > "$RES/metrics.txt" || true
+
+kill -TERM $server; wait $server || true; trap - EXIT
+if [ -n "${OUT:-}" ]; then
+  tar -C perf/results -czf "$OUT/gpu-image-results.tar.gz" "gpu-image-$STAMP"
+  cp "$RES"/*/*.md "$OUT/" 2>/dev/null || true
+fi
