@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The image ensemble on the GPU machine of the `device` tool, in ONE call (after perf/make_gpu_carry.sh):
-# build a local-target repository with mobilenetv3_image on KIND_GPU (Large, FP16, CUDA graphs), serve it, then
+# The image ensemble on one GPU host, in one run: build a local-target repository with mobilenetv3_image on
+# KIND_GPU (Large, FP16, --runtime compiled with perf/gpu_run.sh's kernel cache and batch sizes), serve it, then
 #   1. parity: nvJPEG preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
 #   2. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
-# Reports under perf/results/gpu-image-<date>/ ($OUT/gpu-image-results.tar.gz through the device tool).
-#   device run:  command "bash perf/gpu_image.sh", carry [".device/carry.tar.xz"]
-# Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s).
+# Reports under perf/results/gpu-image-<date>/.
+#   bash perf/gpu_image.sh        (after installing the kit on the GPU host; see README "GPU")
+# Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s),
+# GRAPHS, CACHE and CARRY as in perf/gpu_run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}
 INSTANCES=${INSTANCES:-2}
+GRAPHS=${GRAPHS:-1,4,8,16,32,64}
+CACHE=${CACHE:-/tmp/mnv3kit-compile-cache}
 PY=${PY:-$(command -v python3)}
 STAMP=$(date -u +%Y%m%d-%H%M)
 RES=perf/results/gpu-image-$STAMP
@@ -18,20 +21,24 @@ REPO=/tmp/mnv3kit-repo-gpu-image
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-source perf/gpu_env.sh
+[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
+export PYTHON="$PY" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 
-echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, KIND_GPU x$INSTANCES, max batch 64, fp16, CUDA graphs)"
+echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND_GPU x$INSTANCES, max batch 64, fp16)"
 "$PY" build_repo.py --target local --arch "$ARCH" --models pt --ensemble pt -o "$REPO" --instance-kind KIND_GPU \
-  --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 8,16,32,64 --queue-delay-us 0 \
-  --precision fp16 --channels-last --cuda-graph-batches 1,2,4,8,16,32,64
+  --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 16,32,64 --queue-delay-us 0 \
+  --runtime compiled --precision fp16 --channels-last --cuda-graph-batches "$GRAPHS" --compile-cache "$CACHE"
 
 echo "== serve"
-"$PY" serve.py --repo "$REPO" --timeout 300 > "$RES/serve.log" 2>&1 &
+"$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 600); do grep -q "ready:" "$RES/serve.log" && break; kill -0 $server || { cat "$RES/serve.log"; exit 1; }; sleep 0.5; done
+until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do
+  kill -0 $server 2>/dev/null || { cat "$RES/serve.log"; exit 1; }
+  sleep 0.5
+done
 head -n 2 "$RES/serve.log"
 
 echo "== parity: nvJPEG path vs client-side preprocessing"
