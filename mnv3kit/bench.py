@@ -204,15 +204,15 @@ def sample_input(config: ModelConfig, batch: int) -> np.ndarray:
     return rng.standard_normal((batch, *INPUT_DIMS), dtype=np.float32)
 
 
-def measure(forward: Forward, x: np.ndarray, warmup: int, iters: int, seconds: float) -> List[float]:
+def measure(call: Callable[[], object], warmup: int, iters: int, seconds: float) -> List[float]:
     """Milliseconds per call, at least ``iters`` calls and ``seconds`` of timed calls, after ``warmup`` calls."""
     for _ in range(warmup):  # also pays TorchScript's profiling runs and cuDNN/TensorRT autotuning
-        forward(x)
+        call()
     times: List[float] = []
     start = time.perf_counter()
     while len(times) < iters or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        forward(x)
+        call()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -242,7 +242,8 @@ def run(repo: Path, batch_sizes: Optional[Sequence[int]], device: str, warmup: i
         runtime, where = describe(forward)
         for batch in batch_sizes or range(1, artifact.config.max_batch_size + 1):
             progress(f"{artifact.model} ({runtime}, {where}) batch {batch}")
-            times = measure(forward, sample_input(artifact.config, batch), warmup, iters, seconds)
+            x = sample_input(artifact.config, batch)
+            times = measure(lambda: forward(x), warmup, iters, seconds)
             rows.append(summarize(artifact.model, runtime, where, batch, times))
     if not rows:
         raise KitError(f"nothing measured in {repo}: " + "; ".join(skipped))

@@ -32,7 +32,7 @@ echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND
   --runtime compiled --precision fp16 --channels-last --cuda-graph-batches "$GRAPHS" --compile-cache "$CACHE"
 
 echo "== serve"
-"$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
+PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do

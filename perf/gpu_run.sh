@@ -40,7 +40,7 @@ echo "== raw in-process"
 
 echo "== serve (warm start: TorchInductor's cache from the build)"
 started=$SECONDS
-"$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
+PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do
@@ -48,6 +48,10 @@ until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do
   sleep 0.5
 done
 echo "ready after $((SECONDS - started)) s" | tee "$RES/warm_start.txt"
+photos=$("$PY" -c 'from mnv3kit.parity import sample_photos; print(" ".join(map(str, sample_photos())))')
+for model in mobilenetv3_pt mobilenetv3_u8; do  # served answers, not only speed: both contracts, same classes
+  "$PY" client/classify.py $photos -m $model -i grpc -u localhost:8001 -k 2 | tee -a "$RES/classify.txt"
+done
 
 perf() { bash perf/run_perf.sh -u localhost:8001 -i grpc -p "$WINDOW_MS" --compare "$RES/raw_gpu.json" \
   --metrics localhost:8002/metrics "$@" || true; }

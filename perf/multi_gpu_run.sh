@@ -56,7 +56,7 @@ stop_all() { for pid in "${servers[@]}"; do kill -TERM "$pid" 2>/dev/null; done
              for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null || true; done; servers=(); }
 trap stop_all EXIT
 serve() {  # serve NAME REPO CUDA_VISIBLE_DEVICES PORT_BASE
-  CUDA_VISIBLE_DEVICES=$3 "$PY" serve.py --repo "$2" --http-port "$4" --grpc-port $(($4 + 1)) \
+  CUDA_VISIBLE_DEVICES=$3 PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$2" --http-port "$4" --grpc-port $(($4 + 1)) \
     --metrics-port $(($4 + 2)) --timeout 300 > "$RES/serve-$1.log" 2>&1 &
   servers+=($!)
 }

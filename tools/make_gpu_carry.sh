@@ -24,4 +24,7 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --p
 rm -f "$DEST/site/bin/perf_client" "$DEST/site/bin/onnxsim"  # perf_analyzer is all we run
 cp -L /usr/lib/x86_64-linux-gnu/libb64.so.0d "$DEST/lib/"
 tar -C "$DEST" -cf - . | xz -T0 -6 > .device/carry.tar.xz
-ls -l .device/carry.tar.xz
+# numpy<2 for the server's stub (see tools/gpu_carry_env.sh), a wheel beside the archive (already compressed)
+rm -rf .device/server-wheels && .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp "${platforms[@]}" -d .device/server-wheels numpy==1.26.4
+ls -l .device/carry.tar.xz .device/server-wheels
