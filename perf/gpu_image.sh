@@ -22,6 +22,7 @@ mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
 [ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
+source perf/serve_background.sh
 export PYTHON="$PY" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
@@ -32,13 +33,7 @@ echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND
   --runtime compiled --precision fp16 --channels-last --cuda-graph-batches "$GRAPHS" --compile-cache "$CACHE"
 
 echo "== serve"
-PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
-server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do
-  kill -0 $server 2>/dev/null || { cat "$RES/serve.log"; exit 1; }
-  sleep 0.5
-done
+start_server "$REPO" "$RES/serve.log"
 head -n 2 "$RES/serve.log"
 
 echo "== parity: nvJPEG path vs client-side preprocessing"

@@ -22,9 +22,8 @@ CACHE=${CACHE:-/tmp/mnv3kit-compile-cache}
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-if [ -n "${CARRY:-}" ]; then
-  source tools/gpu_carry_env.sh "$CARRY"
-fi
+[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
+source perf/serve_background.sh
 export PYTHON="$PY" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
@@ -40,13 +39,7 @@ echo "== raw in-process"
 
 echo "== serve (warm start: TorchInductor's cache from the build)"
 started=$SECONDS
-PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$REPO" --timeout 600 > "$RES/serve.log" 2>&1 &
-server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-until curl -fsS -o /dev/null localhost:8000/v2/health/ready; do
-  kill -0 $server 2>/dev/null || { cat "$RES/serve.log"; exit 1; }
-  sleep 0.5
-done
+start_server "$REPO" "$RES/serve.log"
 echo "ready after $((SECONDS - started)) s" | tee "$RES/warm_start.txt"
 photos=$("$PY" -c 'from mnv3kit.parity import sample_photos; print(" ".join(map(str, sample_photos())))')
 for model in mobilenetv3_pt mobilenetv3_u8; do  # served answers, not only speed: both contracts, same classes
