@@ -460,8 +460,9 @@ def render_report(run: dict, rows: List[dict], failures: List[str], engine: Opti
     ms = lambda v: f"{v:.2f}"  # noqa: E731
     headers = ["Model/Batch_Size", "Concurrency", "Throughput (infer/sec)", "Bytes sent / image", "Avg latency (ms)",
                "p50 latency (ms)", "p90 latency (ms)", "p95 latency (ms)", "p99 latency (ms)"]
-    table = [[label(r), r["concurrency"], f"{r['throughput']:.1f}", f"{r['bytes_per_image']:,}" if r.get("bytes_per_image")
-              else "-", *(ms(r[k]) for k in LATENCIES.values())] for r in rows]
+    sent = lambda r: f"{r['bytes_per_image']:,}" if r.get("bytes_per_image") else "-"  # noqa: E731
+    table = [[label(r), r["concurrency"], f"{r['throughput']:.1f}", sent(r), *(ms(r[k]) for k in LATENCIES.values())]
+             for r in rows]
     if engine:
         headers += ["In-process (infer/sec)", "Served / in-process"]
         for row, r in zip(table, rows):

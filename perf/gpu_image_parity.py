@@ -40,7 +40,7 @@ def main() -> int:
     from mnv3kit.image_bench import make_jpegs
     from mnv3kit.parity import sample_photos
     from mnv3kit.preprocess import preprocess_file
-    from mnv3kit.spec import ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT
+    from mnv3kit.spec import ENSEMBLE, IMAGE_INPUT
     from mnv3kit.validate import parse_config
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ the server runs the very code that training, the parity gate and the client run.
 Input: UINT8 [-1] per batch item (the file's bytes; a request may carry several equally long rows). Output:
 normalized FP32 [3,224,224], or UINT8 pixels when the config's output is TYPE_UINT8 (a classifier that normalizes).
 CPU instances decode with Pillow in a thread pool across the images of a batch (Pillow releases the GIL).
-GPU instances decode baseline JPEGs with nvJPEG (torchvision.io.decode_jpeg on the device) and resize (bilinear,
+GPU instances decode JPEGs with nvJPEG (torchvision.io.decode_jpeg on the device) and resize (bilinear,
 antialiased), crop and normalize there; anything else (PNG, CMYK, EXIF-rotated, truncated, a failed GPU decode)
 takes the CPU path for that image. One image that cannot be read fails its own request only.
 """
