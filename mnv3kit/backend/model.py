@@ -138,13 +138,21 @@ class TritonPythonModel:
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        # NaN/Inf in one request would come back as NaN logits labelled as a class: refuse that request alone
+        finite = [bool(np.isfinite(a).all()) for a in arrays]
+        served = iter(self._infer([a for a, ok in zip(arrays, finite) if ok]) if any(finite) else ())
+        return [next(served) if ok else pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError("input contains NaN or Inf values"))
+                for ok in finite]
+
+    def _infer(self, arrays):
         sizes = [a.shape[0] for a in arrays]
         batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
             logits = self.forward(np.ascontiguousarray(batch, dtype=self.input_dtype))
         except Exception as exc:  # noqa: BLE001 - the error goes back to every client in the batch
             error = pb_utils.TritonError(f"inference failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in arrays]
         bounds = np.cumsum([0] + sizes)
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits[a:b])])
                 for a, b in zip(bounds[:-1], bounds[1:])]
