@@ -56,6 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--preferred-batch-sizes", type=lambda s: tuple(int(x) for x in s.split(",") if x),
                    default=None, help="dynamic batching preferred sizes, e.g. 4,8 (default: opt and max batch)")
     g.add_argument("--queue-delay-us", type=int, default=100, help="max_queue_delay_microseconds (default 100)")
+    g.add_argument("--max-queue-size", type=int, default=None,
+                   help="requests the dynamic batcher queues before it refuses more with UNAVAILABLE (default: "
+                        "4 x max batch size x instance count, 4 full batches of single images per instance; "
+                        "0: unbounded)")
+    g.add_argument("--queue-timeout-ms", type=float, default=5000.0,
+                   help="a request still queued after this long is refused (default 5000; 0: no timeout)")
     g.add_argument("--version-policy", default="latest:1", help="latest[:N], all, or specific:1,2 (default latest:1)")
     g.add_argument("--model-version", type=int, default=1, help="version directory to write (default 1)")
     g = p.add_argument_group("GPU serving (KIND_GPU instances)")
@@ -106,6 +112,7 @@ def main(argv=None) -> int:
         from mnv3kit.build import BuildOptions, build
         from mnv3kit.errors import KitError
         from mnv3kit.render import Batching, ConfigOptions, GpuOptions, Instances, PlanOptions, VersionPolicy
+        from mnv3kit.repository import restore_interrupted
         from mnv3kit.validate import check_repository
 
         if args.check is None:
@@ -122,7 +129,8 @@ def main(argv=None) -> int:
                 target=args.target, max_batch_size=args.max_batch_size, version=args.model_version,
                 version_policy=VersionPolicy.parse(args.version_policy),
                 instances=Instances(kind, args.instance_count, args.gpus),
-                batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us),
+                batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us,
+                                  args.max_queue_size, round(args.queue_timeout_ms * 1000)),
                 gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches, args.compile_cache,
                                args.gpu_parity_tolerance, args.onnx_accelerator),
                 runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance)
@@ -138,6 +146,8 @@ def main(argv=None) -> int:
             repo = args.output
         else:
             repo = args.check
+            for line in restore_interrupted(repo):
+                print(f"note: {line}", file=sys.stderr)
         report = check_repository(repo)
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -10,10 +10,13 @@ one request per file, and the server decodes and preprocesses them; the model's 
 Labels and logits come from Triton's classification extension; probabilities are the softmax over all classes.
 Folders are searched recursively for images. An image that cannot be read is reported and skipped; the others are
 still classified.
+A server with restricted admin APIs (serve.py, the kit's compose file) lists its ready models, when -m names one
+it lacks, only with its key in $TRITON_ADMIN_KEY.
 """
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from mnv3kit.client import (DEFAULT_URLS, EXIT_CODES, PROTOCOLS, SEND_MODES, Classified, TritonClassifier,  # noqa: E402
                             classify, expand_inputs)
 from mnv3kit.errors import KitError, cli_errors  # noqa: E402
-from mnv3kit.spec import PT  # noqa: E402
+from mnv3kit.spec import ADMIN_KEY_ENV, PT  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,30 +60,35 @@ def main(argv=None) -> int:
             raise KitError(f"no images found in {', '.join(args.images)}")
         classifier = TritonClassifier(args.url, args.protocol, args.model, args.timeout,
                                       concurrency=len(paths) if args.use_async else args.batch_size,
-                                      send=args.send)
+                                      send=args.send, admin_key=os.environ.get(ADMIN_KEY_ENV))
         if args.topk > classifier.num_classes:
             print(f"classify.py: note: -k {args.topk} is above the {classifier.num_classes} classes of {args.model}: "
                   f"showing all {classifier.num_classes}", file=sys.stderr)
+        failed = total = 0
         try:
-            records = classify(classifier, paths, args.batch_size, args.topk, args.use_async)
-        finally:
-            classifier.close()
-        failed = 0
-        for record in records:
-            if isinstance(record, Classified):
-                if args.json:
-                    print(json.dumps({"path": record.path, "model": args.model, "top": [
-                        {"label": label, "index": index, "prob": prob, "logit": logit}
-                        for label, index, prob, logit in record.top], "logits": record.logits}))
+            # each record printed as soon as its batch is answered: a failure midway keeps what came before
+            for record in classify(classifier, paths, args.batch_size, args.topk, args.use_async):
+                total += 1
+                if isinstance(record, Classified):
+                    if args.json:
+                        print(json.dumps({"path": record.path, "model": args.model, "top": [
+                            {"label": label, "index": index, "prob": prob, "logit": logit}
+                            for label, index, prob, logit in record.top], "logits": record.logits}), flush=True)
+                    else:
+                        print(f"{record.path}: " + ", ".join(f"{label} {prob:.3f}" for label, _, prob, _ in record.top),
+                              flush=True)
                 else:
-                    print(f"{record.path}: " + ", ".join(f"{label} {prob:.3f}" for label, _, prob, _ in record.top))
-            else:
-                failed += 1
-                print(f"classify.py: skipped {record.error}", file=sys.stderr)
-                if args.json:
-                    print(json.dumps({"path": record.path, "error": record.error}))
+                    failed += 1
+                    print(f"classify.py: skipped {record.error}", file=sys.stderr)
+                    if args.json:
+                        print(json.dumps({"path": record.path, "error": record.error}), flush=True)
+        except BrokenPipeError:
+            # the reader went away (| head): stop at once, without waiting for requests still in flight
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            os._exit(141)
+        classifier.close()
         if failed:
-            print(f"classify.py: {failed} of {len(records)} images could not be read", file=sys.stderr)
+            print(f"classify.py: {failed} of {total} images could not be read", file=sys.stderr)
         return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import KitError
 from .preprocess import ImageError, is_image_file, preprocess_file
-from .spec import INPUT_DIMS
+from .spec import ADMIN_KEY_ENV, INPUT_DIMS, admin_headers
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
@@ -33,9 +33,17 @@ class InferenceFailed(KitError):
     exit_code = 6
 
 
+class TimedOut(KitError):
+    exit_code = 7
+
+
 EXIT_CODES = {0: "every image classified", 1: "some images could not be read (the others were classified)",
-              2: "bad arguments", 3: "server unreachable", 4: "model unknown or not ready",
-              5: "the model's input/output contract is not the kit's", 6: "the server failed an inference request"}
+              2: "bad arguments", 3: "server unreachable, or it went away midway", 4: "model unknown or not ready",
+              5: "the model's input/output contract is not the kit's",
+              6: "the server failed or refused an inference request (refused: overloaded, retry later)",
+              7: "no answer within --timeout", 141: "output closed early (e.g. piped into head)"}
+# Triton's answers when its queue policy sheds a request (status UNAVAILABLE, like a refused connection)
+OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 @dataclass
@@ -71,19 +79,27 @@ class TritonClassifier:
     """One model on one server; checks reachability, readiness and the tensor contract up front."""
 
     def __init__(self, url: Optional[str] = None, protocol: str = "http", model: str = "mobilenetv3_pt",
-                 timeout: float = 60.0, concurrency: int = 1, send: str = "auto"):
+                 timeout: float = 60.0, concurrency: int = 1, send: str = "auto",
+                 admin_key: Optional[str] = None):
         if protocol not in PROTOCOLS:
             raise KitError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if send not in SEND_MODES:
             raise KitError(f"send mode must be one of {', '.join(SEND_MODES)}")
         self.send = send
         self.protocol, self.model, self.timeout = protocol, model, timeout
+        self.admin = admin_headers(admin_key, protocol)  # only the repository index (an admin API) needs it
         self.url = url or DEFAULT_URLS[protocol]
         if protocol == "http":
             import tritonclient.http as module
 
+            import gevent
+
             self.client = module.InferenceServerClient(self.url, concurrency=max(1, concurrency),
                                                        connection_timeout=timeout, network_timeout=timeout)
+            # A failed async request is re-raised by get_result and reported once, as one line; gevent's hub
+            # would also print each one's traceback.
+            hub = gevent.get_hub()
+            hub.NOT_ERROR = tuple({*hub.NOT_ERROR, Exception, gevent.Timeout})
         else:
             import tritonclient.grpc as module
 
@@ -94,42 +110,65 @@ class TritonClassifier:
 
     # -- server and model checks -------------------------------------------------------------------------------
     def _call(self, method: str, *args, **kwargs):
-        from tritonclient.utils import InferenceServerException
-
         if self.protocol == "grpc":  # the HTTP client got its timeouts at construction
             kwargs.setdefault("client_timeout", self.timeout)
         try:
             return getattr(self.client, method)(*args, **kwargs)
-        except InferenceServerException as exc:
-            if "UNAVAILABLE" in str(exc.status()) or "failed to connect" in str(exc).lower():
-                raise ServerUnreachable(self._unreachable()) from None
-            raise
-        except (OSError, ConnectionError):
-            raise ServerUnreachable(self._unreachable()) from None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one of the documented exit codes
+            raise self.failure(exc) from None
+
+    def failure(self, exc: BaseException) -> KitError:
+        """The documented error for a failed call: timeout, overload, lost server, or the server's own message."""
+        from tritonclient.utils import InferenceServerException
+
+        text = str(exc) or type(exc).__name__
+        status = str(exc.status()) if isinstance(exc, InferenceServerException) else ""
+        if (isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in text
+                or type(exc).__name__ == "Timeout" or "failed to obtain inference response" in text):
+            return TimedOut(f"no answer from {self.url} within --timeout {self.timeout:g}s ({self.protocol})")
+        if any(marker in text for marker in OVERLOADED):
+            return InferenceFailed(f"the server refused the request, overloaded ({text.splitlines()[0]}): "
+                                   f"retry later, or send fewer requests at once")
+        if isinstance(exc, (OSError, ConnectionError)) or "UNAVAILABLE" in status or "failed to connect" in text.lower():
+            return ServerUnreachable(self._unreachable())
+        if isinstance(exc, InferenceServerException):
+            return InferenceFailed(f"inference on {self.model!r} failed: {text.splitlines()[0]}")
+        return InferenceFailed(f"inference on {self.model!r} failed: {type(exc).__name__}: {text.splitlines()[0]}")
 
     def _unreachable(self) -> str:
-        return (f"Triton server unreachable at {self.url} over {self.protocol} (is it running? `make serve` "
-                f"starts the embedded one, `docker compose up triton` NVIDIA's; -u HOST:PORT picks another)")
+        return (f"Triton server unreachable at {self.url} over {self.protocol}, or it stopped answering (is it "
+                f"running? `make serve` starts the embedded one, `docker compose up triton` NVIDIA's; -u HOST:PORT "
+                f"picks another)")
 
     def _check_server(self) -> None:
         if not self._call("is_server_live"):
             raise ServerUnreachable(self._unreachable())
 
-    def ready_models(self) -> List[str]:
-        index = self._call("get_model_repository_index", **({"as_json": True} if self.protocol == "grpc" else {}))
+    def ready_models(self) -> Optional[List[str]]:
+        """Names of the ready models; None when the server restricts its repository index and no key was given."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            index = self.client.get_model_repository_index(
+                headers=self.admin, **({"as_json": True, "client_timeout": self.timeout}
+                                       if self.protocol == "grpc" else {}))
+        except InferenceServerException as exc:
+            if "restricted" in str(exc):
+                return None
+            raise self.failure(exc) from None
         entries = index.get("models", []) if isinstance(index, dict) else index
         return sorted({m["name"] for m in entries if m.get("state") == "READY"})
 
     def _read_contract(self) -> None:
-        from tritonclient.utils import InferenceServerException
-
         try:
             ready = self._call("is_model_ready", self.model)
-        except InferenceServerException:
+        except InferenceFailed:
             ready = False
         if not ready:
-            raise ModelUnavailable(f"model {self.model!r} is not ready on {self.url}; ready models: "
-                                   f"{', '.join(self.ready_models()) or 'none'} (pick one with -m)")
+            names = self.ready_models()
+            listed = (f"ready models: {', '.join(names) or 'none'} (pick one with -m)" if names is not None else
+                      f"the server lists its models only with its admin key (${ADMIN_KEY_ENV})")
+            raise ModelUnavailable(f"model {self.model!r} is not ready on {self.url}; {listed}")
         config = self._call("get_model_config", self.model, **({"as_json": True} if self.protocol == "grpc" else {}))
         config = config.get("config", config)
         inputs, outputs = config.get("input", []), config.get("output", [])
@@ -177,52 +216,51 @@ class TritonClassifier:
         return logits, labels
 
     def infer(self, batch: np.ndarray) -> Tuple[np.ndarray, List[Dict[int, str]]]:
-        from tritonclient.utils import InferenceServerException
-
         inputs, outputs = self._request(batch)
-        try:
-            result = self._call("infer", self.model, inputs, outputs=outputs)
-        except InferenceServerException as exc:
-            raise InferenceFailed(f"inference on {self.model!r} failed: {exc}") from None
-        return self._parse(result)
+        return self._parse(self._call("infer", self.model, inputs, outputs=outputs))
 
     def infer_many(self, batches: Sequence[np.ndarray]) -> Iterator[Tuple[np.ndarray, List[Dict[int, str]]]]:
-        """All batches in flight at once (async API of either protocol); results in submission order."""
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            if self.protocol == "http":
-                pending = []
-                for b in batches:
-                    inputs, outputs = self._request(b)
-                    pending.append(self.client.async_infer(self.model, inputs, outputs=outputs))
-                results = [p.get_result() for p in pending]
-            else:
-                done: "queue.Queue" = queue.Queue()
-                for i, b in enumerate(batches):
-                    inputs, outputs = self._request(b)
-                    # tritonclient calls back with keywords: callback(result=..., error=...)
-                    self.client.async_infer(self.model, inputs,
-                                            lambda result, error, i=i: done.put((i, result, error)),
-                                            outputs=outputs, client_timeout=self.timeout)
-                collected = {}
-                for _ in batches:
-                    i, res, err = done.get(timeout=self.timeout + 5)
-                    if err is not None:
-                        raise err
-                    collected[i] = res
-                results = [collected[i] for i in range(len(batches))]
-        except (InferenceServerException, queue.Empty, OSError) as exc:
-            raise InferenceFailed(f"inference on {self.model!r} failed: {exc or 'timed out'}") from None
-        return (self._parse(r) for r in results)
+        """All batches in flight at once (async API of either protocol); each result yielded, in submission order,
+        as soon as it and the ones before it arrived."""
+        if self.protocol == "http":
+            pending = []
+            for b in batches:
+                inputs, outputs = self._request(b)
+                pending.append(self._call("async_infer", self.model, inputs, outputs=outputs))
+            for p in pending:
+                try:
+                    result = p.get_result(timeout=self.timeout)
+                except Exception as exc:  # noqa: BLE001 - mapped to the documented exit codes
+                    raise self.failure(exc) from None
+                yield self._parse(result)
+            return
+        done: "queue.Queue" = queue.Queue()
+        for i, b in enumerate(batches):
+            inputs, outputs = self._request(b)
+            # tritonclient calls back with keywords: callback(result=..., error=...)
+            self._call("async_infer", self.model, inputs, lambda result, error, i=i: done.put((i, result, error)),
+                       outputs=outputs)
+        arrived, next_i = {}, 0
+        while next_i < len(batches):
+            try:
+                i, result, error = done.get(timeout=self.timeout + 5)
+            except queue.Empty:
+                raise TimedOut(f"no answer from {self.url} within --timeout {self.timeout:g}s (grpc)") from None
+            if error is not None:
+                raise self.failure(error)
+            arrived[i] = result
+            while next_i in arrived:
+                yield self._parse(arrived.pop(next_i))
+                next_i += 1
 
     def close(self) -> None:
         self.client.close()
 
 
 def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: int, topk: int,
-             use_async: bool = False) -> List[Union[Classified, Unreadable]]:
-    """Every path gets a record, in order: Classified, or Unreadable with the reason (the rest still run)."""
+             use_async: bool = False) -> Iterator[Union[Classified, Unreadable]]:
+    """Every path gets a record, in order: Classified, or Unreadable with the reason (the rest still run). Records
+    come as soon as their batch (and every batch before it) is answered: a failure midway keeps what came before."""
     if batch_size < 1:
         raise KitError("--batch-size must be >= 1")
     if classifier.max_batch_size and batch_size > classifier.max_batch_size:
@@ -235,22 +273,44 @@ def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: in
                          preprocess_file(path, pixels=classifier.pixels)))
         except ImageError as exc:
             records[slot] = Unreadable(str(path), str(exc))
-    if classifier.encoded:  # one request per file, a chunk's requests in flight together (the server batches them)
-        window = max(1, len(good)) if use_async else batch_size
-        windows = [good[i:i + window] for i in range(0, len(good), window)]
-        chunks, outputs = _per_image(windows, [_infer_encoded(classifier, [x for _, x in w]) for w in windows],
-                                     records, paths)
-    else:
-        chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
-        batches = [np.stack([x for _, x in chunk]) for chunk in chunks]
-        outputs = classifier.infer_many(batches) if use_async else (classifier.infer(b) for b in batches)
     k = max(1, min(topk, classifier.num_classes))
-    for chunk, (logits, labels) in zip(chunks, outputs):
-        for (slot, _), row_logits, row_probs, names in zip(chunk, logits, softmax(logits), labels):
+    ready = 0  # records[:ready] were yielded
+
+    def flush():
+        nonlocal ready
+        while ready < len(records) and records[ready] is not None:
+            yield records[ready]
+            ready += 1
+
+    yield from flush()
+    for slot, result in _answers(classifier, good, batch_size, use_async):
+        if isinstance(result, InferenceFailed):
+            records[slot] = Unreadable(str(paths[slot]), f"{paths[slot]}: {result}")
+        else:
+            row_logits, names = result
+            row_probs = softmax(row_logits)
             order = np.argsort(-row_probs, kind="stable")[:k]
             top = [(names.get(int(i), f"class_{i}"), int(i), float(row_probs[i]), float(row_logits[i])) for i in order]
             records[slot] = Classified(str(paths[slot]), top, row_logits.tolist())
-    return records  # type: ignore[return-value]
+        yield from flush()
+
+
+def _answers(classifier: TritonClassifier, good: Sequence[Tuple[int, np.ndarray]], batch_size: int,
+             use_async: bool) -> Iterator[Tuple[int, object]]:
+    """(slot, (logits row, labels) or InferenceFailed) per image, batch by batch as the answers come."""
+    if classifier.encoded:  # one request per file, a window's requests in flight together (the server batches them)
+        window = max(1, len(good)) if use_async else batch_size
+        for start in range(0, len(good), window):
+            chunk = good[start:start + window]
+            for (slot, _), result in zip(chunk, _infer_encoded(classifier, [x for _, x in chunk])):
+                yield slot, result if isinstance(result, InferenceFailed) else (result[0][0], result[1][0])
+        return
+    chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
+    batches = [np.stack([x for _, x in chunk]) for chunk in chunks]
+    outputs = classifier.infer_many(batches) if use_async else (classifier.infer(b) for b in batches)
+    for chunk, (logits, labels) in zip(chunks, outputs):
+        for (slot, _), row_logits, names in zip(chunk, logits, labels):
+            yield slot, (row_logits, names)
 
 
 def read_encoded(path: Path) -> np.ndarray:
@@ -274,15 +334,3 @@ def _infer_encoded(classifier: TritonClassifier, items: Sequence[np.ndarray]) ->
             except InferenceFailed as exc:
                 results.append(exc)
         return results
-
-
-def _per_image(chunks, outputs, records, paths):
-    """Flatten per-file results into one-image chunks; failed files become Unreadable records."""
-    pairs = []
-    for chunk, results in zip(chunks, outputs):
-        for (slot, _), result in zip(chunk, results):
-            if isinstance(result, InferenceFailed):
-                records[slot] = Unreadable(str(paths[slot]), f"{paths[slot]}: {result}")
-            else:
-                pairs.append(([(slot, None)], result))
-    return [c for c, _ in pairs], [r for _, r in pairs]

@@ -31,7 +31,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from .errors import KitError, cli_errors
-from .spec import MODELS, MODELS_BY_NAME
+from .spec import ADMIN_KEY_ENV, MODELS, MODELS_BY_NAME, admin_headers
 from .validate import ModelConfig
 
 PROTOCOLS = ("http", "grpc")
@@ -153,8 +153,9 @@ def perf_analyzer_version(path: Path, env: Dict[str, str]) -> str:
 class Server:
     """The few questions run_perf.sh asks the server, over HTTP or gRPC (tritonclient)."""
 
-    def __init__(self, url: str, protocol: str):
+    def __init__(self, url: str, protocol: str, admin_key: Optional[str] = None):
         self.url, self.protocol = url, protocol
+        self._admin = admin_headers(admin_key, protocol)  # the repository index is an admin API
         if protocol == "http":
             import tritonclient.http as client
         else:
@@ -179,11 +180,11 @@ class Server:
         """Repository index entries (name, version, state, reason)."""
         try:
             if self.protocol == "http":
-                return self._client.get_model_repository_index()
-            return self._client.get_model_repository_index(as_json=True).get("models", [])
+                return self._client.get_model_repository_index(headers=self._admin)
+            return self._client.get_model_repository_index(headers=self._admin, as_json=True).get("models", [])
         except Exception as exc:  # noqa: BLE001 - e.g. the endpoint is restricted on this server
             raise KitError(f"the server's model repository index is not available ({str(exc).splitlines()[0]}): "
-                           f"name the models with -m") from None
+                           f"name the models with -m, or give the server's admin key in ${ADMIN_KEY_ENV}") from None
 
     def is_ready(self, model: str) -> bool:
         try:
@@ -295,7 +296,7 @@ def prepare(args: argparse.Namespace) -> int:
     env = perf_analyzer_env()
     version = perf_analyzer_version(perf_analyzer, env)
     url = normalize_url(args.url or DEFAULT_URLS[args.protocol])
-    server = Server(url, args.protocol)
+    server = Server(url, args.protocol, os.environ.get(ADMIN_KEY_ENV))
     host = hardware()  # before the warm-up below, whose own load must not count as the host's
     if args.models:
         models = [m for m in args.models.split(",") if m]
@@ -341,7 +342,9 @@ def prepare(args: argparse.Namespace) -> int:
            "batch_sizes": batches, "points": points,
            "images": [str(f) for f in files]}
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    headers = admin_headers(os.environ.get(ADMIN_KEY_ENV), args.protocol)
     assignments = {"PERF_ANALYZER": str(perf_analyzer), "PA_LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"], "URL": url,
+                   "PA_HEADER": "".join(f"{k}:{v}" for k, v in headers.items()),
                    "POINTS": "\n".join(f"{p['model']}\t{p['batch']}\t{out / p['csv']}\t{out / p['log']}\t"
                                         f"{out / p['input_data'] if p['input_data'] else ''}" for p in points)}
     print("\n".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items()))

@@ -50,11 +50,22 @@ class Instances:
     gpus: Tuple[int, ...] = ()
 
 
+# The queue bound when none is given: this many full batches of single-image requests per instance. Enough to keep
+# every instance busy between two batches, small enough that an overloaded server refuses at once (UNAVAILABLE)
+# instead of queueing for minutes and holding every queued request's input in memory.
+QUEUE_BATCHES = 4
+# A request still queued after 5 s is refused: a backstop behind the size bound, long enough for a small CPU
+# machine loading a new model version beside the serving one. A request may ask for a shorter one, not a longer one.
+QUEUE_TIMEOUT_US = 5_000_000
+
+
 @dataclass(frozen=True)
 class Batching:
     enabled: bool = True
     preferred: Tuple[int, ...] = (4, 8)
     queue_delay_us: int = 100
+    max_queue_size: Optional[int] = None  # requests; None: QUEUE_BATCHES x max_batch_size x instances; 0: unbounded
+    queue_timeout_us: int = QUEUE_TIMEOUT_US  # 0: no timeout
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,12 @@ def python_backend(model: ModelSpec, opts: "ConfigOptions") -> bool:
     return opts.target == "local" or (model in TORCH_MODELS and opts.runtime == "compiled")
 
 
+def queue_size(opts: "ConfigOptions") -> int:
+    if opts.batching.max_queue_size is not None:
+        return opts.batching.max_queue_size
+    return QUEUE_BATCHES * opts.max_batch_size * opts.instances.count
+
+
 def artifact_of(model: ModelSpec, opts: "ConfigOptions") -> str:
     return COMPILED_ARTIFACT if model in TORCH_MODELS and opts.runtime == "compiled" else model.artifact
 
@@ -148,9 +165,12 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     bad = [b for b in opts.batching.preferred if not 1 <= b <= opts.max_batch_size]
     if opts.batching.enabled and bad:
         raise KitError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
+    if opts.batching.queue_timeout_us < 0 or (opts.batching.max_queue_size or 0) < 0:
+        raise KitError("the queue size and timeout must be >= 0 (0: no bound)")
     name = template_name(model, opts)
     on_gpu = opts.instances.kind == "KIND_GPU"
     return _env().get_template(name).render(
+        queue_size=queue_size(opts), warmup_batches=sorted({1, opts.max_batch_size}),
         template=name, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy,
         instance=opts.instances, batching=opts.batching, artifact=artifact_of(model, opts),

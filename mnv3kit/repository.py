@@ -1,12 +1,13 @@
 """Repository layout, manifest and the atomic writer: a failed or interrupted build never touches the old one."""
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 from .errors import KitError
 from .spec import MANIFEST_FILE
@@ -50,30 +51,89 @@ def _check_replaceable(target: Path) -> None:
                        f"built by build_repo.py; choose another --output or move it away")
 
 
+def _side(target: Path, kind: str) -> Path:
+    """Where a build keeps its staging directory (kind "staging") or the replaced repository ("previous")."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}"
+
+
+class BuildRunning(KitError):
+    pass
+
+
+@contextmanager
+def build_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on the lock file beside ``target`` (``.NAME.lock``, kept): one build at a time per output;
+    BuildRunning if another process holds it."""
+    path = target.parent / f".{target.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise BuildRunning(f"another build (pid {owner}) is writing {target} right now ({path} is locked): wait for "
+                           f"it to finish, or build into another --output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def recover(target: Path) -> List[str]:
+    """Undo what a killed build left beside ``target`` (call with the build lock held): put back the repository it
+    had moved aside if ``target`` is missing, delete staging and side directories. Returns what was done."""
+    target = Path(target).resolve()
+    done = []
+    previous = sorted(target.parent.glob(f".{target.name}.previous-*"), key=lambda p: p.stat().st_mtime)
+    if previous and not target.exists():
+        os.rename(previous.pop(), target)  # the newest: the repository that was being replaced
+        done.append(f"restored {target} from an interrupted build")
+    for leftover in previous + list(target.parent.glob(f".{target.name}.staging-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append(f"removed {leftover.name}, left by an interrupted build")
+    return done
+
+
+def restore_interrupted(target: Path) -> List[str]:
+    """recover() for --check: only where a killed build left something, and never while a build runs."""
+    target = Path(target).resolve()
+    if not any(target.parent.glob(f".{target.name}.previous-*")) and not any(
+            target.parent.glob(f".{target.name}.staging-*")):
+        return []
+    try:
+        with build_lock(target):
+            return recover(target)
+    except BuildRunning:
+        return []
+
+
 @contextmanager
 def staged_repository(target: Path) -> Iterator[Path]:
     """Yield an empty staging directory beside ``target``; on success swap it in, on any failure delete it.
 
-    The staging directory lives in the same parent so the final renames stay on one filesystem. Between the two
-    renames the old repository is kept under a side name and put back if the second rename fails.
+    One build at a time per output (a lock file beside it); leftovers of a killed build are cleaned first. The
+    staging directory lives in the same parent so the renames stay on one filesystem. Between the two renames the
+    old repository is kept under a side name: put back if the second rename fails, and by the next build or
+    --check if the process is killed right there.
     """
     target = Path(target).resolve()
-    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.staging-{os.getpid()}"
-    previous = target.parent / f".{target.name}.previous-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-        if target.exists():
-            os.rename(target, previous)
+    with build_lock(target):
+        recover(target)
+        _check_replaceable(target)
+        staging, previous = _side(target, "staging"), _side(target, "previous")
+        staging.mkdir()
         try:
-            os.rename(staging, target)
-        except BaseException:
-            if previous.exists():
-                os.rename(previous, target)
-            raise
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            yield staging
+            if target.exists():
+                os.rename(target, previous)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                if previous.exists():
+                    os.rename(previous, target)
+                raise
+            shutil.rmtree(previous, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

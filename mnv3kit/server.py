@@ -2,12 +2,18 @@
 
 Prepares a backend directory (python backend + the stub built for the running Python), starts the server with
 an environment in which the stub imports this virtualenv's torch/onnxruntime, waits for /v2/health/ready and
-stops the whole process group on exit.
+stops it cleanly on exit. Safe by default: it listens on 127.0.0.1 only and its admin APIs (shared memory, model
+repository, statistics, trace, logging) answer only requests carrying the per-start key. The server dies with
+the process that started it (PR_SET_PDEATHSIG), and what a killed one leaves behind (its work directory, python
+backend shared-memory regions) is removed by the next start.
 """
 
+import ctypes
 import importlib.util
+import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,10 +29,22 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import KitError
+from .spec import ADMIN_APIS, ADMIN_HEADER, admin_headers
 
 READY_TIMEOUT_S = 120.0
 # Errors the server logs at every start on a machine without a GPU; never why a repository failed to load.
 NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "Failed to initialize NVML", "DCGM unable to start")
+# Triton's --exit-timeout-secs: at SIGTERM it first waits for open HTTP connections (an idle keep-alive one counts)
+# up to this long, then the rest of the same budget covers in-flight requests and unloading the models; past it,
+# it exits with code 1. stop() unloads the models first, so this budget only bounds the wait for connections.
+EXIT_TIMEOUT_S = 3
+UNLOAD_TIMEOUT_S = 30.0
+WORKDIR_PREFIX = "mnv3kit-triton-"  # + owner pid: a dead owner's directory is stale
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "mnv3kit_"  # python-backend regions: mnv3kit_<owner pid>_<n>_<uuid>
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls prctl
+_instances = itertools.count()
 HOW_TO_INSTALL = "install the kit's requirements (make venv), which include nvidia-pytriton==0.7.0"
 
 
@@ -72,6 +90,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(name: str, prefix: str, sep: str) -> Optional[int]:
+    head = name[len(prefix):].split(sep, 1)[0]
+    return int(head) if name.startswith(prefix) and head.isdigit() else None
+
+
+def remove_stale() -> List[Path]:
+    """Work directories and shared-memory regions of servers whose owning process is gone (killed -9)."""
+    stale = [d for d in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*")
+             if (pid := _owner(d.name, WORKDIR_PREFIX, "-")) is not None and not pid_alive(pid)]
+    stale += [f for f in SHM_DIR.glob(SHM_PREFIX + "*")
+              if (pid := _owner(f.name, SHM_PREFIX, "_")) is not None and not pid_alive(pid)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale
+
+
+def _die_with(parent: int):
+    """preexec_fn: the server gets SIGTERM when its parent dies, however it dies (as PyTriton does)."""
+
+    def preexec() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -89,36 +144,63 @@ class Ports:
 
 
 class LocalTriton:
-    """``with LocalTriton(repo) as server:`` -- a ready tritonserver serving ``repo``; stopped on exit."""
+    """``with LocalTriton(repo) as server:`` -- a ready tritonserver serving ``repo``; stopped on exit.
+
+    ``address`` is where all three endpoints listen (127.0.0.1 unless told otherwise); ``admin_key`` guards the
+    admin APIs (generated per start when not given). Models run under explicit model control, all loaded at start,
+    so that they can be reloaded one by one and unloaded before the server stops.
+    """
 
     def __init__(self, repo: Path, ports: Optional[Ports] = None, log_path: Optional[Path] = None,
-                 extra_args: Optional[List[str]] = None, verbose: int = 0):
+                 extra_args: Optional[List[str]] = None, verbose: int = 0, address: str = "127.0.0.1",
+                 admin_key: Optional[str] = None, exit_timeout: int = EXIT_TIMEOUT_S):
         self.repo = Path(repo).resolve()
         self.ports = ports or Ports()
         self.extra_args = list(extra_args or [])
         self.verbose = verbose
-        self._workdir = Path(tempfile.mkdtemp(prefix="mnv3kit-triton-"))
+        self.address = address
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        if any(c in self.admin_key for c in ",:= \n"):
+            raise KitError("the admin key must not contain ',', ':', '=' or spaces (Triton's flag syntax)")
+        self.exit_timeout = exit_timeout
+        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{next(_instances)}_"
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.proc: Optional[subprocess.Popen] = None
 
     @property
+    def host(self) -> str:
+        """Where a client on this machine connects."""
+        return "127.0.0.1" if self.address in ("0.0.0.0", "127.0.0.1") else self.address
+
+    @property
     def http_url(self) -> str:
-        return f"localhost:{self.ports.http}"
+        return f"{self.host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.ports.grpc}"
+        return f"{self.host}:{self.ports.grpc}"
+
+    def headers(self, protocol: str = "http") -> dict:
+        return admin_headers(self.admin_key, protocol)
 
     def command(self, root: Path) -> List[str]:
+        admin = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         return [str(root / "tritonserver" / "bin" / "tritonserver"),
                 f"--model-repository={self.repo}",
                 f"--backend-directory={self._workdir / 'backends'}",
+                f"--http-address={self.address}", f"--grpc-address={self.address}",
+                f"--metrics-address={self.address}",
                 f"--http-port={self.ports.http}", f"--grpc-port={self.ports.grpc}",
                 f"--metrics-port={self.ports.metrics}",
-                "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
+                f"--http-restricted-api={admin}", f"--grpc-restricted-protocol={admin}",
+                "--model-control-mode=explicit", "--load-model=*",
+                "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout}",
                 "--allow-cpu-metrics=true",
-                # Python backend: start shared memory large enough for a max batch of 224x224 images.
+                # Python backend: start shared memory large enough for a max batch of 224x224 images; regions
+                # named after this process, so that the next start can remove those of a killed one.
                 "--backend-config=python,shm-default-byte-size=16777216",
+                f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
                 f"--log-verbose={self.verbose}", *self.extra_args]
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> "LocalTriton":
@@ -129,10 +211,12 @@ class LocalTriton:
         if busy:
             raise KitError(f"port(s) {busy} already in use (another Triton?): stop it or pass other ports")
         root = pytriton_root()
+        remove_stale()
         prepare_backends(root, self._workdir / "backends")
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(root), stdout=log, stderr=subprocess.STDOUT,
-                                     env=server_env(root), start_new_session=True)
+                                     env=server_env(root), start_new_session=True,
+                                     preexec_fn=_die_with(os.getpid()))
         log.close()
         self._wait_ready(timeout)
         return self
@@ -157,14 +241,16 @@ class LocalTriton:
         self.stop()
         raise KitError(f"tritonserver was not ready after {timeout:.0f}s; last log lines:\n" + "\n".join(errors[-15:]))
 
-    def _get(self, path: str, body: Optional[bytes] = None) -> dict:
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body)
-        with urllib.request.urlopen(request, timeout=10) as response:
+    def _get(self, path: str, body: Optional[bytes] = None, timeout: float = 10) -> dict:
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body, headers=self.headers())
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"{}")
 
+    def index(self) -> List[dict]:
+        return self._get("/v2/repository/index", body=b"{}")
+
     def ready_models(self) -> List[str]:
-        index = self._get("/v2/repository/index", body=b"{}")
-        return sorted(m["name"] for m in index if m.get("state") == "READY")
+        return sorted(m["name"] for m in self.index() if m.get("state") == "READY")
 
     def version(self) -> str:
         return self._get("/v2").get("version", "?")
@@ -184,26 +270,75 @@ class LocalTriton:
                   and not any(noise in line for noise in NO_GPU_NOISE)]
         return errors or lines[-15:]
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def write_admin_key(self, path: Optional[Path] = None) -> Path:
+        """The key in a file only its owner can read (default: the server's work directory, removed at stop)."""
+        path = Path(path) if path else self._workdir / "admin-key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+        with os.fdopen(fd, "w") as f:
+            f.write(self.admin_key + "\n")
+        return path
+
+    def reload(self, model: str, timeout: float = READY_TIMEOUT_S) -> None:
+        """Load ``model`` again with new instances; the loaded one serves until they are ready.
+
+        A plain load of an unchanged model is a no-op, and a changed instance_group only swaps instances; a changed
+        model parameter makes Triton load the whole model anew. Unloading first is no way out: in Triton 2.51 the
+        unload of a model whose stub died never finishes while requests keep coming.
+        """
+        config = self._get(f"/v2/models/{model}/config")
+        config.setdefault("parameters", {})["reload_stamp"] = {"string_value": str(time.time_ns())}
+        body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+        self._get(f"/v2/repository/models/{model}/load", body=body, timeout=timeout)  # returns once loaded
+
+    def load(self, model: str, timeout: float = READY_TIMEOUT_S) -> None:
+        """Load ``model`` from the repository as it is now. A loaded one keeps serving until the new one is ready."""
+        self._get(f"/v2/repository/models/{model}/load", body=b"{}", timeout=timeout)  # returns once loaded
+
+    def _unload_all(self) -> None:
+        """Unload every model (Triton lets in-flight requests finish first) and wait until none is left."""
+        deadline = time.monotonic() + UNLOAD_TIMEOUT_S
+        try:
+            for name in self.ready_models():
+                self._get(f"/v2/repository/models/{name}/unload", body=b"{}")
+            while time.monotonic() < deadline and any(m.get("state") in ("READY", "UNLOADING") for m in self.index()):
+                time.sleep(0.1)
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            pass  # the server is going anyway; its own exit timeout covers the rest
+
+    def _own_regions(self) -> List[Path]:
+        return sorted(SHM_DIR.glob(self._shm_prefix + "*"))
+
+    def stop(self) -> bool:
+        """Stop the server and its stubs. True when it stopped by itself (exit code 0) and left nothing behind."""
         if self.proc is None:
-            return
+            return True
+        clean = True
         if self.proc.poll() is None:
+            self._unload_all()
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)  # the stubs are children of the server: stop them all
-                self.proc.wait(timeout=timeout)
+                self.proc.wait(timeout=self.exit_timeout + 10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+                clean = False
             except ProcessLookupError:
                 pass
+        clean = clean and self.proc.returncode == 0
         try:  # stubs outliving the server (killed -9) would otherwise linger
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        leftovers = self._own_regions()
+        for region in leftovers:
+            region.unlink(missing_ok=True)
+        return clean and not leftovers
 
-    def close(self) -> None:
-        self.stop()
+    def close(self) -> bool:
+        clean = self.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
+        return clean
 
     def __enter__(self) -> "LocalTriton":
         return self.start()

@@ -19,6 +19,19 @@ COMPILED_ARTIFACT = "model.pt2"  # torch.export program, compiled by TorchInduct
 RUNTIMES = ("torchscript", "compiled")
 DEFAULT_VERSION = 1
 
+# Triton's admin APIs (restricted APIs/protocols) answer only requests carrying this header with the server's key.
+# Over gRPC Triton expects the header under the prefix "triton-grpc-protocol-".
+ADMIN_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+ADMIN_HEADER = "admin-key"
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"  # where the kit's clients, perf tools and compose read the key from
+
+
+def admin_headers(key, protocol: str) -> dict:
+    """Request headers carrying the admin key for one protocol ({} without a key)."""
+    if not key:
+        return {}
+    return {(ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"): key}
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -43,6 +43,9 @@ Options:
       --quick              short, rough measurements for CI and the demo (--count 5 --stability 100)
   -h, --help               this text
 
+A server whose admin APIs are restricted (serve.py, the kit's compose file) needs its key in $TRITON_ADMIN_KEY: the
+repository index (which models are ready) and Triton's statistics (the server-side columns) are admin APIs. The key
+goes to perf_analyzer as a -H header and is never written into the report.
 perf_analyzer is looked up as $PERF_ANALYZER, in the virtualenv beside the Python used ($PYTHON, else .venv/bin/python,
 else python3), then on PATH; LD_LIBRARY_PATH gets the nvidia-cuda-runtime-cu12 wheel's libcudart.so.12, which it
 loads even without a GPU. Missing? `make venv` (it also installs the system package libb64-0d).
@@ -105,8 +108,10 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c 'import mnv3kit.perf, tritonclient.http, tritonclient.grpc' 2>/dev/null \
   || die "$PY cannot import the kit and tritonclient: create the environment with \`make venv\` (or set PYTHON)"
 
-# perf_analyzer arguments shared by every point (recorded in the report as the exact command).
-pa=(--concurrency-range "$concurrency" --shared-memory "$shm")
+# perf_analyzer arguments shared by every point (recorded in the report as the exact command). Zeros as input:
+# perf_analyzer's default random data fills FP32 tensors with random bytes, NaN and Inf included, which the kit's
+# models refuse per request.
+pa=(--concurrency-range "$concurrency" --shared-memory "$shm" --input-data zero)
 [ -z "$window" ] || pa+=(--measurement-interval "$window")
 [ -z "$count" ] || pa+=(--measurement-mode count_windows --measurement-request-count "$count")
 [ -z "$stability" ] || pa+=(--stability-percentage "$stability")
@@ -115,7 +120,11 @@ pa+=("${extra[@]}")
 
 setup=$("$PY" -m mnv3kit.perf --prog "$PROG" prepare --protocol "$protocol" --out "$out" --warmup "$warmup" \
   ${url:+--url "$url"} ${models:+--models "$models"} ${images:+--images "$images"} ${batches:+--batch-sizes "$batches"} -- "${pa[@]}") || exit 2
-eval "$setup"  # PERF_ANALYZER, PA_LD_LIBRARY_PATH, URL (normalized), POINTS (model TAB batch TAB csv TAB log TAB data)
+eval "$setup"  # PERF_ANALYZER, PA_LD_LIBRARY_PATH, URL (normalized), PA_HEADER (admin key), POINTS (model TAB batch TAB csv TAB log TAB data)
+
+# the admin key as a header, outside "${pa[@]}": those arguments are recorded in the report
+auth=()
+[ -z "$PA_HEADER" ] || auth=(-H "$PA_HEADER")
 
 total=$(wc -l <<<"$POINTS")
 n=0
@@ -124,7 +133,7 @@ while IFS=$'\t' read -r model batch csv log data; do
   printf '[%d/%d] %s batch %s ... ' "$n" "$total" "$model" "$batch" >&2
   rm -f "$csv"  # a stale CSV must not pass for this run's measurement
   if LD_LIBRARY_PATH=$PA_LD_LIBRARY_PATH "$PERF_ANALYZER" -m "$model" -b "$batch" -u "$URL" -i "$protocol" \
-       "${pa[@]}" ${data:+--input-data "$data"} -f "$csv" --verbose-csv >"$log" 2>&1 </dev/null && [ -s "$csv" ]; then
+       "${pa[@]}" "${auth[@]}" ${data:+--input-data "$data"} -f "$csv" --verbose-csv >"$log" 2>&1 </dev/null && [ -s "$csv" ]; then
     echo "ok" >&2
   else
     echo "FAILED: $(grep -v '^[[:space:]]*$' "$log" | tail -n 1)" >&2

@@ -22,6 +22,9 @@ echo "== 1. build $REPO (arch $ARCH, target local)"
 $PY build_repo.py --target local --arch "$ARCH" -o "$REPO" "${weights[@]}"
 
 echo "== 2. start the embedded Triton"
+# the key of Triton's admin APIs: serve.py restricts them with it, run_perf.sh reads the model list with it
+TRITON_ADMIN_KEY=$($PY -c 'import secrets; print(secrets.token_hex(24))')
+export TRITON_ADMIN_KEY
 $PY serve.py --repo "$REPO" --http-port "$PORT_BASE" --grpc-port $((PORT_BASE + 1)) \
   --metrics-port $((PORT_BASE + 2)) > /tmp/mnv3kit-demo-serve.log 2>&1 &
 server=$!

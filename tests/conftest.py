@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ from mnv3kit.parity import sample_photos  # noqa: E402
 from mnv3kit.render import ConfigOptions, Instances  # noqa: E402
 
 
-def run_cli(script, *args, cwd=ROOT, timeout=600):
-    """Run one of the kit's CLIs as a user would; returns the CompletedProcess."""
+def run_cli(script, *args, cwd=ROOT, timeout=600, env=None):
+    """Run one of the kit's CLIs as a user would (env: variables to add); returns the CompletedProcess."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def assert_one_line_error(proc, *fragments):
@@ -27,6 +28,19 @@ def assert_one_line_error(proc, *fragments):
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     return errors[0]
+
+
+def start_serve_py(repo, ports, *extra):
+    """serve.py on `repo` with these ports, once it printed that it is ready (stdout/stderr are pipes)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--repo", str(repo), "--http-port",
+                             str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    first = proc.stdout.readline()
+    if "ready" not in first:
+        proc.kill()
+        pytest.fail(first + proc.stderr.read())
+    assert "mobilenetv3_pt" in first and "mobilenetv3_onnx" in first, first
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,11 @@
 """build_repo.py: exports, parity gate, templates, manifest, atomic writes, TensorRT skip/require, --check."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import onnx
@@ -11,12 +15,12 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
 from mnv3kit.model import build_model
 from mnv3kit.parity import ParityRow, check_parity, parity_batch
-from mnv3kit.render import ConfigOptions, PlanOptions, render_config, render_plan_script, VersionPolicy, Batching
+from mnv3kit.render import ConfigOptions, PlanOptions, render_config, render_plan_script, VersionPolicy, Batching, Instances
 from mnv3kit.spec import LOCAL_MODELS, MODELS, ONNX, PT, TRT
 from mnv3kit.validate import check_repository
 
@@ -43,6 +47,13 @@ def test_built_repository_layout_and_configs(built_repo, arch, target):
         assert (repo / spec.name / "labels.txt").read_text().split() == manifest["labels"]
         assert config.dynamic_batching.max_queue_delay_microseconds == 100
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+        policy = config.dynamic_batching.default_queue_policy  # overload refused, not queued forever
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+        assert policy.max_queue_size == 4 * 8 and policy.default_timeout_microseconds == 5_000_000
+        assert policy.allow_timeout_override
+        warmup = [(w.batch_size, w.inputs[spec.input_name].data_type, list(w.inputs[spec.input_name].dims))
+                  for w in config.model_warmup]
+        assert warmup == [(1, config.input[0].data_type, [3, 224, 224]), (8, config.input[0].data_type, [3, 224, 224])]
         assert config.version_policy.latest.num_versions == 1
         if target == "ngc":
             assert config.platform == spec.platform and not config.backend
@@ -143,7 +154,8 @@ def test_failed_build_keeps_previous_repository(tmp_path):
     assert_one_line_error(proc, "parity gate failed", "nothing was written")
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
-    assert [p.name for p in tmp_path.iterdir()] == ["model_repository"]  # no staging left behind
+    # no staging left behind; the lock file stays (removing it could let two builds hold different locks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model_repository.lock", "model_repository"]
 
 
 def test_refuses_to_replace_a_foreign_directory(tmp_path):
@@ -223,6 +235,12 @@ def test_template_options_render_valid_configs():
         VersionPolicy.parse("newest")
     with pytest.raises(KitError, match="preferred batch sizes"):
         render_config(PT, ConfigOptions(batching=Batching(True, (4, 16))))
+    queued = ConfigOptions(max_batch_size=16, instances=Instances("KIND_GPU", 2))
+    policy = text_format.Parse(render_config(PT, queued), model_config_pb2.ModelConfig()).dynamic_batching
+    assert policy.default_queue_policy.max_queue_size == 4 * 16 * 2  # the default rule: 4 batches per instance
+    given = ConfigOptions(batching=Batching(True, (4, 8), 100, max_queue_size=5, queue_timeout_us=0))
+    policy = text_format.Parse(render_config(PT, given), model_config_pb2.ModelConfig()).dynamic_batching
+    assert (policy.default_queue_policy.max_queue_size, policy.default_queue_policy.default_timeout_microseconds) == (5, 0)
 
 
 def _copy(built_repo, tmp_path, arch="small", target="local"):
@@ -338,3 +356,39 @@ def test_gpu_options_render_into_local_configs():
         render_config(U8, ConfigOptions())
     with pytest.raises(KitError, match="offers pt, onnx, trt"):
         build(BuildOptions(models=("u8",)))
+
+
+def _dead_pid():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_killed_build_leftovers_are_cleaned_and_a_half_swap_restored(built_repo, tmp_path):
+    out = _copy(built_repo, tmp_path)
+    pid = _dead_pid()
+    stale = tmp_path / f".{out.name}.staging-{pid}"
+    (stale / "mobilenetv3_pt").mkdir(parents=True)
+    # a kill between the two renames: the old repository under its side name, nothing at the output
+    os.rename(out, tmp_path / f".{out.name}.previous-{pid}")
+    proc = run_cli("build_repo.py", "--check", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"restored {out}" in proc.stderr and f"removed {stale.name}" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{out.name}.lock", out.name]
+    assert check_repository(out).ok
+
+
+def test_concurrent_builds_into_one_output_are_refused(tmp_path):
+    out = tmp_path / "model_repository"
+    args = ("build_repo.py", "--arch", "small", "--target", "local", "--models", "onnx", "-o", out)
+    first = subprocess.Popen([sys.executable, str(ROOT / args[0]), *map(str, args[1:])], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".model_repository.staging-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first build holds the lock while it writes its staging directory
+    second = run_cli(*args)
+    assert second.returncode == 2
+    assert_one_line_error(second, "another build", f"pid {first.pid}", "is writing")
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert check_repository(out).ok

@@ -17,9 +17,13 @@ pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose missing:
                                 "(scripts/install_system_deps.sh)")
 
 
-def compose_config(repo, **env):
-    proc = subprocess.run([COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT, text=True,
-                          capture_output=True, env={**os.environ, "MODEL_REPOSITORY": str(repo), **env})
+KEY = "k3y-for-the-test"
+
+
+def compose_config(repo, *files, **env):
+    files = [arg for f in ("docker-compose.yml", *files) for arg in ("-f", str(ROOT / f))]
+    proc = subprocess.run([COMPOSE, *files, "config"], cwd=ROOT, text=True, capture_output=True,
+                          env={**os.environ, "MODEL_REPOSITORY": str(repo), "TRITON_ADMIN_KEY": KEY, **env})
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)["services"]
 
@@ -48,6 +52,13 @@ def test_triton_service_matches_the_rendered_repository(built_repo):
     assert triton["depends_on"]["trt-build"]["condition"] == "service_completed_successfully"
     assert triton["user"] and triton["user"] != "root"
     assert triton["restart"] == "unless-stopped"
+    admin = "shared-memory,model-repository,statistics,trace,logging:admin-key=" + KEY
+    assert flag(command, "http-restricted-api") == admin and flag(command, "grpc-restricted-protocol") == admin
+    assert int(flag(command, "exit-timeout-secs")) <= 5
+    assert triton["read_only"] is True and triton["tmpfs"] == ["/tmp"]
+    for service in (triton, build):
+        assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
+        assert service["user"] and service["user"] != "root"
     for service in (triton, build):
         assert service["runtime"] == "nvidia" and service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
     # every model the repository holds is a kit model; trt-build gets the mount as the directory it builds in
@@ -97,6 +108,21 @@ def test_trt_build_entrypoint_runs_for_every_models_subset(built_repo, tmp_path,
     else:
         assert not (repo / TRT.name).exists()
         assert proc.returncode == 0 and "nothing to build" in proc.stdout, proc.stderr
+
+
+def test_admin_key_is_required(built_repo):
+    proc = subprocess.run([COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, "MODEL_REPOSITORY": str(built_repo("small", "ngc")),
+                                                    "TRITON_ADMIN_KEY": ""})
+    assert proc.returncode != 0 and "set TRITON_ADMIN_KEY" in proc.stderr
+
+
+def test_cpu_override_keeps_the_hardening(built_repo):
+    triton = compose_config(built_repo("small", "local"), "docker-compose.cpu.yml")["triton"]
+    assert triton["environment"]["TRITON_ADMIN_KEY"] == KEY  # serve.py restricts the same APIs with it
+    assert triton["command"][triton["command"].index("--address") + 1] == "0.0.0.0"  # inside the container
+    assert all(p.startswith("127.0.0.1:") for p in triton["ports"])
+    assert triton["read_only"] is True and triton["cap_drop"] == ["ALL"]
 
 
 def test_plan_script_guards_run_for_real(built_repo, tmp_path):

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -73,7 +75,7 @@ def test_compose_cpu_up_classify_down(base_image, tmp_path, photos):
     ports = Ports.free()
     env = {**os.environ, "BASE_IMAGE": base_image, "MODEL_REPOSITORY": str(repo),
            "TRITON_HTTP_PORT": str(ports.http), "TRITON_GRPC_PORT": str(ports.grpc),
-           "TRITON_METRICS_PORT": str(ports.metrics)}
+           "TRITON_METRICS_PORT": str(ports.metrics), "TRITON_ADMIN_KEY": "docker-test-key"}
     run(COMPOSE + ["down", "--remove-orphans"], env=env, check=False)  # a previous run killed midway
     try:
         run(COMPOSE + ["build", "triton"], env=env)
@@ -83,6 +85,14 @@ def test_compose_cpu_up_classify_down(base_image, tmp_path, photos):
         mount = next(m for m in state["Mounts"] if m["Destination"] == "/models")
         assert mount["Source"] == str(repo) and mount["RW"] is False
         assert all(b["HostIp"] == "127.0.0.1" for b in state["HostConfig"]["PortBindings"]["8000/tcp"])
+        host = state["HostConfig"]
+        assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and "no-new-privileges:true" in host["SecurityOpt"]
+        index = f"http://localhost:{ports.http}/v2/repository/index"
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # admin APIs need the key
+            urllib.request.urlopen(urllib.request.Request(index, data=b"{}"), timeout=30)
+        request = urllib.request.Request(index, data=b"{}", headers={"admin-key": env["TRITON_ADMIN_KEY"]})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())[0]["state"] == "READY"
 
         model = load_model("small", None)[0]  # the same seeded weights the build used
         export_torchscript(model, tmp_path / "reference.pt")

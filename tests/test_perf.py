@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.server import LocalTriton, Ports, free_port
-from mnv3kit.spec import LOCAL_MODELS, ONNX, PT, TRT
+from mnv3kit.spec import ADMIN_KEY_ENV, LOCAL_MODELS, ONNX, PT, TRT
 
 BATCHES = (1, 8)
 
@@ -50,11 +50,12 @@ def server(built_repo):
 @pytest.fixture(scope="module")
 def quick_run(server, tmp_path_factory):
     out = tmp_path_factory.mktemp("served")
-    proc = run_perf("--quick", "-u", server.http_url, "-b", ",".join(map(str, BATCHES)), "-o", out)
+    proc = run_perf("--quick", "-u", server.http_url, "-b", ",".join(map(str, BATCHES)), "-o", out,
+                    env={ADMIN_KEY_ENV: server.admin_key})
     return proc, out
 
 
-def test_quick_run_measures_every_model_and_batch(quick_run):
+def test_quick_run_measures_every_model_and_batch(server, quick_run):
     proc, out = quick_run
     assert proc.returncode == 0, proc.stderr
     for spec in LOCAL_MODELS:
@@ -67,6 +68,7 @@ def test_quick_run_measures_every_model_and_batch(quick_run):
 
     report = (out / "report.md").read_text()
     assert proc.stdout.strip() == report.strip()  # the report is also printed
+    assert server.admin_key not in report + (out / "run.json").read_text()
     assert "Triton 2.51.0" in report and "max_batch_size 8" in report and "dynamic batching" in report
     assert re.search(r"Hardware .*: .+, \d+ cores; GPU: ", report)
     served = table_rows(report, "Model/Batch_Size")
@@ -105,7 +107,8 @@ def unstable_perf_analyzer(tmp_path, batch):
 
 def test_grpc_shared_memory_and_a_failed_point_keeps_the_others(server, tmp_path):
     proc = run_perf("--quick", "-i", "grpc", "-u", server.grpc_url, "--shared-memory", "system",
-                    "-m", ONNX.name, "-b", "2,4", "-o", tmp_path / "out", env=unstable_perf_analyzer(tmp_path, 4))
+                    "-m", ONNX.name, "-b", "2,4", "-o", tmp_path / "out",
+                    env={**unstable_perf_analyzer(tmp_path, 4), ADMIN_KEY_ENV: server.admin_key})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     report = (tmp_path / "out" / "report.md").read_text()
@@ -172,9 +175,16 @@ def test_dead_server_is_one_line_error(tmp_path):
 
 
 def test_model_not_ready_is_one_line_error(server, tmp_path):
-    proc = run_perf("-u", server.http_url, "-m", f"{PT.name},{TRT.name}", "-o", tmp_path)
+    proc = run_perf("-u", server.http_url, "-m", f"{PT.name},{TRT.name}", "-o", tmp_path,
+                    env={ADMIN_KEY_ENV: server.admin_key})
     assert proc.returncode == 2
     assert_one_line_error(proc, "not ready", TRT.name)
+
+
+def test_restricted_index_without_the_key_is_one_line_error(server, tmp_path):
+    proc = run_perf("--quick", "-u", server.http_url, "-o", tmp_path, env={ADMIN_KEY_ENV: ""})
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "restricted", ADMIN_KEY_ENV)
 
 
 def test_perf_analyzer_that_cannot_start_is_one_line_error(tmp_path):

@@ -1,24 +1,25 @@
 """End to end: serve.py / the embedded Triton + client/classify.py over HTTP and gRPC, against in-process TorchScript."""
 
+import glob
+import http.client
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, start_serve_py
 from images import BAD, GOOD, make_edge_cases
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
 from mnv3kit.server import LocalTriton, Ports, free_port
-from mnv3kit.spec import ONNX, PT
+from mnv3kit.spec import ADMIN_KEY_ENV, ONNX, PT
 
 WRONG = "mobilenetv3_wrongshape"  # a copy of the ONNX model whose config promises 299x299 inputs
 
@@ -34,7 +35,9 @@ def server(built_repo, tmp_path_factory):
     shutil.copytree(built_repo("small", "local"), repo)
     shutil.copytree(repo / ONNX.name, repo / WRONG)
     cfg = repo / WRONG / "config.pbtxt"
-    cfg.write_text(cfg.read_text().replace(ONNX.name, WRONG).replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 299, 299 ]"))
+    text = cfg.read_text().replace(ONNX.name, WRONG)
+    text = text[:text.index("model_warmup")] + text[text.index("parameters"):]  # a 299 warmup would fail the load
+    cfg.write_text(text.replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 299, 299 ]"))
     with LocalTriton(repo, Ports.free()) as srv:
         srv.repo_path = repo
         yield srv
@@ -115,9 +118,15 @@ def test_server_unreachable(photos):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_unknown_model_lists_ready_ones(server, photos, protocol):
     url = server.http_url if protocol == "http" else server.grpc_url
-    proc = run_cli("client/classify.py", photos[0], "-u", url, "-i", protocol, "-m", "resnet50")
+    proc = run_cli("client/classify.py", photos[0], "-u", url, "-i", protocol, "-m", "resnet50",
+                   env={ADMIN_KEY_ENV: server.admin_key})
     assert proc.returncode == 4
     assert_one_line_error(proc, "'resnet50' is not ready", PT.name, ONNX.name)
+    # the repository index is an admin API: without the key the client says so instead of listing
+    proc = run_cli("client/classify.py", photos[0], "-u", url, "-i", protocol, "-m", "resnet50",
+                   env={ADMIN_KEY_ENV: ""})
+    assert proc.returncode == 4
+    assert_one_line_error(proc, "'resnet50' is not ready", ADMIN_KEY_ENV)
 
 
 def test_contract_mismatch(server, photos):
@@ -147,25 +156,48 @@ def _tritonservers_for(repo):
     return [line for line in out.splitlines() if "tritonserver" in line and f"--model-repository={repo}" in line]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def _leftovers(pid):
+    """What a server started by process `pid` could leave: its work directory, python-backend shm regions."""
+    return sorted(glob.glob(f"{tempfile.gettempdir()}/mnv3kit-triton-{pid}-*") + glob.glob(f"/dev/shm/mnv3kit_{pid}_*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_serve_py_starts_serves_and_stops_cleanly(built_repo, photos, sig):
     repo = built_repo("small", "local")
     ports = Ports.free()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--repo", repo, "--http-port", str(ports.http),
-                             "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = start_serve_py(repo, ports)
     try:
-        first = proc.stdout.readline()
-        assert "ready" in first and PT.name in first and ONNX.name in first, first + proc.stderr.read()
-        assert run_cli("client/classify.py", photos[0], "-u", f"localhost:{ports.http}").returncode == 0
-        assert _tritonservers_for(repo.resolve())
+        assert run_cli("client/classify.py", photos[0], "-u", f"127.0.0.1:{ports.http}").returncode == 0
+        assert _tritonservers_for(repo.resolve()) and _leftovers(proc.pid)
+        # an idle keep-alive connection made Triton wait its whole exit timeout (30 s) before it gave up
+        idle = http.client.HTTPConnection("127.0.0.1", ports.http)
+        idle.request("GET", "/v2/health/live")
+        assert idle.getresponse().read() == b""
     finally:
+        started = time.monotonic()
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) == 0
-    deadline = time.time() + 10
-    while _tritonservers_for(repo.resolve()) and time.time() < deadline:
-        time.sleep(0.2)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()  # 0: Triton exited by itself, nothing left behind
+    assert time.monotonic() - started < 15
     assert not _tritonservers_for(repo.resolve())  # no orphans
+    assert not _leftovers(proc.pid)
+
+
+def test_tritonserver_dies_with_a_killed_serve_py(built_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo("small", "local"), repo)
+    ports = Ports.free()
+    proc = start_serve_py(repo, ports)
+    proc.kill()  # SIGKILL: serve.py runs no cleanup at all
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while _tritonservers_for(repo.resolve()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _tritonservers_for(repo.resolve())  # PR_SET_PDEATHSIG stopped it
+    assert not glob.glob(f"/dev/shm/mnv3kit_{proc.pid}_*")  # Triton removed its regions itself on SIGTERM
+    stale = _leftovers(proc.pid)
+    assert stale  # serve.py's work directory could not be removed by a killed serve.py ...
+    with LocalTriton(repo, Ports.free()):
+        assert not _leftovers(proc.pid)  # ... so the next start removes it
 
 
 def test_serve_py_refuses_ngc_repo_and_reports_load_errors(built_repo, tmp_path):

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Faults under load: a killed backend process, and a model update, while open-loop requests keep coming.
+
+  python perf/faults.py stub-kill --repo model_repository_local --rate 2 --duration 40
+  python perf/faults.py update --repo model_repository_local --weights new.pth --rate 2
+
+Serves a copy of the repository with serve.py's server and watchdog (loopback, random ports) and sends batch-1
+requests to mobilenetv3_pt over gRPC at --rate per second. stub-kill: after 5 s, kill -9 of the model's python
+backend stub. update: after 5 s, build_repo.py --weights WEIGHTS into the served repository (the flags the copy was
+built with: arch and target from its manifest). Prints one JSON object: requests sent / answered / rejected / failed,
+failed requests after the fault, when the model was READY again (or the new build served), and how long
+/v2/health/ready and the model's readiness reported not-ready.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mnv3kit.errors import KitError, cli_errors  # noqa: E402
+from mnv3kit.spec import PT  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("fault", choices=("stub-kill", "update"))
+    p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
+    p.add_argument("--weights", type=Path, help="update: the new weights")
+    p.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
+    p.add_argument("--duration", type=float, default=40.0, help="seconds of load at least (default 40)")
+    args = p.parse_args(argv)
+    with cli_errors("faults.py"):
+        from mnv3kit.load import background_load, descendants, summarize
+        from mnv3kit.repository import read_manifest
+        from mnv3kit.server import LocalTriton, Ports
+        from mnv3kit.watchdog import Watchdog
+
+        if args.fault == "update" and not (args.weights and args.weights.is_file()):
+            raise KitError("update needs --weights FILE")
+        manifest = read_manifest(args.repo)
+        work = Path(tempfile.mkdtemp(prefix="mnv3kit-faults-"))
+        repo = work / "repo"
+        shutil.copytree(args.repo, repo)
+        try:
+            with LocalTriton(repo, Ports.free()) as server:
+                watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
+                watchdog.start()
+                stop = threading.Event()
+                not_ready = {"server": 0.0, "model": 0.0}
+
+                def probe():  # readiness as a load balancer or Kubernetes would see it, every 0.1 s
+                    for key, path in (("server", "/v2/health/ready"), ("model", f"/v2/models/{PT.name}/ready")):
+                        try:
+                            urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=1)
+                        except OSError:
+                            not_ready[key] += 0.1
+
+                def probes():
+                    while not stop.wait(0.1):
+                        probe()
+
+                prober = threading.Thread(target=probes)
+                prober.start()
+                with background_load(server.grpc_url, PT, args.rate) as outcomes:
+                    time.sleep(5)
+                    fault_at = time.monotonic()
+                    if args.fault == "stub-kill":
+                        stub = next(pid for pid in descendants(server.proc.pid)[1:]
+                                    if f"/{PT.name}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
+                        os.kill(stub, signal.SIGKILL)
+                    else:
+                        subprocess.run([sys.executable, str(ROOT / "build_repo.py"), "--target", manifest["target"],
+                                        "--arch", manifest["arch"], "--weights", str(args.weights), "-o", str(repo)],
+                                       check=True, capture_output=True)
+                    while not watchdog.events and time.monotonic() - fault_at < 300:
+                        time.sleep(0.1)
+                    recovered_at = time.monotonic()
+                    time.sleep(max(3.0, args.duration - (recovered_at - fault_at) - 5))
+                stop.set()
+                prober.join()
+                watchdog.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        after = [o for o in outcomes if o.sent >= fault_at]
+        result = {"fault": args.fault, "rate": args.rate, **summarize(outcomes, max(o.sent for o in outcomes)
+                                                                      - min(o.sent for o in outcomes)),
+                  "failed_or_rejected_after_fault": sum(o.error is not None for o in after),
+                  "watchdog": watchdog.events,
+                  "fault_to_recovered_s": round(recovered_at - fault_at, 2) if watchdog.events else None,
+                  "first_ok_after_fault_s": round(min((o.done - fault_at for o in after if o.error is None),
+                                                      default=float("nan")), 2),
+                  "not_ready_s": {k: round(v, 1) for k, v in not_ready.items()}}
+        print(json.dumps(result))
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

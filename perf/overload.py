@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Overload benchmark: open-loop load at a multiple of the measured capacity against the embedded Triton.
+
+  python perf/overload.py --repo model_repository_local -m mobilenetv3_onnx --factor 2 --duration 60
+
+Starts serve.py's server on loopback (random ports), measures capacity with a closed loop (--probe-s seconds at
+2 x max_batch_size concurrent batch-1 requests), then sends batch-1 requests at --factor x capacity, open loop, for
+--duration seconds and waits for every answer. Prints one JSON object: capacity, rate sent, answered / rejected
+(Triton's queue policy: UNAVAILABLE) / failed, p50 and p99 latency of the answered requests, p99 of the rejections,
+the time to drain after the last request, and the server's resident memory (tritonserver + stubs) before, at its
+peak and after. Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound).
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mnv3kit.errors import KitError, cli_errors  # noqa: E402
+from mnv3kit.spec import MODELS_BY_NAME, ONNX  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
+    p.add_argument("-m", "--model", default=ONNX.name, help=f"model to load (default {ONNX.name})")
+    p.add_argument("--factor", type=float, default=2.0, help="load = factor x measured capacity (default 2)")
+    p.add_argument("--rate", type=float, help="requests per second instead of factor x capacity")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    p.add_argument("--probe-s", type=float, default=10.0, help="seconds of the capacity measurement (default 10)")
+    p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s (default 30)")
+    args = p.parse_args(argv)
+    with cli_errors("overload.py"):
+        from mnv3kit.load import OpenLoop, capacity, rss_mb, summarize
+        from mnv3kit.server import LocalTriton, Ports
+        from mnv3kit.validate import parse_config
+
+        spec = MODELS_BY_NAME.get(args.model)
+        if spec is None or not (args.repo / args.model / "config.pbtxt").is_file():
+            raise KitError(f"{args.repo} has no model {args.model!r}")
+        config = parse_config(args.repo / args.model / "config.pbtxt")
+        with LocalTriton(args.repo, Ports.free()) as server:
+            cap = capacity(server.grpc_url, spec, args.probe_s, 2 * max(1, config.max_batch_size))
+            rate = args.rate or args.factor * cap
+            time.sleep(2)  # let the probe's queue empty
+            before = rss_mb(server.proc.pid)
+            peak = [before]
+            stop = threading.Event()
+
+            def sample():
+                while not stop.wait(0.5):
+                    peak.append(rss_mb(server.proc.pid))
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            load = OpenLoop(server.grpc_url, spec, timeout_s=args.timeout)
+            outcomes = load.run(rate, args.duration)
+            load.close()
+            last_sent = max(o.sent for o in outcomes)
+            time.sleep(5)
+            stop.set()
+            sampler.join()
+            result = {"model": spec.name, "max_queue_size": config.dynamic_batching.default_queue_policy.max_queue_size,
+                      "queue_timeout_ms": config.dynamic_batching.default_queue_policy.default_timeout_microseconds
+                      / 1000, "capacity_rps": round(cap, 1), "duration_s": args.duration,
+                      **summarize(outcomes, args.duration),
+                      "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
+                      "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])}}
+        print(json.dumps(result))
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
