@@ -444,12 +444,14 @@ def plot(rows: List[dict], title: str, path: Path, failed: Sequence[Tuple[str, i
 def render_report(run: dict, rows: List[dict], failures: List[str], engine: Optional[dict]) -> str:
     pa = run["perf_analyzer"]
     template = " ".join(["perf_analyzer", "-m", "MODEL", "-b", "BATCH", "-u", run["url"], "-i", run["protocol"],
-                         *map(shlex.quote, pa["args"]), "-f", "csv/MODEL_bBATCH.csv", "--verbose-csv"])
+                         *map(shlex.quote, pa["args"]), "--input-data", "DATA",
+                         "-f", "csv/MODEL_bBATCH.csv", "--verbose-csv"])
     lines = [f"# Served performance: Triton {run['server'].get('version', '?')}", "",
              f"- Date: {run['date']}",
              f"- Server: Triton {run['server'].get('version', '?')} at {run['url']} over {run['protocol'].upper()}",
              f"- Hardware (host that ran perf_analyzer): {hardware_line(run['hardware'])}",
-             f"- Client: {pa['version']}; per point `{template}`",
+             f"- Client: {pa['version']}; per point `{template}` (DATA: `zero`, or an encoded-image model's "
+             f"files as inputs/MODEL.json)",
              "- Models (config as served):"]
     if run.get("images"):
         lines.insert(-1, f"- Encoded-image models send these files, one per batch item: "

@@ -108,10 +108,10 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c 'import mnv3kit.perf, tritonclient.http, tritonclient.grpc' 2>/dev/null \
   || die "$PY cannot import the kit and tritonclient: create the environment with \`make venv\` (or set PYTHON)"
 
-# perf_analyzer arguments shared by every point (recorded in the report as the exact command). Zeros as input:
-# perf_analyzer's default random data fills FP32 tensors with random bytes, NaN and Inf included, which the kit's
-# models refuse per request.
-pa=(--concurrency-range "$concurrency" --shared-memory "$shm" --input-data zero)
+# perf_analyzer arguments shared by every point (recorded in the report as the exact command). Each point's input:
+# an encoded-image model's real files (a JSON), zeros for the others: perf_analyzer's default random data fills FP32
+# tensors with random bytes, NaN and Inf included, which the kit's models refuse per request.
+pa=(--concurrency-range "$concurrency" --shared-memory "$shm")
 [ -z "$window" ] || pa+=(--measurement-interval "$window")
 [ -z "$count" ] || pa+=(--measurement-mode count_windows --measurement-request-count "$count")
 [ -z "$stability" ] || pa+=(--stability-percentage "$stability")
@@ -133,7 +133,7 @@ while IFS=$'\t' read -r model batch csv log data; do
   printf '[%d/%d] %s batch %s ... ' "$n" "$total" "$model" "$batch" >&2
   rm -f "$csv"  # a stale CSV must not pass for this run's measurement
   if LD_LIBRARY_PATH=$PA_LD_LIBRARY_PATH "$PERF_ANALYZER" -m "$model" -b "$batch" -u "$URL" -i "$protocol" \
-       "${pa[@]}" "${auth[@]}" ${data:+--input-data "$data"} -f "$csv" --verbose-csv >"$log" 2>&1 </dev/null && [ -s "$csv" ]; then
+       "${pa[@]}" "${auth[@]}" --input-data "${data:-zero}" -f "$csv" --verbose-csv >"$log" 2>&1 </dev/null && [ -s "$csv" ]; then
     echo "ok" >&2
   else
     echo "FAILED: $(grep -v '^[[:space:]]*$' "$log" | tail -n 1)" >&2

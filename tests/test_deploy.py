@@ -204,7 +204,7 @@ def test_deploy_cli_reads_the_repository(built_repo, tmp_path):
     # a repository without the TensorRT model is what KServe can serve as it is
     no_trt = tmp_path / "model_repository"
     build(BuildOptions(arch="small", output=no_trt, models=("pt", "onnx"), config=ConfigOptions(target="ngc")))
-    assert read_manifest(no_trt)["tensorrt"]["status"] == "not-selected"
+    assert read_manifest(no_trt)["tensorrt"]["status"] == "not-requested"
     proc = run_cli("deploy.py", "--repo", no_trt, "--kserve", "--set", "triton.restrictedApi.existingSecret=key",
                    "-o", out)
     assert proc.returncode == 0, proc.stderr
@@ -232,9 +232,17 @@ def test_chart_flags_run_on_the_real_tritonserver(built_repo):
 
     docs = render([KEY])
     key = one(docs, "Secret")["stringData"]["api-key"]
-    args = [a.replace("$(TRITON_API_KEY)", key) for a in triton_container(docs)["args"]
-            if not a.startswith(("--model-repository=", "--http-port=", "--grpc-port=", "--metrics-port="))]
-    with LocalTriton(built_repo("small", "local"), Ports.free(), extra_args=args) as server:
+    args = [a.replace("$(TRITON_API_KEY)", key) for a in triton_container(docs)["args"]]
+    # the embedded server sets these itself (and explicit model control for its watchdog): the chart's must match
+    own = LocalTriton(built_repo("small", "local"), Ports.free(), admin_key=key)
+    own_flags = dict(a.split("=", 1) for a in own.command(Path("/")) if a.startswith("--") and "=" in a)
+    for flag in ("--http-restricted-api", "--grpc-restricted-protocol", "--strict-readiness", "--exit-on-error",
+                 "--exit-timeout-secs"):
+        assert f"{flag}={own_flags[flag]}" in args, flag
+    args = [a for a in args if not a.startswith(("--model-repository=", "--http-port=", "--grpc-port=",
+                                                  "--metrics-port=", "--model-control-mode=", *own_flags))]
+    own.close()
+    with LocalTriton(built_repo("small", "local"), Ports.free(), extra_args=args, admin_key=key) as server:
         base = f"http://{server.http_url}"
         for probe in ("livenessProbe", "readinessProbe"):
             path = triton_container(docs)[probe]["httpGet"]["path"]
@@ -286,7 +294,7 @@ def test_round_robin_grpc_channel_spreads_requests_over_servers(built_repo):
     from mnv3kit.spec import PT
 
     def served(server):
-        status, body = _get(f"http://{server.http_url}/v2/models/{PT.name}/stats")
+        status, body = _get(f"http://{server.http_url}/v2/models/{PT.name}/stats", server.headers("http"))
         assert status == 200, body
         return json.loads(body)["model_stats"][0]["inference_stats"]["success"]["count"]
 

@@ -49,6 +49,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - --model-control-mode={{ $t.modelControlMode }}
 - --strict-readiness={{ $t.strictReadiness }}
 - --exit-on-error={{ $t.exitOnError }}
+- --exit-timeout-secs={{ $t.exitTimeoutSecs }}
 - --log-verbose={{ $t.logVerbose }}
 {{- if $t.restrictedApi.enabled }}
 - --http-restricted-api={{ join "," $t.restrictedApi.apis }}:{{ $t.restrictedApi.header }}=$(TRITON_API_KEY)
