@@ -55,7 +55,7 @@ def test_triton_service_matches_the_rendered_repository(built_repo):
     admin = "shared-memory,model-repository,statistics,trace,logging:admin-key=" + KEY
     assert flag(command, "http-restricted-api") == admin and flag(command, "grpc-restricted-protocol") == admin
     assert int(flag(command, "exit-timeout-secs")) <= 5
-    assert triton["read_only"] is True and triton["tmpfs"] == ["/tmp"]
+    assert triton["read_only"] is True and triton["tmpfs"] == ["/tmp:exec,mode=1777"]
     for service in (triton, build):
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
         assert service["user"] and service["user"] != "root"
