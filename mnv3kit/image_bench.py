@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2
 from .bench import measure
 from .errors import KitError
 from .perf import hardware, hardware_line, markdown_table, now
-from .spec import ENSEMBLE, PREPROCESS
+from .spec import ADMIN_KEY_ENV, ENSEMBLE, PREPROCESS
 from .validate import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,14 +100,15 @@ def in_process(repo: Path, files: Sequence[Path], batch: int, device: str, secon
 
 
 def served(url: str, protocol: str, files: Sequence[Path], concurrency: int, out: Path,
-           extra: Sequence[str] = ()) -> dict:
+           extra: Sequence[str] = (), admin_key: Optional[str] = None) -> dict:
     """run_perf.sh on the ensemble with the files: one file per request at ``concurrency``, and at 1."""
     result = {}
     for key, c in (("batch", concurrency), ("batch1", 1)):
         folder = out / f"served_c{c}"
         cmd = ["bash", str(ROOT / "perf" / "run_perf.sh"), "-u", url, "-i", protocol, "-m", ENSEMBLE, "-b", "1",
                "-c", str(c), "--images", str(files[0].parent), "-o", str(folder), *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+        env = {**os.environ, "PYTHON": sys.executable, **({ADMIN_KEY_ENV: admin_key} if admin_key else {})}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # the key: statistics are an admin API
         csv_path = folder / "results.csv"
         result[key] = {"concurrency": c, "report": str(folder / "report.md")}
         if proc.returncode != 0 or not csv_path.is_file():  # e.g. no stable measurement: kept as a failed point
@@ -161,7 +162,7 @@ def run(repo: Path, files: Sequence[Path], batch: int, device: str, seconds: flo
         progress(f"starting the embedded Triton on {repo}")
         with LocalTriton(repo, Ports.free()) as server:
             progress("served: perf_analyzer on the ensemble")
-            srv = served(server.grpc_url, "grpc", files, concurrency or batch, out, perf_args)
+            srv = served(server.grpc_url, "grpc", files, concurrency or batch, out, perf_args, server.admin_key)
     else:
         progress(f"served: perf_analyzer on the ensemble at {url}")
         srv = served(url, protocol, files, concurrency or batch, out, perf_args)
