@@ -21,11 +21,7 @@ REPO=/tmp/mnv3kit-repo-gpu-image
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
-source perf/serve_background.sh
-export PYTHON="$PY" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+source perf/gpu_common.sh
 
 echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND_GPU x$INSTANCES, max batch 64, fp16)"
 "$PY" build_repo.py --target local --arch "$ARCH" --models pt --ensemble pt -o "$REPO" --instance-kind KIND_GPU \

@@ -22,11 +22,7 @@ CACHE=${CACHE:-/tmp/mnv3kit-compile-cache}
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
-source perf/serve_background.sh
-export PYTHON="$PY" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+source perf/gpu_common.sh
 
 echo "== build: --runtime compiled, arch $ARCH, KIND_GPU x$INSTANCES, max batch 64, fp16, channels_last, graphs $GRAPHS"
 rm -rf "$CACHE"

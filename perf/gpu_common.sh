@@ -1,0 +1,19 @@
+# Sourced by perf/gpu_run.sh and perf/gpu_image.sh once PY is set: the carry's environment when CARRY names one
+# (tools/gpu_carry_env.sh), the GPU and torch versions in the log, and start_server REPO LOG, which starts serve.py on
+# REPO in the background (the stub's Python path from SERVER_PYTHONPATH when the carry set it), stops it on exit,
+# and returns once Triton answers /v2/health/ready on port 8000; a server that dies first prints its log and fails
+# the script.
+[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
+export PYTHON="$PY" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+
+start_server() {
+  PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$1" --timeout 600 > "$2" 2>&1 &
+  server=$!
+  trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+  until curl -fsS -o /dev/null localhost:8000/v2/health/ready 2>/dev/null; do
+    kill -0 $server 2>/dev/null || { cat "$2"; exit 1; }
+    sleep 0.5
+  done
+}
