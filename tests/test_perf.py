@@ -121,7 +121,8 @@ def test_grpc_shared_memory_and_a_failed_point_keeps_the_others(server, tmp_path
 
 
 def test_batch_above_max_batch_size_is_refused_up_front(server, tmp_path):
-    proc = run_perf("--quick", "-u", server.http_url, "-b", "1,16", "-o", tmp_path / "out")
+    proc = run_perf("--quick", "-u", server.http_url, "-b", "1,16", "-o", tmp_path / "out",
+                    env={ADMIN_KEY_ENV: server.admin_key})
     assert proc.returncode == 2
     assert_one_line_error(proc, "--batch-sizes 1,16: batch 16 is above max_batch_size", f"{PT.name} (8)")
     assert not (tmp_path / "out").exists()
