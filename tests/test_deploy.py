@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -306,7 +307,8 @@ def test_round_robin_grpc_channel_spreads_requests_over_servers(built_repo):
         for options, spread in ((None, False), ([("grpc.lb_policy_name", "round_robin")], True)):
             before = served(a), served(b)
             client = grpcclient.InferenceServerClient(target, channel_args=options)
-            client.is_server_ready()  # connects the channel's subchannels
+            client.is_server_ready()  # starts connecting the channel's subchannels
+            time.sleep(2)  # round_robin picks among READY subchannels only: let the second one connect too
             for _ in range(8):
                 client.infer(PT.name, [image])
             client.close()
