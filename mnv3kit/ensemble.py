@@ -1,6 +1,6 @@
 """The image ensemble: `mobilenetv3_image` = `mobilenetv3_preprocess` (encoded bytes -> tensor) -> a classifier.
 
-Renders both configs from templates/, writes the preprocessing model's files (local: the python-backend model and
+Renders both configs from mnv3kit/templates/, writes the preprocessing model's files (local: the python-backend model and
 the kit's preprocessing copied beside it; ngc: the DALI pipeline) and validates ensembles for --check: every step
 names a model of the repository, every mapped tensor exists in that model's config, and the tensors that flow
 between steps (and in and out of the ensemble) agree in data type and dims.

@@ -1,4 +1,4 @@
-"""Render every config.pbtxt (and the TensorRT build script) from the Jinja2 templates in templates/."""
+"""Render every config.pbtxt (and the TensorRT build script) from the Jinja2 templates in mnv3kit/templates/ (package data)."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +10,6 @@ from .errors import KitError
 from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, PLAN_INFO_FILE, PT,
                    RUNTIMES, STD, TRT, U8, ModelSpec)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 TARGETS = ("ngc", "local")
 ONNX_ACCELERATORS = ("none", "tensorrt")
 TORCH_MODELS = (PT, U8)  # what --runtime applies to
@@ -106,7 +105,7 @@ class PlanOptions:
 
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.PackageLoader("mnv3kit", "templates"),
         undefined=jinja2.StrictUndefined,  # a missing variable is a bug, not an empty string
         keep_trailing_newline=True,
         trim_blocks=True,
