@@ -9,10 +9,8 @@ import numpy as np
 
 from .errors import KitError
 from .preprocess import ImageError, is_image_file, preprocess_file
-from .spec import ADMIN_KEY_ENV, INPUT_DIMS, admin_headers
+from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, INPUT_DIMS, PROTOCOLS, admin_headers
 
-PROTOCOLS = ("http", "grpc")
-DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 INPUT_TYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8"}  # normalized floats, or pixels the model normalizes
 SEND_MODES = ("auto", "bytes", "tensor")  # bytes: the files themselves, to a model with an encoded-image input
 

@@ -31,11 +31,9 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from .errors import KitError, cli_errors
-from .spec import ADMIN_KEY_ENV, MODELS, MODELS_BY_NAME, admin_headers
+from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, MODELS, MODELS_BY_NAME, PROTOCOLS, admin_headers
 from .validate import ModelConfig
 
-PROTOCOLS = ("http", "grpc")
-DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 HOW_TO_INSTALL = ("install the kit's environment with `make venv`: tritonclient[all]==2.51.0 ships perf_analyzer, "
                   "nvidia-cuda-runtime-cu12 its libcudart.so.12, scripts/install_system_deps.sh its libb64-0d")
 RUN_FILE = "run.json"

@@ -19,6 +19,9 @@ COMPILED_ARTIFACT = "model.pt2"  # torch.export program, compiled by TorchInduct
 RUNTIMES = ("torchscript", "compiled")
 DEFAULT_VERSION = 1
 
+PROTOCOLS = ("http", "grpc")
+DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}  # Triton's default ports
+
 # Triton's admin APIs (restricted APIs/protocols) answer only requests carrying this header with the server's key.
 # Over gRPC Triton expects the header under the prefix "triton-grpc-protocol-".
 ADMIN_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")

@@ -1,0 +1,68 @@
+"""The flags every CLI shares, defined once: output directory, repository, model selection, server URL and protocol.
+
+README's "Flags every command shares" table documents them; tests/test_cli.py checks each CLI's --help against it.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .spec import DEFAULT_URLS, ENSEMBLE, LOCAL_OPTIONAL, MODELS, PREPROCESS, PROTOCOLS
+
+DEFAULT_REPO = Path("model_repository_local")  # what serve.py serves and the local tools read
+# Short keys accepted wherever a Triton model name is (`--models pt,onnx` = mobilenetv3_pt,mobilenetv3_onnx).
+MODEL_KEYS = {**{m.key: m.name for m in (*MODELS, *LOCAL_OPTIONAL)}, "image": ENSEMBLE, "preprocess": PREPROCESS}
+
+
+class _Deprecated(argparse.Action):
+    """An old flag name, still accepted for one release: stores into the new flag's dest and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def deprecated(parser, old: str, new: str, **kwargs) -> None:
+    """Accept `old` as a hidden alias of the already added flag `new` (same dest, type and choices)."""
+    action = next(a for a in parser._actions if new in a.option_strings)
+    parser.add_argument(old, dest=action.dest, action=_Deprecated, new=new, help=argparse.SUPPRESS,
+                        type=action.type, choices=action.choices, metavar=action.metavar,
+                        nargs=0 if action.nargs == 0 else None, **kwargs)
+
+
+def model_names(text: str) -> List[str]:
+    """`pt,onnx` or `mobilenetv3_pt,mobilenetv3_onnx` (or a mix) -> Triton model names, order kept."""
+    names = [MODEL_KEYS.get(x.strip(), x.strip()) for x in text.split(",") if x.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of models, e.g. pt,onnx")
+    return list(dict.fromkeys(names))
+
+
+def model_name(text: str) -> str:
+    """One model: a key (pt) or a Triton model name (mobilenetv3_pt)."""
+    return MODEL_KEYS.get(text.strip(), text.strip())
+
+
+def add_output(parser, default: Optional[Path] = None, help: str = "", required: bool = False) -> None:
+    parser.add_argument("-o", "--output", type=Path, default=default, required=required, metavar="DIR", help=help)
+    deprecated(parser, "--out", "--output")
+
+
+def add_repo(parser, default: Optional[Path] = DEFAULT_REPO, help: str = "", required: bool = False) -> None:
+    if default is not None and not required:
+        help = f"{help} (default: {default})" if help else f"model repository (default: {default})"
+    parser.add_argument("--repo", type=Path, default=None if required else default, required=required,
+                        metavar="DIR", help=help or "model repository")
+
+
+def add_server(parser, protocol: str = "http", protocols: Sequence[str] = PROTOCOLS) -> None:
+    parser.add_argument("-u", "--url", metavar="HOST:PORT",
+                        help=f"server address (default {DEFAULT_URLS['http']} for http, "
+                             f"{DEFAULT_URLS['grpc']} for grpc)")
+    parser.add_argument("-i", "--protocol", choices=protocols, default=protocol, help=f"default {protocol}")
