@@ -11,11 +11,12 @@ ARCH ?= large
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt scripts/install_system_deps.sh scripts/install_helm.sh
+$(STAMP): requirements.txt constraints.txt pyproject.toml scripts/install_system_deps.sh scripts/install_helm.sh
 	bash scripts/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps -e .  # the kit itself (editable): mnv3-* commands, importable mnv3kit
 	bash scripts/install_helm.sh $(VENV)/bin
 	touch $(STAMP)
 

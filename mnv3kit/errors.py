@@ -2,6 +2,8 @@
 
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
 
 
 class KitError(Exception):
@@ -10,9 +12,15 @@ class KitError(Exception):
     exit_code = 2
 
 
+def prog_name() -> str:
+    """The command as the user typed it (`serve.py`, `mnv3-serve`): what argparse calls prog."""
+    return Path(sys.argv[0]).name
+
+
 @contextmanager
-def cli_errors(prog: str):
+def cli_errors(prog: Optional[str] = None):
     """Turn KitError and Ctrl-C into `prog: error: ...` on stderr and an exit code, never a traceback."""
+    prog = prog or prog_name()
     try:
         yield
     except KitError as exc:

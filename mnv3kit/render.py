@@ -1,7 +1,6 @@
 """Render every config.pbtxt (and the TensorRT build script) from the Jinja2 templates in mnv3kit/templates/ (package data)."""
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Tuple
 
 import jinja2

@@ -16,9 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere: find mnv3kit
 
-from mnv3kit.errors import KitError, cli_errors  # noqa: E402
+from mnv3kit.errors import KitError, cli_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the edge-case images
 
 
 def main() -> int:
@@ -35,7 +33,7 @@ def main() -> int:
     import tritonclient.grpc as grpc
     from tritonclient.grpc import model_config_pb2
 
-    from images import BAD, make_edge_cases
+    from mnv3kit.edge_images import BAD, make_edge_cases
     from mnv3kit.backend.preprocess_model import Preprocessor, gpu_decodable
     from mnv3kit.image_bench import make_jpegs
     from mnv3kit.parity import sample_photos

@@ -10,10 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mnv3kit.errors import KitError, cli_errors  # noqa: E402
-from mnv3kit.perf import RESULTS_CSV, markdown_table  # noqa: E402
+from mnv3kit.errors import KitError, cli_errors
+from mnv3kit.perf import RESULTS_CSV, markdown_table
 
 SWEEPS = {"latency": "batch 1 and 8, concurrency 1, gRPC",
           "latency-cudashm": "batch 1, concurrency 1, CUDA shared memory",

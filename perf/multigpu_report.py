@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mnv3kit.errors import KitError, cli_errors  # noqa: E402
-from mnv3kit.perf import markdown_table, read_point  # noqa: E402
+from mnv3kit.errors import KitError, cli_errors
+from mnv3kit.perf import markdown_table, read_point
 
 MODEL, BATCH, TARGET = "mobilenetv3_u8", 64, 1.9
 SINGLE, SPANNING, PAIR = "a-single", "b-spanning", ("c-pair-gpu0", "c-pair-gpu1")

@@ -18,10 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mnv3kit.errors import KitError, cli_errors  # noqa: E402
-from mnv3kit.spec import MODELS_BY_NAME, ONNX  # noqa: E402
+from mnv3kit.errors import KitError, cli_errors
+from mnv3kit.spec import MODELS_BY_NAME, ONNX
 
 
 def main(argv=None) -> int:

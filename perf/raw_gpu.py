@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mnv3kit.backend.model import TorchRunner  # noqa: E402
-from mnv3kit.errors import KitError, cli_errors  # noqa: E402
-from mnv3kit.perf import hardware, hardware_line, markdown_table, now, parse_batch_sizes  # noqa: E402
-from mnv3kit.repository import read_manifest  # noqa: E402
-from mnv3kit.spec import COMPILED_ARTIFACT, MEAN, PT, STD, U8  # noqa: E402
-from mnv3kit.validate import parse_config  # noqa: E402
+from mnv3kit.backend.model import TorchRunner
+from mnv3kit.errors import KitError, cli_errors
+from mnv3kit.perf import hardware, hardware_line, markdown_table, now, parse_batch_sizes
+from mnv3kit.repository import read_manifest
+from mnv3kit.spec import COMPILED_ARTIFACT, MEAN, PT, STD, U8
+from mnv3kit.validate import parse_config
 
 
 def timed(fn, iters: int, torch) -> float:

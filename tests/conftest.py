@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from mnv3kit.build import BuildOptions, build  # noqa: E402
-from mnv3kit.parity import sample_photos  # noqa: E402
-from mnv3kit.render import ConfigOptions, Instances  # noqa: E402
+from mnv3kit.build import BuildOptions, build
+from mnv3kit.parity import sample_photos
+from mnv3kit.render import ConfigOptions, Instances
 
 
 def run_cli(script, *args, cwd=ROOT, timeout=600, env=None):

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from conftest import ROOT, assert_one_line_error, run_cli
-from images import BAD, GOOD, make_edge_cases
+from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.backend import KIT_DIR, VENDORED
 from mnv3kit.backend.preprocess_model import cpu_preprocess, gpu_decodable
 from mnv3kit.build import BuildOptions, build

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli, start_serve_py
-from images import BAD, GOOD, make_edge_cases
+from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
 from mnv3kit.server import LocalTriton, Ports, free_port

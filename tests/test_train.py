@@ -18,7 +18,7 @@ from mnv3kit.preprocess import eval_transform, load_image
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import LOCAL_MODELS
 from mnv3kit.weights import IMAGENET_URLS, load_model
-from train import main as train_main
+from mnv3kit.cli.train import main as train_main
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): train loss ([\d.]+) acc ([\d.]+) \| val loss ([\d.]+) acc ([\d.]+) \| "
                         r"([\d.]+) images/s", re.M)

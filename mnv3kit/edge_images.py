@@ -1,4 +1,5 @@
-"""Edge-case images made from the real sample photographs (and a few made from nothing)."""
+"""Edge-case images made from the real sample photographs (and a few made from nothing): what a server must
+classify (GOOD) or refuse with a clear error (BAD). Used by the tests and perf/gpu_image_parity.py."""
 
 import struct
 import zlib

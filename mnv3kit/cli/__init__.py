@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .spec import DEFAULT_URLS, ENSEMBLE, LOCAL_OPTIONAL, MODELS, PREPROCESS, PROTOCOLS
+from ..spec import DEFAULT_URLS, ENSEMBLE, LOCAL_OPTIONAL, MODELS, PREPROCESS, PROTOCOLS
 
 DEFAULT_REPO = Path("model_repository_local")  # what serve.py serves and the local tools read
 # Short keys accepted wherever a Triton model name is (`--models pt,onnx` = mobilenetv3_pt,mobilenetv3_onnx).
@@ -49,8 +49,11 @@ def model_name(text: str) -> str:
     return MODEL_KEYS.get(text.strip(), text.strip())
 
 
-def add_output(parser, default: Optional[Path] = None, help: str = "", required: bool = False) -> None:
-    parser.add_argument("-o", "--output", type=Path, default=default, required=required, metavar="DIR", help=help)
+def add_output(parser, default: Optional[Path] = None, help: str = "", required: bool = False,
+               metavar: str = "DIR") -> None:
+    if default is not None:
+        help = f"{help} (default: {default})"
+    parser.add_argument("-o", "--output", type=Path, default=default, required=required, metavar=metavar, help=help)
     deprecated(parser, "--out", "--output")
 
 

@@ -1,0 +1,109 @@
+"""Serve a --target local model repository with the embedded Triton (no Docker, no GPU needed).
+
+  python serve.py --repo model_repository_local
+
+Starts the real tritonserver 2.51.0 bundled in the nvidia-pytriton wheel (python backend), waits until
+/v2/health/ready answers, prints the endpoints and ready models, and runs until Ctrl-C, SIGTERM or SIGHUP, then
+stops the server and its backend processes. The server listens on 127.0.0.1 unless --address says otherwise; its
+admin APIs (shared memory, model repository, statistics, trace, logging) need the header `admin-key: KEY`, with KEY
+from $TRITON_ADMIN_KEY or generated per start and written to a file only you can read. A watchdog reloads a model
+whose backend process died (Triton itself keeps reporting it ready) and loads the repository again when build_repo.py
+rebuilds it (the old models serve until the new ones are ready).
+Repositories for NVIDIA's image (--target ngc) need `docker compose up triton` instead.
+
+exit codes: 0 stopped cleanly, 1 stopped but the server had to be killed or left something behind,
+            2 bad input, the repository failed to load, or the server died
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mnv3kit.cli import add_repo
+from mnv3kit.errors import KitError, cli_errors, prog_name
+from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_repo(p, help="repository built with build_repo.py --target local")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address the HTTP, gRPC and metrics endpoints listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface)")
+    p.add_argument("--admin-key-file", type=Path,
+                   help=f"write the generated admin key here, mode 0600 (default: the server's temporary directory; "
+                   f"ignored when ${ADMIN_KEY_ENV} gives the key)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-file", type=Path, help="server log (default: a temporary file, printed at start)")
+    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
+    p.add_argument("--no-watchdog", action="store_true",
+                   help="neither reload a model whose backend stub process died nor load a rebuilt repository "
+                   "(both on by default, checked every 0.5 s)")
+    return p.parse_args(argv)
+
+
+def _stop_on_signal(*_):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with cli_errors():
+        from mnv3kit.repository import read_manifest
+        from mnv3kit.server import LocalTriton, Ports
+        from mnv3kit.watchdog import Watchdog
+
+        manifest = read_manifest(args.repo) if args.repo.is_dir() else {}
+        if manifest.get("target") == "ngc":
+            raise KitError(f"{args.repo} targets NVIDIA's Triton image (native backends); the embedded Triton runs "
+                           f"only python-backend models: build with `build_repo.py --target local` or use "
+                           f"`docker compose up triton`")
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _stop_on_signal)
+        server = LocalTriton(args.repo, Ports(args.http_port, args.grpc_port, args.metrics_port),
+                             log_path=args.log_file, verbose=args.log_verbose, address=args.address,
+                             admin_key=os.environ.get(ADMIN_KEY_ENV))
+        stopping, watchdog = False, None
+        try:
+            server.start(timeout=args.timeout)
+            if os.environ.get(ADMIN_KEY_ENV):
+                key_line = f"from ${ADMIN_KEY_ENV}"
+            else:
+                key_line = f"in {server.write_admin_key(args.admin_key_file)}"
+            print(f"Triton {server.version()} ready: {', '.join(server.ready_models())}")
+            print(f"  HTTP    http://{server.http_url}   gRPC  {server.grpc_url}   "
+                  f"metrics http://{server.host}:{server.ports.metrics}/metrics")
+            print(f"  admin   header '{ADMIN_HEADER}', key {key_line}")
+            print(f"  log     {server.log_path}")
+            print("Ctrl-C stops it.", flush=True)
+            if not args.no_watchdog:
+                watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
+                watchdog.start()
+            while server.proc.poll() is None:
+                time.sleep(0.5)
+            raise KitError(f"tritonserver exited with code {server.proc.returncode}:\n"
+                           + "\n".join(server.error_lines()[-15:]))
+        except KeyboardInterrupt:
+            print("stopping Triton...", file=sys.stderr, flush=True)
+            stopping = True
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # a second signal must not cut the cleanup
+                signal.signal(sig, signal.SIG_IGN)
+            if watchdog:
+                watchdog.stop()
+            clean = server.close()
+        if not clean:
+            print(f"{prog_name()}: error: tritonserver did not stop cleanly (killed after its exit timeout, or it left "
+                  "shared memory behind)", file=sys.stderr)
+        return 0 if stopping and clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
