@@ -1,4 +1,4 @@
-"""In-process latency of every artifact of a built repository, per batch size: the seed's trtexec table.
+"""In-process latency of every artifact of a built repository, per batch size: the original project's trtexec table.
 
 Each model runs the code that serves it, minus Triton. A python-backend model (--target local) is the repository's
 own model.py (a copy of mnv3kit/backend/model.py) initialized from its config.pbtxt as Triton would, so its runner,

@@ -294,5 +294,5 @@ def _image_classifier(opts: BuildOptions, models: List[ModelSpec]) -> Optional[M
 
 
 def _random_init_classes(opts: BuildOptions) -> int:
-    """Class count for a random-init model: from the labels file when one is given, else the seed's 5 flowers."""
+    """Class count for a random-init model: from the labels file when one is given, else the original project's 5 flowers."""
     return len(read_labels(opts.labels)) if opts.labels is not None else 5

@@ -9,7 +9,8 @@ import numpy as np
 
 from .errors import KitError
 from .preprocess import ImageError, is_image_file, preprocess_file
-from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, INPUT_DIMS, PROTOCOLS, admin_headers
+from .spec import ADMIN_KEY_ENV, INPUT_DIMS
+from .triton import Restricted, Triton
 
 INPUT_TYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8"}  # normalized floats, or pixels the model normalizes
 SEND_MODES = ("auto", "bytes", "tensor")  # bytes: the files themselves, to a model with an encoded-image input
@@ -79,30 +80,20 @@ class TritonClassifier:
     def __init__(self, url: Optional[str] = None, protocol: str = "http", model: str = "mobilenetv3_pt",
                  timeout: float = 60.0, concurrency: int = 1, send: str = "auto",
                  admin_key: Optional[str] = None):
-        if protocol not in PROTOCOLS:
-            raise KitError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if send not in SEND_MODES:
             raise KitError(f"send mode must be one of {', '.join(SEND_MODES)}")
         self.send = send
         self.protocol, self.model, self.timeout = protocol, model, timeout
-        self.admin = admin_headers(admin_key, protocol)  # only the repository index (an admin API) needs it
-        self.url = url or DEFAULT_URLS[protocol]
+        # only the repository index (an admin API) needs the key
+        self.triton = Triton(url, protocol, admin_key, timeout, concurrency)
+        self.url, self.client, self.module = self.triton.url, self.triton.client, self.triton.module
         if protocol == "http":
-            import tritonclient.http as module
-
             import gevent
 
-            self.client = module.InferenceServerClient(self.url, concurrency=max(1, concurrency),
-                                                       connection_timeout=timeout, network_timeout=timeout)
             # A failed async request is re-raised by get_result and reported once, as one line; gevent's hub
             # would also print each one's traceback.
             hub = gevent.get_hub()
             hub.NOT_ERROR = tuple({*hub.NOT_ERROR, Exception, gevent.Timeout})
-        else:
-            import tritonclient.grpc as module
-
-            self.client = module.InferenceServerClient(self.url)
-        self.module = module
         self._check_server()
         self._read_contract()
 
@@ -139,36 +130,32 @@ class TritonClassifier:
                 f"picks another)")
 
     def _check_server(self) -> None:
-        if not self._call("is_server_live"):
+        if not self._call("is_server_live"):  # a timeout or a refused connection: the documented exit code
             raise ServerUnreachable(self._unreachable())
 
     def ready_models(self) -> Optional[List[str]]:
         """Names of the ready models; None when the server restricts its repository index and no key was given."""
-        from tritonclient.utils import InferenceServerException
-
         try:
-            index = self.client.get_model_repository_index(
-                headers=self.admin, **({"as_json": True, "client_timeout": self.timeout}
-                                       if self.protocol == "grpc" else {}))
-        except InferenceServerException as exc:
-            if "restricted" in str(exc):
-                return None
+            return self.triton.ready_models()
+        except Restricted:
+            return None
+        except Exception as exc:  # noqa: BLE001 - mapped to the documented exit codes
             raise self.failure(exc) from None
-        entries = index.get("models", []) if isinstance(index, dict) else index
-        return sorted({m["name"] for m in entries if m.get("state") == "READY"})
 
     def _read_contract(self) -> None:
         try:
             ready = self._call("is_model_ready", self.model)
-        except InferenceFailed:
+        except InferenceFailed:  # the server's answer for an unknown model
             ready = False
         if not ready:
             names = self.ready_models()
             listed = (f"ready models: {', '.join(names) or 'none'} (pick one with -m)" if names is not None else
                       f"the server lists its models only with its admin key (${ADMIN_KEY_ENV})")
             raise ModelUnavailable(f"model {self.model!r} is not ready on {self.url}; {listed}")
-        config = self._call("get_model_config", self.model, **({"as_json": True} if self.protocol == "grpc" else {}))
-        config = config.get("config", config)
+        try:
+            config = self.triton.model_config_json(self.model)
+        except Exception as exc:  # noqa: BLE001
+            raise self.failure(exc) from None
         inputs, outputs = config.get("input", []), config.get("output", [])
         if len(inputs) != 1 or len(outputs) != 1:
             raise ContractMismatch(f"model {self.model!r} has {len(inputs)} inputs and {len(outputs)} outputs; "

@@ -1,6 +1,6 @@
 """MobileNetV3 Large/Small in torchvision's parameter layout (so its state dicts load unchanged).
 
-Block tables and the single builder follow torchvision's ``mobilenetv3.py``. The activations are the seed's
+Block tables and the single builder follow torchvision's ``mobilenetv3.py``. The activations are the original project's
 hand-written ``HSigmoid``/``HSwish``: they export to any ONNX opset and to TensorRT as plain relu6/add/mul,
 and are numerically identical to ``F.hardsigmoid``/``F.hardswish``.
 """
@@ -18,18 +18,18 @@ BN_MOMENTUM = 0.01
 
 
 def relu6_hardsigmoid(x: torch.Tensor) -> torch.Tensor:
-    """The seed's hard sigmoid from plain ops: exports to any ONNX opset and TensorRT version."""
+    """The original project's hard sigmoid from plain ops: exports to any ONNX opset and TensorRT version."""
     return F.relu6(x + 3.0) / 6.0
 
 
 def relu6_hardswish(x: torch.Tensor) -> torch.Tensor:
-    # (x * relu6(x + 3)) / 6 in this order is bit-identical to F.hardswish; the seed's x * HSigmoid(x) rounds
+    # (x * relu6(x + 3)) / 6 in this order is bit-identical to F.hardswish; the original project's x * HSigmoid(x) rounds
     # differently (1 ulp on a quarter of inputs).
     return x * F.relu6(x + 3.0) / 6.0
 
 
 class HSigmoid(nn.Module):
-    """The seed's replacement for F.hardsigmoid: plain ops in ONNX, torch's fused kernel everywhere else
+    """The original project's replacement for F.hardsigmoid: plain ops in ONNX, torch's fused kernel everywhere else
     (bit-identical results, tests/test_model.py; one kernel instead of three matters on a GPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ class HSigmoid(nn.Module):
 
 
 class HSwish(nn.Module):
-    """The seed's replacement for nn.Hardswish, same split as HSigmoid."""
+    """The original project's replacement for nn.Hardswish, same split as HSigmoid."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return relu6_hardswish(x) if torch.onnx.is_in_onnx_export() else F.hardswish(x)

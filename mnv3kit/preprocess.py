@@ -109,7 +109,7 @@ def eval_pixels(img: Image.Image) -> np.ndarray:
 
 
 def eval_transform(img: Image.Image) -> np.ndarray:
-    """The seed's val transform: Resize(256), CenterCrop(224), ToTensor, Normalize."""
+    """The original project's val transform: Resize(256), CenterCrop(224), ToTensor, Normalize."""
     return normalize(eval_pixels(img))
 
 
@@ -140,7 +140,7 @@ def random_resized_crop(img: Image.Image, rng: random.Random, size: int = IMAGE_
 
 
 def train_transform(img: Image.Image, rng: Optional[random.Random] = None) -> np.ndarray:
-    """The seed's train transform: RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize."""
+    """The original project's train transform: RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize."""
     rng = rng or random.Random()
     img = random_resized_crop(img, rng)
     if rng.random() < 0.5:

@@ -11,7 +11,6 @@ backend shared-memory regions) is removed by the next start.
 import ctypes
 import importlib.util
 import itertools
-import json
 import os
 import secrets
 import shutil
@@ -22,13 +21,12 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from .errors import KitError
+from .triton import Triton
 from .spec import ADMIN_APIS, ADMIN_HEADER, admin_headers
 
 READY_TIMEOUT_S = 120.0
@@ -167,6 +165,14 @@ class LocalTriton:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.proc: Optional[subprocess.Popen] = None
+        self._api: Optional[Triton] = None
+
+    @property
+    def api(self) -> Triton:
+        """This server's HTTP endpoint, with the admin key (mnv3kit.triton)."""
+        if self._api is None:
+            self._api = Triton(self.http_url, "http", self.admin_key, timeout=READY_TIMEOUT_S)
+        return self._api
 
     @property
     def host(self) -> str:
@@ -222,38 +228,24 @@ class LocalTriton:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                errors = self.error_lines()
-                self.stop()
-                raise KitError(f"tritonserver exited with code {self.proc.returncode} while loading {self.repo}:\n"
-                               + "\n".join(errors[-15:]))
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            time.sleep(0.25)
+        if self.api.wait_ready(timeout, alive=lambda: self.proc.poll() is None):
+            return
+        exited = self.proc.poll() is not None
         errors = self.error_lines()
         self.stop()
+        if exited:
+            raise KitError(f"tritonserver exited with code {self.proc.returncode} while loading {self.repo}:\n"
+                           + "\n".join(errors[-15:]))
         raise KitError(f"tritonserver was not ready after {timeout:.0f}s; last log lines:\n" + "\n".join(errors[-15:]))
 
-    def _get(self, path: str, body: Optional[bytes] = None, timeout: float = 10) -> dict:
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=body, headers=self.headers())
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"{}")
-
     def index(self) -> List[dict]:
-        return self._get("/v2/repository/index", body=b"{}")
+        return self.api.index()
 
     def ready_models(self) -> List[str]:
-        return sorted(m["name"] for m in self.index() if m.get("state") == "READY")
+        return self.api.ready_models()
 
     def version(self) -> str:
-        return self._get("/v2").get("version", "?")
+        return self.api.version()
 
     def log_text(self) -> str:
         try:
@@ -279,32 +271,31 @@ class LocalTriton:
             f.write(self.admin_key + "\n")
         return path
 
-    def reload(self, model: str, timeout: float = READY_TIMEOUT_S) -> None:
+    def reload(self, model: str) -> None:
         """Load ``model`` again with new instances; the loaded one serves until they are ready.
 
         A plain load of an unchanged model is a no-op, and a changed instance_group only swaps instances; a changed
         model parameter makes Triton load the whole model anew. Unloading first is no way out: in Triton 2.51 the
         unload of a model whose stub died never finishes while requests keep coming.
         """
-        config = self._get(f"/v2/models/{model}/config")
+        config = self.api.model_config_json(model)
         config.setdefault("parameters", {})["reload_stamp"] = {"string_value": str(time.time_ns())}
-        body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
-        self._get(f"/v2/repository/models/{model}/load", body=body, timeout=timeout)  # returns once loaded
+        self.api.load(model, config)  # returns once loaded
 
-    def load(self, model: str, timeout: float = READY_TIMEOUT_S) -> None:
+    def load(self, model: str) -> None:
         """Load ``model`` from the repository as it is now. A loaded one keeps serving until the new one is ready."""
-        self._get(f"/v2/repository/models/{model}/load", body=b"{}", timeout=timeout)  # returns once loaded
+        self.api.load(model)  # returns once loaded
 
     def _unload_all(self) -> None:
         """Unload every model (Triton lets in-flight requests finish first) and wait until none is left."""
         deadline = time.monotonic() + UNLOAD_TIMEOUT_S
         try:
             for name in self.ready_models():
-                self._get(f"/v2/repository/models/{name}/unload", body=b"{}")
+                self.api.unload(name)
             while time.monotonic() < deadline and any(m.get("state") in ("READY", "UNLOADING") for m in self.index()):
                 time.sleep(0.1)
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            pass  # the server is going anyway; its own exit timeout covers the rest
+        except Exception:  # noqa: BLE001 - the server is going anyway; its own exit timeout covers the rest
+            pass
 
     def _own_regions(self) -> List[Path]:
         return sorted(SHM_DIR.glob(self._shm_prefix + "*"))

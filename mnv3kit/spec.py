@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 IMAGE_SIZE = 224  # network input, square
-RESIZE_SIZE = 256  # shorter side before the center crop (the seed's val transform)
+RESIZE_SIZE = 256  # shorter side before the center crop (the original project's val transform)
 CHANNELS = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

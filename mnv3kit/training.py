@@ -1,4 +1,4 @@
-"""Training, as the seed's train.py did it, on the kit's own preprocessing (torchvision does not install here).
+"""Training, as the original project's train.py did it, on the kit's own preprocessing (torchvision does not install here).
 
 ImageFolder data (sorted class folders; ``train/`` + ``val/`` or one folder split by ``val_split``), every image
 checked once up front, Adam, a per-epoch log, the best-val-accuracy weights as a plain state dict that
@@ -149,7 +149,7 @@ def find_data(root: Path, val_split: Optional[float], seed: int, workers: int) -
     if val_split is None:
         train_dir, val_dir = root / "train", root / "val"
         if not (train_dir.is_dir() and val_dir.is_dir()):
-            raise KitError(f"{root} needs train/ and val/ folders of class folders (the seed's layout: "
+            raise KitError(f"{root} needs train/ and val/ folders of class folders (the original project's layout: "
                            f"{root}/train/daisy/*.jpg, {root}/val/daisy/*.jpg); to split one folder of class "
                            f"folders pass --val-split 0.2")
         classes, val_classes = class_folders(train_dir), class_folders(val_dir)
@@ -186,7 +186,7 @@ def find_data(root: Path, val_split: Optional[float], seed: int, workers: int) -
 
 
 class ImageFolderDataset(Dataset):
-    """(float32 CHW tensor, class index) through mnv3kit.preprocess: the seed's train or val transform.
+    """(float32 CHW tensor, class index) through mnv3kit.preprocess: the original project's train or val transform.
 
     Training augmentation draws from a ``random.Random`` seeded by (seed, epoch, index): the same crops in every
     run and in whichever worker process loads the image, so a resumed run sees what an uninterrupted one would.

@@ -15,15 +15,15 @@ loaded and warmed up, then switches, so no request fails.
 
 import threading
 import time
-import urllib.error
 from pathlib import Path
 from typing import Callable, Dict, List
+
+from tritonclient.utils import InferenceServerException
 
 from .load import descendants
 from .server import LocalTriton
 from .spec import MANIFEST_FILE
 
-RELOAD_TIMEOUT_S = 120.0
 
 
 def live_stubs(server: LocalTriton) -> Dict[str, int]:
@@ -64,7 +64,7 @@ class Watchdog(threading.Thread):
 
     def instances(self, model: str) -> int:
         if model not in self._instances:
-            config = self.server._get(f"/v2/models/{model}/config")
+            config = self.server.api.model_config_json(model)
             self._instances[model] = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         return self._instances[model]
 
@@ -79,7 +79,7 @@ class Watchdog(threading.Thread):
             try:
                 self.follow_repository()
                 now = set(self.broken())
-            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            except (InferenceServerException, OSError, ValueError):
                 continue  # the server is stopping or busy; the next round tells
             for model in sorted(now & suspects):  # short of stubs twice in a row: not a reload in progress
                 self.recover(model)
@@ -102,7 +102,7 @@ class Watchdog(threading.Thread):
         self.log(f"watchdog: {self.server.repo} was rebuilt; loading {', '.join(models)} (the loaded versions "
                  f"serve until then)")
         for model in models:
-            self.server.load(model, RELOAD_TIMEOUT_S)
+            self.server.load(model)
         self._instances.clear()
         seconds = time.monotonic() - started
         self.events.append({"model": ",".join(models), "event": "update", "seconds": round(seconds, 2), "ok": True})
@@ -113,7 +113,7 @@ class Watchdog(threading.Thread):
         self.log(f"watchdog: {model}: a backend stub process died; reloading the model")
         ok = True
         try:
-            self.server.reload(model, RELOAD_TIMEOUT_S)
+            self.server.reload(model)
         except Exception as exc:  # noqa: BLE001 - reported; the next round tries again
             ok = False
             self.log(f"watchdog: {model}: reload failed: {exc}")

@@ -119,7 +119,7 @@ def load_model(arch: str, weights: Optional[Path], random_classes: int = 5) -> T
 
 
 def load_labels(path: Optional[Path], num_classes: int) -> List[str]:
-    """Labels from the seed's class_indices.json ({"0": "daisy", ...}) or a labels.txt; default class_N."""
+    """Labels from the original project's class_indices.json ({"0": "daisy", ...}) or a labels.txt; default class_N."""
     if path is None:
         return [f"class_{i}" for i in range(num_classes)]
     labels = read_labels(path)
@@ -155,5 +155,5 @@ def read_labels(path: Path) -> List[str]:
 
 
 def write_class_indices(path: Path, labels: List[str]) -> None:
-    """The seed's class_indices.json format, as train.py writes it."""
+    """The original project's class_indices.json format, as train.py writes it."""
     Path(path).write_text(json.dumps({str(i): name for i, name in enumerate(labels)}, indent=2) + "\n")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summary of one perf/gpu_run.sh run: the targets against the fastest raw variant, where the time goes.
+"""Summary of one tools/gpu_run.sh run: the targets against the fastest raw variant, where the time goes.
 
   python perf/gpu_report.py perf/results/gpu-YYYYmmdd-HHMM      -> REPORT.md in that folder
 """
@@ -26,7 +26,7 @@ def load(res: Path):
     try:
         raw = json.loads((res / "raw_gpu.json").read_text())
     except FileNotFoundError:
-        raise KitError(f"{res}/raw_gpu.json missing: not a perf/gpu_run.sh result folder") from None
+        raise KitError(f"{res}/raw_gpu.json missing: not a tools/gpu_run.sh result folder") from None
     served = []
     for sweep in SWEEPS:
         path = res / sweep / RESULTS_CSV
@@ -47,7 +47,7 @@ def best(rows, **where):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", type=Path, help="a perf/gpu_run.sh result folder; REPORT.md is written there")
+    p.add_argument("results", type=Path, help="a tools/gpu_run.sh result folder; REPORT.md is written there")
     args = p.parse_args(argv)
     with cli_errors("gpu_report.py"):
         res = args.results

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summary of one perf/multi_gpu_run.sh run: throughput of each layout and its scaling vs one GPU, same run.
+"""Summary of one tools/multi_gpu_run.sh run: throughput of each layout and its scaling vs one GPU, same run.
 
   python perf/multigpu_report.py perf/results/multigpu-YYYYmmdd-HHMM      -> REPORT.md in that folder
 

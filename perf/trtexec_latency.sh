@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's TensorRT latency table with trtexec, batch 1..8: run it where the plan was built and is served, i.e.
+# The original project's TensorRT latency table with trtexec, batch 1..8: run it where the plan was built and is served, i.e.
 # inside NVIDIA's Triton image (trtexec at /usr/src/tensorrt/bin/trtexec, same TensorRT as the server's backend).
 # Prints the Markdown table of perf/bench_engine.py (min/max/mean/median/p99 of trtexec's "Latency", which is
 # host latency: H2D copy + GPU compute + D2H copy of one inference).

@@ -29,11 +29,8 @@ $PY serve.py --repo "$REPO" --http-port "$PORT_BASE" --grpc-port $((PORT_BASE + 
   --metrics-port $((PORT_BASE + 2)) > /tmp/mnv3kit-demo-serve.log 2>&1 &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 240); do
-  grep -q "ready:" /tmp/mnv3kit-demo-serve.log && break
-  kill -0 $server 2>/dev/null || { cat /tmp/mnv3kit-demo-serve.log; exit 1; }
-  sleep 0.5
-done
+# /v2/health/ready, as long as serve.py lives
+$PY -m mnv3kit.triton ready -u "$HTTP" --wait 300 --pid $server || { cat /tmp/mnv3kit-demo-serve.log; exit 1; }
 head -n 3 /tmp/mnv3kit-demo-serve.log
 
 photos=$($PY -c 'from mnv3kit.parity import sample_photos; print(" ".join(map(str, sample_photos())))')
@@ -44,7 +41,7 @@ $PY client/classify.py $photos -u "$GRPC" -i grpc -m mobilenetv3_onnx -b 2 --asy
 
 echo "== 5. quick perf_analyzer sweep"
 status=0
-bash perf/run_perf.sh --quick -u "$GRPC" -i grpc --out "$PERF_OUT" || status=$?
+bash perf/run_perf.sh --quick -u "$GRPC" -i grpc -o "$PERF_OUT" || status=$?
 if [ $status -eq 1 ]; then  # run_perf.sh: 1 = some points failed, the others are reported
   echo "note: some quick perf points could not be measured (listed under 'Failed points' in $PERF_OUT/report.md);" \
        "usual on a busy machine, and not a serving problem: the demo succeeded"

@@ -82,7 +82,7 @@ def test_onnx_export_contract(built_repo):
     assert inp.type.tensor_type.shape.dim[0].dim_param and out.type.tensor_type.shape.dim[0].dim_param
     ops = {n.op_type for n in model.graph.node}
     assert "BatchNormalization" not in ops  # fused by onnxsim / export
-    assert not ops & {"HardSwish", "HardSigmoid"}  # the seed's relu6 forms: plain ops for any runtime
+    assert not ops & {"HardSwish", "HardSigmoid"}  # the original project's relu6 forms: plain ops for any runtime
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3, 8, 13):  # dynamic batch survives simplification
         assert session.run(None, {"image": np.zeros((batch, 3, 224, 224), np.float32)})[0].shape == (batch, 5)

@@ -1,4 +1,4 @@
-"""Model: torchvision's layout, the seed's activations identical to torch's, BN settings, class count."""
+"""Model: torchvision's layout, the original project's activations identical to torch's, BN settings, class count."""
 
 import json
 from pathlib import Path
@@ -22,7 +22,7 @@ def activation_inputs():
 @pytest.mark.parametrize("ours, theirs", [(relu6_hardsigmoid, F.hardsigmoid), (relu6_hardswish, F.hardswish),
                                          (HSigmoid(), F.hardsigmoid), (HSwish(), F.hardswish)])
 def test_activations_identical_to_torch(ours, theirs):
-    """The seed's relu6 forms (what ONNX gets) and the modules are bit-identical to torch's activations."""
+    """The original project's relu6 forms (what ONNX gets) and the modules are bit-identical to torch's activations."""
     x = activation_inputs()
     assert torch.equal(ours(x), theirs(x))
     # saturation points: 0 and 1 for hardsigmoid, 0 and x for hardswish

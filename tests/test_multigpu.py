@@ -1,4 +1,4 @@
-"""perf/multi_gpu_run.sh and perf/multigpu_report.py around the GPU part: arguments and failure paths.
+"""tools/multi_gpu_run.sh and perf/multigpu_report.py around the GPU part: arguments and failure paths.
 
 The measurement itself needs a machine with 2 GPUs (README "Scaling out"); here only what must fail, fails cleanly.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, run_cli
 
-SCRIPT = ROOT / "perf" / "multi_gpu_run.sh"
+SCRIPT = ROOT / "tools" / "multi_gpu_run.sh"
 
 
 def run_script(*args, **env):

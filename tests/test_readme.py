@@ -23,7 +23,7 @@ from mnv3kit.model import build_model
 from mnv3kit.weights import write_class_indices
 
 MARK = re.compile(r'<!-- readme-test: (?:skip: (?P<reason>\S.*?)|background until "(?P<until>[^"]+)") -->')
-LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]  # the seed's flowers, as class_indices.json
+LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]  # the original project's flowers, as class_indices.json
 READY_TIMEOUT_S = 300
 
 

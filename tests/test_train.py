@@ -49,7 +49,7 @@ def write_class_folders(root, sources, per_class, rng):
 
 
 def make_image_folder(root, photos, n_train, n_val, classes=CLASSES, seed=0):
-    """The seed's layout, root/{train,val}/CLASS/*.jpg, from different random views for train and val."""
+    """The original project's layout, root/{train,val}/CLASS/*.jpg, from different random views for train and val."""
     sources = {k: v for k, v in variants(photos).items() if k in classes}
     rng = random.Random(seed)
     write_class_folders(root / "train", sources, n_train, rng)

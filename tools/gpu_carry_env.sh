@@ -1,4 +1,4 @@
-# Sourced by perf/gpu_run.sh on a GPU host without the kit's server-side requirements: unpacks the archive made by
+# Sourced by tools/gpu_run.sh on a GPU host without the kit's server-side requirements: unpacks the archive made by
 # tools/make_gpu_carry.sh (the Triton server of nvidia-pytriton with the Python 3.12 stub, perf_analyzer,
 # tritonclient, onnxsim) and points Python, the loader and run_perf.sh at it.
 #   source tools/gpu_carry_env.sh .device/carry.tar.xz

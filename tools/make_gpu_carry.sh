@@ -3,7 +3,7 @@
 # the Triton server tree of nvidia-pytriton with the Python 3.12 stub only (its bundled libpython3.13 dropped),
 # perf_analyzer, tritonclient (+ its HTTP stack; geventhttpclient 2.0.12, the oldest with a CPython 3.12 wheel),
 # onnxsim and python-rapidjson for CPython 3.12, and libb64.so.0d.
-# Run here (after `make venv`); then `CARRY=.device/carry.tar.xz bash perf/gpu_run.sh` runs there.
+# Run here (after `make venv`); then `CARRY=.device/carry.tar.xz bash tools/gpu_run.sh` runs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SP=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

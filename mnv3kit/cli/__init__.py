@@ -6,7 +6,7 @@ README's "Flags every command shares" table documents them; tests/test_cli.py ch
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from ..spec import DEFAULT_URLS, ENSEMBLE, LOCAL_OPTIONAL, MODELS, PREPROCESS, PROTOCOLS
 
@@ -42,6 +42,12 @@ def model_names(text: str) -> List[str]:
     if not names:
         raise argparse.ArgumentTypeError("expected a comma-separated list of models, e.g. pt,onnx")
     return list(dict.fromkeys(names))
+
+
+def model_keys(text: str) -> Tuple[str, ...]:
+    """The same list as spec keys (pt, onnx, trt, u8): what a build selects."""
+    by_name = {name: key for key, name in MODEL_KEYS.items()}
+    return tuple(by_name.get(name, name) for name in model_names(text))
 
 
 def model_name(text: str) -> str:

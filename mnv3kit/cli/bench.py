@@ -1,4 +1,4 @@
-"""In-process latency of every artifact in a model repository, per batch size (the seed's trtexec table).
+"""In-process latency of every artifact in a model repository, per batch size (the original project's trtexec table).
 
   python perf/bench_engine.py --repo model_repository_local
   python perf/bench_engine.py --repo model_repository --device cuda --out perf/out/engine

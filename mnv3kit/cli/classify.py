@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1]
                                 + "\nexit codes:\n" + codes, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files and/or folders")
-    p.add_argument("-m", "--model", type=model_name, default=PT.name,
+    p.add_argument("-m", "--model", type=model_name, default=PT.name, metavar="NAME",
                    help=f"model on the server: its name or key, e.g. u8, image (default {PT.name})")
     add_server(p)
     p.add_argument("-k", "--topk", type=int, default=3, help="classes to show per image (default 3)")

@@ -1,24 +1,24 @@
-"""Train MobileNetV3 on an ImageFolder dataset (the seed's train.py), for build_repo.py to deploy.
+"""Train MobileNetV3 on an ImageFolder dataset (the original project's train.py), for build_repo.py to deploy.
 
   python train.py --data flower_data --arch small --epochs 50 --pretrained imagenet
   python build_repo.py --arch small --weights weights/MobileNetV3_Small.pth --labels weights/class_indices.json
 
-Data: DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg (the seed's layout; both with the same class folders),
+Data: DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg (the original project's layout; both with the same class folders),
 or DATA/CLASS/*.jpg with --val-split 0.2. Classes are the sorted folder names; images are found recursively
 (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm). Every image is decoded once before training:
 unreadable ones (truncated, empty, not an image) are skipped and counted.
 
-Transforms as the seed: train RandomResizedCrop(224) + horizontal flip, val Resize(256) + CenterCrop(224),
+Transforms as in the original project: train RandomResizedCrop(224) + horizontal flip, val Resize(256) + CenterCrop(224),
 both normalized with ImageNet's mean/std (mnv3kit.preprocess, the same code the server and client use).
 
 Outputs in --output (default weights/):
-  class_indices.json       {"0": "daisy", ...}: the seed's format, build_repo.py --labels
+  class_indices.json       {"0": "daisy", ...}: the original project's format, build_repo.py --labels
   MobileNetV3_Small.pth    state dict of the best-val-accuracy epoch (_Large for --arch large): --weights
   last_small.pth           model + optimizer + epoch + best accuracy after every epoch: --resume
 
 --pretrained takes a torchvision-layout checkpoint (e.g. torchvision's mobilenet_v3_small-047dcff4.pth) of any
 class count, or `imagenet`: torchvision's ImageNet weights for --arch, fetched once through torch.hub. Its final
-layer (classifier.3) is replaced for your classes and, as the seed did, the features are frozen
+layer (classifier.3) is replaced for your classes and, as the original project did, the features are frozen
 (--no-freeze-features fine-tunes everything). From scratch (no --pretrained), BatchNorm statistics are recomputed
 on the training images before each validation. Runs on CUDA when available, else CPU. The same --seed gives the
 same run on CPU, and --resume continues exactly where the interrupted run stopped.

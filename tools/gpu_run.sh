@@ -5,7 +5,7 @@
 # artifacts), serve the repository with the embedded Triton (the warm start, from the compile cache), run
 # perf_analyzer over gRPC (batch 1 latency, batch 64 with system and CUDA shared memory, dynamic batching), and write
 # perf/results/gpu-<date>/REPORT.md with every ratio taken against the fastest raw variant.
-#   bash perf/gpu_run.sh            (after installing the kit's requirements on the GPU host; see README "GPU")
+#   bash tools/gpu_run.sh            (after installing the kit's requirements on the GPU host; see README "GPU")
 # Env: ARCH (large), INSTANCES (2), GRAPHS (1,4,8,16,32,64), WINDOW_MS (1000), PY (python3),
 # CARRY (an archive made by tools/make_gpu_carry.sh, unpacked first when given: server, perf_analyzer, client).
 set -euo pipefail
@@ -22,7 +22,7 @@ CACHE=${CACHE:-/tmp/mnv3kit-compile-cache}
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-source perf/gpu_common.sh
+source tools/gpu_common.sh
 
 echo "== build: --runtime compiled, arch $ARCH, KIND_GPU x$INSTANCES, max batch 64, fp16, channels_last, graphs $GRAPHS"
 rm -rf "$CACHE"

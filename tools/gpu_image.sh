@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The image ensemble on one GPU host, in one run: build a local-target repository with mobilenetv3_image on
-# KIND_GPU (Large, FP16, --runtime compiled with perf/gpu_run.sh's kernel cache and batch sizes), serve it, then
+# KIND_GPU (Large, FP16, --runtime compiled with tools/gpu_run.sh's kernel cache and batch sizes), serve it, then
 #   1. parity: nvJPEG preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
 #   2. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
 # Reports under perf/results/gpu-image-<date>/.
-#   bash perf/gpu_image.sh        (after installing the kit on the GPU host; see README "GPU")
+#   bash tools/gpu_image.sh        (after installing the kit on the GPU host; see README "GPU")
 # Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s),
-# GRAPHS, CACHE and CARRY as in perf/gpu_run.sh.
+# GRAPHS, CACHE and CARRY as in tools/gpu_run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}
@@ -21,7 +21,7 @@ REPO=/tmp/mnv3kit-repo-gpu-image
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-source perf/gpu_common.sh
+source tools/gpu_common.sh
 
 echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND_GPU x$INSTANCES, max batch 64, fp16)"
 "$PY" build_repo.py --target local --arch "$ARCH" --models pt --ensemble pt -o "$REPO" --instance-kind KIND_GPU \

@@ -1,4 +1,4 @@
-# Sourced by perf/gpu_run.sh and perf/gpu_image.sh once PY is set: the carry's environment when CARRY names one
+# Sourced by tools/gpu_run.sh and tools/gpu_image.sh once PY is set: the carry's environment when CARRY names one
 # (tools/gpu_carry_env.sh), the GPU and torch versions in the log, and start_server REPO LOG, which starts serve.py on
 # REPO in the background (the stub's Python path from SERVER_PYTHONPATH when the carry set it), stops it on exit,
 # and returns once Triton answers /v2/health/ready on port 8000; a server that dies first prints its log and fails
@@ -12,8 +12,5 @@ start_server() {
   PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$1" --timeout 600 > "$2" 2>&1 &
   server=$!
   trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-  until curl -fsS -o /dev/null localhost:8000/v2/health/ready 2>/dev/null; do
-    kill -0 $server 2>/dev/null || { cat "$2"; exit 1; }
-    sleep 0.5
-  done
+  "$PY" -m mnv3kit.triton ready -u localhost:8000 --wait 900 --pid $server || { cat "$2"; exit 1; }
 }

@@ -7,7 +7,7 @@
 # Every point: mobilenetv3_u8 (FP16, channels_last, CUDA graph at 64), batch-64 requests over gRPC with system
 # shared memory, fixed measurement windows. Writes perf/results/multigpu-<date>/REPORT.md (perf/multigpu_report.py)
 # with the scaling vs (a) measured in the same call ($OUT/multigpu-results.tar.gz through the device tool).
-#   bash perf/multi_gpu_run.sh            (on a host with 2 GPUs and the kit's requirements; CARRY as in gpu_run.sh)
+#   bash tools/multi_gpu_run.sh            (on a host with 2 GPUs and the kit's requirements; CARRY as in gpu_run.sh)
 # Env: ARCH (large), INSTANCES per GPU (2), CONCURRENCY per server (4:16:4 for a/b; c uses half of each level per
 # server), WINDOW_MS (2000).
 set -euo pipefail

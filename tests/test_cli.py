@@ -1,0 +1,96 @@
+"""The installed commands and their flags: README's tables are what every `--help` says, scripts = entry points."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+BIN = Path(sys.executable).parent
+
+
+def table(after: str) -> list:
+    """Rows (lists of cells) of the first Markdown table after the line starting with ``after``."""
+    lines = README[README.index(after):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+COMMANDS = {row[0].strip("`").split()[0]: row[1].strip("`") for row in table("| command | script in the checkout")}
+FLAGS = table("| flag | meaning | commands |")
+
+
+def help_text(command: str) -> str:
+    proc = subprocess.run([str(BIN / command), *(["run"] if command == "mnv3-perf" else []), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def script_help(script: str) -> str:
+    cmd = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
+    proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_every_entry_point_is_in_the_readme_table():
+    assert sorted(COMMANDS) == sorted(SCRIPTS), "README's command table and pyproject's [project.scripts] differ"
+
+
+@pytest.mark.parametrize("command", sorted(SCRIPTS))
+def test_script_in_the_checkout_is_the_entry_point(command):
+    """Same --help, apart from the program name: the script delegates, it does not reimplement."""
+    installed = help_text(command)
+    script = COMMANDS[command]
+    from_script = script_help(script)
+
+    def normalize(text: str) -> str:  # argparse wraps the usage by the program name's length
+        return re.sub(r"\s+", " ", text.replace(Path(script).name, "PROG").replace(command, "PROG"))
+
+    assert normalize(from_script) == normalize(installed)
+
+
+@pytest.mark.parametrize("row", FLAGS, ids=[row[0] for row in FLAGS])
+def test_shared_flag_means_the_same_everywhere(row):
+    """Each command the table names has the flag, with both spellings and the same metavar kind."""
+    spec, _, commands = row
+    options = re.findall(r"(--?[a-z][a-z-]*)", spec.strip("`"))
+    for short in (c.strip() for c in commands.split(",")):
+        text = help_text(f"mnv3-{short}")
+        lines = [line for line in text.splitlines() if re.search(rf"(^|\s){re.escape(options[-1])}\b", line)]
+        assert lines, f"mnv3-{short} --help lacks {options[-1]}"
+        assert all(re.search(rf"(^|\s){re.escape(opt)}\b", lines[0]) for opt in options), \
+            f"mnv3-{short}: {lines[0].strip()!r} is not {spec}"
+
+
+def test_no_command_offers_a_deprecated_name():
+    for command in SCRIPTS:
+        assert not re.search(r"(^|\s)--out\b", help_text(command)), f"{command} --help lists --out"
+
+
+def test_old_flag_name_still_works_with_a_warning(capsys):
+    from mnv3kit.cli.bench import parse_args
+
+    args = parse_args(["--out", "somewhere"])
+    assert args.output == Path("somewhere")
+    err = capsys.readouterr().err
+    assert "--out is deprecated" in err and "use --output" in err
+
+
+def test_model_keys_and_names_are_one_vocabulary():
+    from mnv3kit.cli import model_names
+    from mnv3kit.spec import ENSEMBLE, ONNX, PT, U8
+
+    assert model_names("pt,mobilenetv3_onnx,u8,image,pt") == [PT.name, ONNX.name, U8.name, ENSEMBLE]
