@@ -66,3 +66,15 @@ def built_repo(tmp_path_factory):
         return _BUILT[key]
 
     return get
+
+
+def markdown_table(markdown, first_header):
+    """Cells of each row of the Markdown table whose header starts with ``| first_header |``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows

@@ -8,27 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, markdown_table
 
 README = (ROOT / "README.md").read_text()
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 BIN = Path(sys.executable).parent
 
-
-def table(after: str) -> list:
-    """Rows (lists of cells) of the first Markdown table after the line starting with ``after``."""
-    lines = README[README.index(after):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows
-
-
-COMMANDS = {row[0].strip("`").split()[0]: row[1].strip("`") for row in table("| command | script in the checkout")}
-FLAGS = table("| flag | meaning | commands |")
+COMMANDS = {row[0].strip("`").split()[0]: row[1].strip("`") for row in markdown_table(README, "command")}
+FLAGS = markdown_table(README, "flag")
 
 
 def help_text(command: str) -> str:
@@ -94,3 +81,13 @@ def test_model_keys_and_names_are_one_vocabulary():
     from mnv3kit.spec import ENSEMBLE, ONNX, PT, U8
 
     assert model_names("pt,mobilenetv3_onnx,u8,image,pt") == [PT.name, ONNX.name, U8.name, ENSEMBLE]
+
+
+def test_build_flags_table_names_real_options():
+    """Every flag README's build table documents is one mnv3-build offers (a renamed flag fails here)."""
+    offered = set(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", help_text("mnv3-build")))
+    section = README[README.index("### Flags\n"):]
+    documented = {flag for row in markdown_table(section, "flag") for flag in re.findall(r"`(--?[a-z][a-z0-9-]*)", row[0])}
+    documented |= {flag for row in markdown_table(section, "flag")
+                   for flag in re.findall(r"(?<=[ ,`])(--[a-z][a-z0-9-]*)", row[0])}
+    assert documented and documented <= offered, documented - offered
