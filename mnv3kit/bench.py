@@ -14,7 +14,6 @@ perf/trtexec_latency.sh).
 
 import importlib.util
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from . import versions
 from .backend.model import OnnxRunner, TorchRunner
 from .errors import KitError
 from .perf import hardware, hardware_line, markdown_table, model_order, now, short_name
@@ -162,13 +162,20 @@ def served_forward(artifact: Artifact, device: str) -> Forward:
     except ImportError as exc:  # a model.py from before the kit made it importable outside Triton
         raise KitError(f"{path} cannot run outside Triton ({exc}): rebuild the repository with build_repo.py") from None
     model = module.TritonPythonModel()
-    # Triton hands initialize() the config as JSON with every field, empty parameter strings included
-    config = json_format.MessageToDict(artifact.config, preserving_proto_field_name=True,
-                                       including_default_value_fields=True)
-    model.initialize({"model_config": json.dumps(config),
-                      "model_repository": str(artifact.path.parent.parent), "model_version": artifact.version,
-                      "model_instance_kind": "GPU" if device == "cuda" else "CPU", "model_instance_device_id": "0"})
+    model.initialize(initialize_args(artifact.config, artifact.path.parent.parent, artifact.version, device))
     return model.forward
+
+
+def initialize_args(config: ModelConfig, model_dir: Path, version, device: str) -> dict:
+    """What Triton hands a python-backend model's initialize() for one instance of ``config`` on ``device`` (cpu,
+    cuda or cuda:N): the config as JSON with every field, empty parameter strings included."""
+    as_json = json_format.MessageToDict(config, preserving_proto_field_name=True, including_default_value_fields=True)
+    for param in as_json.get("parameters", {}).values():
+        param.setdefault("string_value", "")
+    return {"model_config": json.dumps(as_json), "model_repository": str(model_dir), "model_version": str(version),
+            "model_instance_kind": "GPU" if device.startswith("cuda") else "CPU",
+            "model_instance_device_id": device.partition(":")[2] or "0",
+            "model_instance_name": f"{config.name}_in_process"}
 
 
 def make_forward(artifact: Artifact, device: str) -> Tuple[Optional[Forward], Optional[str]]:
@@ -204,17 +211,39 @@ def sample_input(config: ModelConfig, batch: int) -> np.ndarray:
     return rng.standard_normal((batch, *INPUT_DIMS), dtype=np.float32)
 
 
-def measure(call: Callable[[], object], warmup: int, iters: int, seconds: float) -> List[float]:
-    """Milliseconds per call, at least ``iters`` calls and ``seconds`` of timed calls, after ``warmup`` calls."""
+def measure(call: Callable[[], object], warmup: int, iters: int, seconds: float = 0.0,
+            sync: Callable[[], object] = lambda: None, gap_s: float = 0.0) -> List[float]:
+    """Milliseconds per call, at least ``iters`` calls and ``seconds`` of timed calls, after ``warmup`` calls.
+
+    ``sync`` (e.g. torch.cuda.synchronize) ends each timed call where the call itself returns before the device is
+    done; ``gap_s`` idles before each call, as requests at concurrency 1 leave a GPU (which may clock down)."""
     for _ in range(warmup):  # also pays TorchScript's profiling runs and cuDNN/TensorRT autotuning
         call()
+    sync()
     times: List[float] = []
     start = time.perf_counter()
     while len(times) < iters or time.perf_counter() - start < seconds:
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         call()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def measure_loop(call: Callable[[], object], warmup: int, iters: int,
+                 sync: Callable[[], object] = lambda: None) -> float:
+    """Mean milliseconds per call of ``iters`` back-to-back calls, synchronized once before and after: the rate of
+    queued device work (per-call timing would add a host round trip to each)."""
+    for _ in range(warmup):
+        call()
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        call()
+    sync()
+    return (time.perf_counter() - start) * 1e3 / iters
 
 
 def summarize(model: str, runtime: str, device: str, batch: int, times: Sequence[float]) -> Row:
@@ -248,18 +277,9 @@ def run(repo: Path, batch_sizes: Optional[Sequence[int]], device: str, warmup: i
     if not rows:
         raise KitError(f"nothing measured in {repo}: " + "; ".join(skipped))
     return {"date": now(), "repo": str(repo), "arch": manifest.get("arch"), "hardware": host,
-            "versions": versions(), "settings": {"device": device, "warmup": warmup, "iters": iters,
+            "versions": versions("torch", "onnxruntime", "tensorrt"), "settings": {"device": device, "warmup": warmup, "iters": iters,
                                                  "seconds": seconds},
             "rows": [asdict(r) for r in rows], "skipped": skipped}
-
-
-def versions() -> Dict[str, Optional[str]]:
-    import onnxruntime
-    import torch
-
-    trt = import_tensorrt()
-    return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "tensorrt": trt.__version__ if trt else None}
 
 
 def render(result: dict) -> str:

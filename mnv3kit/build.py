@@ -1,7 +1,6 @@
 """weights -> exported, parity-checked, validated Triton model repository (what build_repo.py runs)."""
 
 import json
-import platform
 import shutil
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from . import __version__
+from . import versions
 from .ensemble import classifier_for, write_image_models
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
@@ -52,18 +51,6 @@ def log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import onnxsim
-    import torch
-
-    from .trt_build import import_tensorrt
-
-    trt = import_tensorrt()
-    return {"kit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "onnxsim": onnxsim.__version__,
-            "onnx_opset": ONNX_OPSET, "tensorrt": trt.__version__ if trt else None}
 
 
 def _parity_paths(folder: Optional[Path]) -> List[Path]:
@@ -197,7 +184,7 @@ def build(opts: BuildOptions) -> Path:
             "ensemble": {"name": ENSEMBLE, "classifier": image_classifier.name} if image_classifier else None,
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
             else {"path": None, "random_init": True},
-            "versions": _versions(),
+            "versions": {**versions("torch", "onnx", "onnxruntime", "onnxsim", "tensorrt"), "onnx_opset": ONNX_OPSET},
             "tensorrt": trt_entry,
             "parity": {"tolerance": opts.parity_tolerance, "rows": rows_as_dicts(rows), "device": device_check},
             "runtime": cfg.runtime,

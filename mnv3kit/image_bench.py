@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from .bench import measure
+from .bench import initialize_args, measure
 from .errors import KitError
 from .perf import hardware, hardware_line, markdown_table, now
 from .spec import ADMIN_KEY_ENV, ENSEMBLE, PREPROCESS
@@ -60,17 +59,9 @@ def load_pipeline(repo: Path, device: str):
                        f"--target local repository")
     pre = parse_config(repo / PREPROCESS / "config.pbtxt")
     threads = int(pre.parameters["decode_threads"].string_value or 0) if "decode_threads" in pre.parameters else 0
-    on_gpu = device.startswith("cuda")
     model = TritonPythonModel()
     version = max(int(p.name) for p in (repo / name).iterdir() if p.is_dir() and p.name.isdigit())
-    as_json = json_format.MessageToDict(config, preserving_proto_field_name=True)
-    for param in as_json.get("parameters", {}).values():  # Triton's JSON keeps empty strings, protobuf's drops them
-        param.setdefault("string_value", "")
-    model.initialize({"model_config": json.dumps(as_json),
-                      "model_repository": str(repo / name), "model_version": str(version),
-                      "model_instance_kind": "GPU" if on_gpu else "CPU",
-                      "model_instance_device_id": device.partition(":")[2] or "0",
-                      "model_instance_name": f"{name}_in_process"})
+    model.initialize(initialize_args(config, repo / name, version, device))
     pixels = config.input[0].data_type == model_config_pb2.TYPE_UINT8  # a classifier that normalizes itself
     preprocess = Preprocessor(pixels, threads, device, log=lambda message: None)
     return preprocess, model.forward, name

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Encoded image -> logits: the served image ensemble vs the same decode + preprocess + classifier in-process.
 
-  python perf/bench_image.py --repo model_repository_image --out perf/out/image
-  python perf/bench_image.py --repo REPO --device cuda:0 --batch 64 --jpeg-size 500x375 --out OUT   # GPU
+  python perf/bench_image.py --repo model_repository_image -o perf/out/image
+  python perf/bench_image.py --repo REPO --device cuda:0 --batch-size 64 --jpeg-size 500x375 -o OUT   # GPU
 
 REPO is a --target local repository built with --ensemble. In-process runs the served code itself (the
 preprocessing model's Preprocessor and the classifier's backend model, configured from their config.pbtxt) on
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 
+from mnv3kit.cli import add_output, add_server, deprecated
 from mnv3kit.errors import KitError, cli_errors
 
 
@@ -26,25 +27,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repo", type=Path, required=True, help="--target local repository built with --ensemble")
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG files (default: scikit-learn's photographs)")
     p.add_argument("--jpeg-size", help="instead: JPEGs of this size (e.g. 500x375, quality 90) cut from the photos")
-    p.add_argument("-b", "--batch", type=int, default=8, help="in-process batch = served concurrency (default 8)")
-    p.add_argument("-c", "--concurrency", type=int, help="served requests in flight (default: --batch)")
+    p.add_argument("-b", "--batch-size", type=int, default=8,
+                   help="in-process batch = served concurrency (default 8)")
+    deprecated(p, "--batch", "--batch-size")
+    p.add_argument("-c", "--concurrency", type=int, help="served requests in flight (default: --batch-size)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda:N for the in-process run")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per in-process point (default 10)")
-    p.add_argument("-u", "--url", help="measure a running server instead of starting one (with -i)")
-    p.add_argument("-i", "--protocol", choices=("http", "grpc"), default="grpc", help="default grpc")
-    p.add_argument("-o", "--out", type=Path, default=Path("perf/out/image"), help="default perf/out/image")
+    add_server(p, protocol="grpc")  # given -u: measure that running server instead of starting one
+    add_output(p, Path("perf/out/image"), help="image_bench.md / .json and the served runs")
     p.add_argument("perf_args", nargs="*", help="after --: more perf/run_perf.sh options (e.g. --shared-memory system)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with cli_errors("bench_image.py"):
+    with cli_errors():
         from mnv3kit.image_bench import make_jpegs, render, run
         from mnv3kit.parity import sample_photos
         from mnv3kit.perf import image_files
 
-        if args.batch < 1:
+        if args.batch_size < 1:
             raise KitError("--batch must be >= 1")
         if not (args.repo / "mobilenetv3_image" / "config.pbtxt").is_file():
             raise KitError(f"{args.repo} has no mobilenetv3_image: build it with build_repo.py --target local "
@@ -55,13 +57,13 @@ def main(argv=None) -> int:
                 assert len(size) == 2 and min(size) > 0
             except (ValueError, AssertionError):
                 raise KitError(f"--jpeg-size {args.jpeg_size}: use WIDTHxHEIGHT, e.g. 500x375") from None
-            files = make_jpegs(sample_photos(), args.out / "images", size)
+            files = make_jpegs(sample_photos(), args.output / "images", size)
         else:
             files = image_files(str(args.images) if args.images else None)
-        result = run(args.repo, files, args.batch, args.device, args.seconds, args.out, args.url, args.protocol,
+        result = run(args.repo, files, args.batch_size, args.device, args.seconds, args.output, args.url, args.protocol,
                      args.perf_args, args.concurrency, progress=lambda m: print(m, file=sys.stderr, flush=True))
         print(render(result))
-        print(f"wrote {args.out / 'image_bench.md'}, {args.out / 'image_bench.json'}", file=sys.stderr)
+        print(f"wrote {args.output / 'image_bench.md'}, {args.output / 'image_bench.json'}", file=sys.stderr)
         return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU parity of the image ensemble: server-side nvJPEG preprocessing + classifier vs the client-side path.
 
-  python perf/gpu_image_parity.py --repo REPO -u localhost:8001 --out OUT
+  python perf/gpu_image_parity.py --repo REPO -u localhost:8001 -o OUT
 
 REPO: a --target local repository with --ensemble on KIND_GPU, served at -u (gRPC). For every image (scikit-learn's
 photographs, 500x375 JPEGs cut from them, the edge cases of tests/images.py) it compares
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from mnv3kit.cli import add_output
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", type=Path, required=True)
-    p.add_argument("-u", "--url", default="localhost:8001")
+    p.add_argument("-u", "--url", default="localhost:8001", help="the server's gRPC endpoint (default localhost:8001)")
     p.add_argument("--device", default="cuda:0")
-    p.add_argument("--out", type=Path, required=True)
+    add_output(p, required=True, help="gpu_image_parity.md / .json and the images")
     args = p.parse_args()
 
     import torch
@@ -41,10 +41,10 @@ def main() -> int:
     from mnv3kit.spec import ENSEMBLE, IMAGE_INPUT
     from mnv3kit.validate import parse_config
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     photos = sample_photos()
-    edge = make_edge_cases(photos[1], args.out / "edge")
-    files = [*photos, *make_jpegs(photos, args.out / "jpeg500", (500, 375)),
+    edge = make_edge_cases(photos[1], args.output / "edge")
+    files = [*photos, *make_jpegs(photos, args.output / "jpeg500", (500, 375)),
              *(path for name, path in edge.items() if name not in BAD)]
     classifier = parse_config(args.repo / ENSEMBLE / "config.pbtxt").ensemble_scheduling.step[-1].model_name
     config = parse_config(args.repo / classifier / "config.pbtxt")
@@ -91,8 +91,8 @@ def main() -> int:
                       f"CPU-path images: max |Δlogit| "
                       f"{max([r['max_logit_diff'] for r in rows if not r['gpu_decode'] and 'served_error' not in r] or [0]):.3e}"]
     text = "\n".join(lines) + "\n"
-    (args.out / "gpu_image_parity.md").write_text(text)
-    (args.out / "gpu_image_parity.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.output / "gpu_image_parity.md").write_text(text)
+    (args.output / "gpu_image_parity.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(text)
     return 0 if all(r.get("top1_same") for r in rows) else 1
 

@@ -16,9 +16,9 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 
+from mnv3kit.cli import add_repo, model_name
 from mnv3kit.errors import KitError, cli_errors
 from mnv3kit.spec import MODELS_BY_NAME, ONNX
 
@@ -26,15 +26,16 @@ from mnv3kit.spec import MODELS_BY_NAME, ONNX
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
-    p.add_argument("-m", "--model", default=ONNX.name, help=f"model to load (default {ONNX.name})")
+    add_repo(p, help="a --target local repository")
+    p.add_argument("-m", "--model", type=model_name, default=ONNX.name, metavar="NAME",
+                   help=f"model to load, by key or name (default {ONNX.name})")
     p.add_argument("--factor", type=float, default=2.0, help="load = factor x measured capacity (default 2)")
     p.add_argument("--rate", type=float, help="requests per second instead of factor x capacity")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--probe-s", type=float, default=10.0, help="seconds of the capacity measurement (default 10)")
     p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s (default 30)")
     args = p.parse_args(argv)
-    with cli_errors("overload.py"):
+    with cli_errors():
         from mnv3kit.load import OpenLoop, capacity, rss_mb, summarize
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import parse_config

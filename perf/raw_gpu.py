@@ -26,36 +26,13 @@ import numpy as np
 
 
 from mnv3kit.backend.model import TorchRunner
+from mnv3kit.bench import measure, measure_loop
+from mnv3kit.cli import add_output
 from mnv3kit.errors import KitError, cli_errors
 from mnv3kit.perf import hardware, hardware_line, markdown_table, now, parse_batch_sizes
 from mnv3kit.repository import read_manifest
 from mnv3kit.spec import COMPILED_ARTIFACT, MEAN, PT, STD, U8
 from mnv3kit.validate import parse_config
-
-
-def timed(fn, iters: int, torch) -> float:
-    """Mean seconds per call, synchronized."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
-
-
-def paced(fn, calls: int, torch, gap_s: float = 0.002) -> float:
-    """Median seconds of single calls 2 ms apart: a GPU left idle between requests (concurrency 1) may clock
-    down, which back-to-back loops never show."""
-    times = []
-    for _ in range(calls):
-        time.sleep(gap_s)
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def served_options(repo: Path) -> dict:
@@ -88,7 +65,7 @@ def variants(repo: Path, arch: str, opts: dict, torch):
             "kit-compiled": (str(program), False), "kit-compiled-u8": (str(program), True)}
 
 
-def measure(name: str, source, uint8: bool, batches, opts: dict, iters: int, torch) -> list:
+def measure_variant(name: str, source, uint8: bool, batches, opts: dict, iters: int, torch) -> list:
     started = time.perf_counter()
     runner = TorchRunner(source, "cuda:0", opts["precision"], opts["channels_last"], batches, MEAN, STD,
                          uint8_input=uint8, compile_cache=opts["cache"])
@@ -100,15 +77,17 @@ def measure(name: str, source, uint8: bool, batches, opts: dict, iters: int, tor
         host = (rng.integers(0, 256, (b, 3, 224, 224), dtype=np.uint8) if uint8
                 else rng.standard_normal((b, 3, 224, 224), dtype=np.float32))
         on_gpu = torch.from_numpy(host).cuda()
-        replay = timed(graph.replay, iters, torch)
-        end2end = timed(lambda: runner(host), iters, torch)
-        from_gpu = timed(lambda: runner(on_gpu), iters, torch)
+        sync = torch.cuda.synchronize
+        replay = measure_loop(graph.replay, 3, iters, sync) / 1e3
+        end2end = measure_loop(lambda: runner(host), 3, iters, sync) / 1e3
+        from_gpu = measure_loop(lambda: runner(on_gpu), 3, iters, sync) / 1e3
         served = name.startswith("kit-compiled")
         rows.append({"model": (U8.name if uint8 else PT.name) if served else name, "variant": name, "batch": b,
                      "init_s": init_s, "replay_ms": replay * 1e3, "replay_img_s": b / replay,
                      "end2end_ms": end2end * 1e3, "throughput": b / end2end,
                      "gpu_input_ms": from_gpu * 1e3, "gpu_input_img_s": b / from_gpu,
-                     "paced_ms": paced(lambda: runner(host), min(iters, 50), torch) * 1e3,
+                     "paced_ms": float(np.median(measure(lambda: runner(host), 0, min(iters, 50), sync=sync,
+                                                         gap_s=0.002))),
                      "device": f"raw {name}"})
     del runner
     torch.cuda.empty_cache()
@@ -122,9 +101,9 @@ def main(argv=None) -> int:
                    help="repository built with --runtime compiled --instance-kind KIND_GPU (its model.pt2 and config)")
     p.add_argument("-b", "--batch-sizes", default="1,8,64", help="default 1,8,64")
     p.add_argument("--iters", type=int, default=200, help="timed calls per point (default 200)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="writes raw_gpu.md and raw_gpu.json here")
+    add_output(p, required=True, help="writes raw_gpu.md and raw_gpu.json here")
     args = p.parse_args(argv)
-    with cli_errors("raw_gpu.py"):
+    with cli_errors():
         import torch
 
         if not torch.cuda.is_available():
@@ -135,10 +114,10 @@ def main(argv=None) -> int:
         rows = []
         for name, (source, uint8) in variants(args.repo, manifest["arch"], opts, torch).items():
             print(f"raw_gpu.py: {name}", file=sys.stderr, flush=True)
-            rows += measure(name, source, uint8, batches, opts, args.iters, torch)
+            rows += measure_variant(name, source, uint8, batches, opts, args.iters, torch)
         gpu = torch.cuda.get_device_name(0)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "raw_gpu.json").write_text(json.dumps(
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "raw_gpu.json").write_text(json.dumps(
             {"date": now(), "gpu": gpu, "torch": torch.__version__, "options": opts, "rows": rows}, indent=1))
         table = markdown_table(
             ["Variant", "Batch", "Start (s)", "Replay (ms)", "Replay (img/s)", "Host in (ms)", "Host in (img/s)",
@@ -154,7 +133,7 @@ def main(argv=None) -> int:
                 f"logits on the host (one served execute() with a host input). GPU in: the same from a GPU tensor "
                 f"(CUDA shared memory). Paced: median of single host-in calls 2 ms apart (a client at concurrency "
                 f"1).\n\n{table}\n")
-        (args.out / "raw_gpu.md").write_text(text)
+        (args.output / "raw_gpu.md").write_text(text)
         print(text)
         return 0
 

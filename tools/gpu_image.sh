@@ -33,7 +33,7 @@ start_server "$REPO" "$RES/serve.log"
 head -n 2 "$RES/serve.log"
 
 echo "== parity: nvJPEG path vs client-side preprocessing"
-"$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 --out "$RES/parity" || true
+"$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 -o "$RES/parity" || true
 
 echo "== served JPEG -> logits vs in-process (500x375 JPEGs, batch 64, p50 at batch 1)"
 "$PY" perf/bench_image.py --repo "$REPO" --device cuda:0 -b 64 -c "${CONCURRENCY:-128}" --jpeg-size 500x375 \
