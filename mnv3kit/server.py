@@ -20,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,14 +166,15 @@ class LocalTriton:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.proc: Optional[subprocess.Popen] = None
-        self._api: Optional[Triton] = None
+        self._clients = threading.local()
 
     @property
     def api(self) -> Triton:
-        """This server's HTTP endpoint, with the admin key (mnv3kit.triton)."""
-        if self._api is None:
-            self._api = Triton(self.http_url, "http", self.admin_key, timeout=READY_TIMEOUT_S)
-        return self._api
+        """This server's HTTP endpoint, with the admin key (mnv3kit.triton); one client per thread: tritonclient's
+        HTTP client runs on gevent, whose connections cannot cross threads (the watchdog has its own)."""
+        if getattr(self._clients, "api", None) is None:
+            self._clients.api = Triton(self.http_url, "http", self.admin_key, timeout=READY_TIMEOUT_S)
+        return self._clients.api
 
     @property
     def host(self) -> str:
