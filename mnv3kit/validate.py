@@ -13,11 +13,12 @@ from tritonclient.grpc import model_config_pb2
 from .ensemble import IMAGE_MODELS, check_ensemble, check_preprocess
 from .errors import KitError
 from .repository import read_manifest, sha256
-from .spec import COMPILED_ARTIFACT, INPUT_DIMS, MANIFEST_FILE, MODELS_BY_NAME, PLAN_INFO_FILE
+from .spec import (COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, INPUT_DIMS, MANIFEST_FILE, MODELS, MODELS_BY_NAME, ONNX,
+                   PLAN_INFO_FILE, PT, PYTHON_BACKEND, TENSORRT_PLATFORM, TRT)
 from .trt_build import HOW_TO_BUILD, import_tensorrt, inspect_plan
 
 ModelConfig = model_config_pb2.ModelConfig
-ARTIFACT_BY_PLATFORM = {"pytorch_libtorch": "model.pt", "onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+ARTIFACT_BY_PLATFORM = {spec.platform: spec.artifact for spec in MODELS}
 
 
 @dataclass
@@ -40,7 +41,7 @@ def parse_config(path: Path) -> ModelConfig:
 
 
 def artifact_name(config: ModelConfig) -> Optional[str]:
-    if config.backend == "python":
+    if config.backend == PYTHON_BACKEND:
         param = config.parameters.get("artifact")
         return param.string_value if param else None
     return ARTIFACT_BY_PLATFORM.get(config.platform)
@@ -126,8 +127,8 @@ def _check_instances(config: ModelConfig, where: str, report: Report) -> None:
         if group.count < 1:  # proto3 cannot tell 0 from unset; Triton serves either as 1 instance per device
             report.problems.append(f"{where}: instance_group count {group.count}: Triton silently makes that 1 "
                                    f"instance; write the count you mean (build_repo.py --instance-count N)")
-        if config.platform == "tensorrt_plan" and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU:
-            report.problems.append(f"{where}: KIND_CPU on a tensorrt_plan model: TensorRT runs on GPUs only, "
+        if config.platform == TENSORRT_PLATFORM and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU:
+            report.problems.append(f"{where}: KIND_CPU on a {TENSORRT_PLATFORM} model: TensorRT runs on GPUs only, "
                                    f"Triton cannot load it (use KIND_GPU)")
 
 
@@ -162,7 +163,7 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
         report.problems.append(f"{where}: name {config.name!r} differs from its directory name {model_dir.name!r}")
     if config.name in IMAGE_MODELS:  # the image ensemble and its preprocessing step
         report.models.append(config.name)
-        report.problems += (check_ensemble(model_dir.parent, config, parse_config) if config.platform == "ensemble"
+        report.problems += (check_ensemble(model_dir.parent, config, parse_config) if config.platform == ENSEMBLE_PLATFORM
                             else check_preprocess(model_dir, config))
         return
     spec = MODELS_BY_NAME.get(config.name)
@@ -173,7 +174,7 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
     if config.max_batch_size < 1:
         report.problems.append(f"{where}: max_batch_size must be >= 1 for batched serving")
     _check_instances(config, where, report)
-    if config.platform == "tensorrt_plan":
+    if config.platform == TENSORRT_PLATFORM:
         _check_profile_max(model_dir, config.max_batch_size, where, report)
     if len(config.input) != 1 or len(config.output) != 1:
         report.problems.append(f"{where}: expected exactly one input and one output")
@@ -213,22 +214,22 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
     for version in versions:
         vdir = model_dir / str(version)
         path = vdir / artifact
-        if config.backend == "python" and not (vdir / "model.py").is_file():
+        if config.backend == PYTHON_BACKEND and not (vdir / "model.py").is_file():
             report.problems.append(f"{model_dir.name}/{version}/model.py: missing (python backend)")
         if not path.is_file():
-            if artifact == "model.plan" and manifest.get("tensorrt", {}).get("status") != "built":
-                report.notes.append(f"{model_dir.name}/{version}/model.plan: not built yet; {HOW_TO_BUILD}")
+            if artifact == TRT.artifact and manifest.get("tensorrt", {}).get("status") != "built":
+                report.notes.append(f"{model_dir.name}/{version}/{artifact}: not built yet; {HOW_TO_BUILD}")
             else:
                 report.problems.append(f"{model_dir.name}/{version}/{artifact}: missing")
             continue
         if not run_artifacts:
             continue
-        if artifact in ("model.pt", COMPILED_ARTIFACT):
+        if artifact in (PT.artifact, COMPILED_ARTIFACT):
             problem = _check_torch(path, config.max_batch_size, classes)
             report.problems += [problem] if problem else []
-        elif artifact == "model.onnx":
+        elif artifact == ONNX.artifact:
             report.problems += _check_onnx(path, config, config.max_batch_size, classes)
-        elif artifact == "model.plan":
+        elif artifact == TRT.artifact:
             _check_plan(path, config, report)
 
 
