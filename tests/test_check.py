@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT, run_cli
 from mnv3kit.spec import ONNX, PT
-from mnv3kit.validate import Finding, Report, github_annotations
+from mnv3kit.validate import Finding, Report, check_repository, github_annotations, records
 
 WORKFLOW = ROOT / "ci" / "github" / "validate-model-repository.yml"
 HOOKS = ROOT / ".pre-commit-hooks.yaml"
@@ -132,3 +132,24 @@ def test_github_annotations_escape_what_workflow_commands_reserve(tmp_path):
     assert github_annotations(report, tmp_path / "r:1") == [
         f"::error file={tmp_path}/r%3A1/a%2Cb/config.pbtxt,line=3::100%25 wrong%0Asecond line",
         f"::notice file={tmp_path}/r%3A1/x/1/model.plan::not built yet"]
+
+
+@pytest.mark.parametrize("old, new, fragment", [
+    ("count: 1", "count: 0", "instance_group count 0"),
+    ("max_batch_size: 8", "max_batch_size: 0", "max_batch_size must be >= 1"),
+    ("dims: [ 3, 224, 224 ]", "dims: [ 3, 200, 224 ]", "input dims [3, 200, 224]"),
+    ('label_filename: "labels.txt"', 'label_filename: "nope.txt"', "nope.txt: missing"),
+    ("data_type: TYPE_FP32\n    dims: [ 5 ]", "data_type: TYPE_FP16\n    dims: [ 5 ]", "output TYPE_FP32"),
+])
+def test_a_finding_after_parsing_points_at_its_field(checkouts, tmp_path, old, new, fragment):
+    """The line a semantic finding names is the edited one (found by its text, not by the check's own rule)."""
+    repo = tmp_path / "model_repository"
+    shutil.copytree(checkouts[0] / "model_repository", repo)
+    config = repo / PT.name / "config.pbtxt"
+    text = config.read_text()
+    assert text.count(old) >= 1
+    edited = text.replace(old, new, 1)
+    config.write_text(edited)
+    line = edited[:edited.index(new)].count("\n") + 1  # the first line of the edit
+    found = [r for r in records(check_repository(repo, run_artifacts=False), repo) if fragment in r["message"]]
+    assert [(r["file"], r["line"]) for r in found] == [(str(config), line)], found
