@@ -76,7 +76,8 @@ def test_workflow_job_runs_as_written(checkouts, console_bin):
     assert ok.returncode == 0 and "::error" not in ok.stdout, ok.stdout + ok.stderr
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stdout + bad.stderr
     errors = [line for line in bad.stdout.splitlines() if line.startswith(f"::error file={rel},line={number}::")]
-    assert len(errors) == 1 and errors[0].endswith("::column 17: 'max_batch_size: eight': Couldn't parse integer: eight")
+    assert len(errors) == 1, bad.stdout
+    assert errors[0].endswith("::column 17: 'max_batch_size: eight': Couldn't parse integer: eight")
     # the edit also changed the file's hash: a second finding on that file, with no line to point at
     assert f"::error file={rel}::" in bad.stdout and "sha256 differs" in bad.stdout
 
