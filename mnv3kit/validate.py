@@ -203,7 +203,7 @@ def _check_profile_max(model_dir: Path, max_batch_size: int, where: str, line: i
 
 
 def _parse_config_at(path: Path, where: str, report: Report) -> Tuple[Optional[ModelConfig], str]:
-    """The config and its text, or (None, text) with the parser's finding and line added to the report."""
+    """The config and its text; (None, "") when it does not parse, the parser's finding and line added to the report."""
     try:
         text = path.read_text()
         return text_format.Parse(text, ModelConfig()), text
