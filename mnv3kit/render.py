@@ -6,17 +6,20 @@ from typing import Optional, Tuple
 import jinja2
 
 from .errors import KitError
-from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, PLAN_INFO_FILE, PT,
-                   RUNTIMES, STD, TRT, U8, ModelSpec)
+from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, ONNX_PLATFORM,
+                   PLAN_INFO_FILE, PT, PYTHON_BACKEND, RUNTIMES, STD, TENSORRT_PLATFORM, TORCHSCRIPT_PLATFORM, TRT, U8,
+                   ModelSpec)
 
 TARGETS = ("ngc", "local")
 ONNX_ACCELERATORS = ("none", "tensorrt")
 TORCH_MODELS = (PT, U8)  # what --runtime applies to
+CLASSIFIER_TEMPLATE = "classifier.pbtxt.j2"
 # The load-time parity check's default factor on GPU instances (FP16; TF32 is cuDNN's default for FP32
 # convolutions). Measured: Large, FP16, compiled, H200, three builds: max |logit difference| 0.121-0.138 at max
 # |logit| 27.8 (4.4-5.0e-3 relative) against eager FP32 on the CPU; 0.02 leaves a 4x margin and still refuses wrong
 # weights or kernels.
 GPU_PARITY_TOLERANCE = 0.02
+ORT_TRT_WORKSPACE_BYTES = 1 << 30  # the TensorRT execution provider's builder workspace (--onnx-accelerator tensorrt)
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,41 @@ def python_runtime(model: ModelSpec, opts: "ConfigOptions") -> str:
     return "compiled" if opts.runtime == "compiled" else "torch"
 
 
-def template_name(model: ModelSpec, opts: "ConfigOptions") -> str:
-    return "python.pbtxt.j2" if python_backend(model, opts) else f"{model.name}.pbtxt.j2"
+def _python_parameters(model: ModelSpec, opts: "ConfigOptions") -> dict:
+    """What 1/model.py (mnv3kit/backend/model.py) reads: the artifact, how to run it, and for torch its GPU options."""
+    runtime = python_runtime(model, opts)
+    params = {"artifact": artifact_of(model, opts), "runtime": runtime}
+    if runtime != "onnxruntime":
+        on_gpu = opts.instances.kind == "KIND_GPU"
+        params.update(precision=opts.gpu.precision, channels_last=str(opts.gpu.channels_last).lower(),
+                      cuda_graph_batches=",".join(map(str, opts.gpu.cuda_graph_batches)),
+                      parity_tolerance=str(opts.gpu.parity_tolerance if on_gpu else opts.cpu_parity_tolerance))
+        if runtime == "compiled":
+            params["compile_cache"] = opts.gpu.compile_cache
+        if on_gpu:  # inputs already in GPU memory (CUDA shared memory, a GPU ensemble step) skip the host copy
+            params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    if model.input_dtype == "TYPE_UINT8":  # normalized inside the model
+        params.update(mean=",".join(map(str, MEAN)), std=",".join(map(str, STD)))
+    return params
+
+
+def serving_blocks(model: ModelSpec, opts: "ConfigOptions") -> dict:
+    """What sets one classifier config apart: its platform (native backends) or backend, string parameters, execution
+    accelerator and CUDA graphs; the rest of classifier.pbtxt.j2 is the same for every model."""
+    blocks = {"platform": "", "backend": "", "parameters": {}, "accelerator": None, "cuda_graph_batches": ()}
+    if python_backend(model, opts):
+        return {**blocks, "backend": PYTHON_BACKEND, "parameters": _python_parameters(model, opts)}
+    blocks["platform"] = model.platform
+    if model.platform == TORCHSCRIPT_PLATFORM:
+        blocks["parameters"] = {"INFERENCE_MODE": "true"}
+    elif model.platform == ONNX_PLATFORM and opts.gpu.onnx_accelerator == "tensorrt":
+        # ONNX Runtime hands the graph to its TensorRT execution provider (built at load, on the serving GPU)
+        blocks["accelerator"] = {"name": "tensorrt", "parameters": {
+            "precision_mode": opts.gpu.precision.upper(), "max_workspace_size_bytes": str(ORT_TRT_WORKSPACE_BYTES)}}
+    elif model.platform == TENSORRT_PLATFORM:
+        # the TensorRT backend captures one CUDA graph per listed batch size and pads a batch up to the next one
+        blocks["cuda_graph_batches"] = opts.gpu.cuda_graph_batches
+    return blocks
 
 
 def check_config_options(opts: "ConfigOptions") -> None:
@@ -165,16 +201,11 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
         raise KitError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
     if opts.batching.queue_timeout_us < 0 or (opts.batching.max_queue_size or 0) < 0:
         raise KitError("the queue size and timeout must be >= 0 (0: no bound)")
-    name = template_name(model, opts)
-    on_gpu = opts.instances.kind == "KIND_GPU"
-    return _env().get_template(name).render(
-        queue_size=queue_size(opts), warmup_batches=sorted({1, opts.max_batch_size}),
-        template=name, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
-        input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy,
-        instance=opts.instances, batching=opts.batching, artifact=artifact_of(model, opts),
-        runtime=python_runtime(model, opts), gpu=opts.gpu, mean=MEAN, std=STD,
-        parity_tolerance=opts.gpu.parity_tolerance if on_gpu else opts.cpu_parity_tolerance,
-        onnx_accelerator=opts.gpu.onnx_accelerator, workspace_bytes=1 << 30,
+    return _env().get_template(CLASSIFIER_TEMPLATE).render(
+        template=CLASSIFIER_TEMPLATE, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
+        input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy, instance=opts.instances,
+        batching=opts.batching, queue_size=queue_size(opts), warmup_batches=sorted({1, opts.max_batch_size}),
+        **serving_blocks(model, opts),
     )
 
 

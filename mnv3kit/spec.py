@@ -36,6 +36,15 @@ def admin_headers(key, protocol: str) -> dict:
     return {(ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"): key}
 
 
+# What serves a model, as Triton's config names it: a native backend's `platform`, or a `backend`.
+TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
+ONNX_PLATFORM = "onnxruntime_onnx"
+TENSORRT_PLATFORM = "tensorrt_plan"
+ENSEMBLE_PLATFORM = "ensemble"
+PYTHON_BACKEND = "python"
+DALI_BACKEND = "dali"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One served model: its Triton name, native platform, tensor names and artifact file."""
@@ -49,12 +58,12 @@ class ModelSpec:
     input_dtype: str = "TYPE_FP32"  # normalized CHW floats; UINT8: raw CHW pixels, normalized inside the model
 
 
-PT = ModelSpec("pt", "mobilenetv3_pt", "pytorch_libtorch", "INPUT__0", "OUTPUT__0", "model.pt")
-ONNX = ModelSpec("onnx", "mobilenetv3_onnx", "onnxruntime_onnx", "image", "outputs", "model.onnx")
-TRT = ModelSpec("trt", "mobilenetv3_trt", "tensorrt_plan", "image", "outputs", "model.plan")
+PT = ModelSpec("pt", "mobilenetv3_pt", TORCHSCRIPT_PLATFORM, "INPUT__0", "OUTPUT__0", "model.pt")
+ONNX = ModelSpec("onnx", "mobilenetv3_onnx", ONNX_PLATFORM, "image", "outputs", "model.onnx")
+TRT = ModelSpec("trt", "mobilenetv3_trt", TENSORRT_PLATFORM, "image", "outputs", "model.plan")
 # The smaller input contract (4x fewer bytes per image): the TorchScript model behind a UINT8 input, normalized on
 # the serving device. Local target only, on request (--models pt,onnx,u8).
-U8 = ModelSpec("u8", "mobilenetv3_u8", "pytorch_libtorch", "PIXELS", "OUTPUT__0", "model.pt", "TYPE_UINT8")
+U8 = ModelSpec("u8", "mobilenetv3_u8", TORCHSCRIPT_PLATFORM, "PIXELS", "OUTPUT__0", "model.pt", "TYPE_UINT8")
 MODELS = (PT, ONNX, TRT)
 MODELS_BY_NAME = {m.name: m for m in (*MODELS, U8)}
 

@@ -21,7 +21,7 @@ from mnv3kit.errors import KitError
 from mnv3kit.model import build_model
 from mnv3kit.parity import ParityRow, check_parity, parity_batch
 from mnv3kit.render import ConfigOptions, PlanOptions, render_config, render_plan_script, VersionPolicy, Batching, Instances
-from mnv3kit.spec import LOCAL_MODELS, MODELS, ONNX, PT, TRT
+from mnv3kit.spec import LOCAL_MODELS, MODELS, ONNX, PT, TRT, U8
 from mnv3kit.validate import check_repository
 
 ARCHS = ("large", "small")
@@ -241,6 +241,49 @@ def test_template_options_render_valid_configs():
     given = ConfigOptions(batching=Batching(True, (4, 8), 100, max_queue_size=5, queue_timeout_us=0))
     policy = text_format.Parse(render_config(PT, given), model_config_pb2.ModelConfig()).dynamic_batching
     assert (policy.default_queue_policy.max_queue_size, policy.default_queue_policy.default_timeout_microseconds) == (5, 0)
+
+
+# What serves each model on each target, written out as Triton names it (not read from spec.py): one template renders
+# all of them, the platform and its blocks are data.
+SERVED_BY = [  # model, target, runtime -> platform, backend, parameters (key: value; None: any value)
+    (PT, "ngc", "torchscript", "pytorch_libtorch", "", {"INFERENCE_MODE": "true"}),
+    (ONNX, "ngc", "torchscript", "onnxruntime_onnx", "", {}),
+    (TRT, "ngc", "torchscript", "tensorrt_plan", "", {}),
+    (ONNX, "ngc", "compiled", "onnxruntime_onnx", "", {}),  # --runtime is about the torch models only
+    (TRT, "ngc", "compiled", "tensorrt_plan", "", {}),
+    (PT, "ngc", "compiled", "", "python", {"artifact": "model.pt2", "runtime": "compiled", "compile_cache": None}),
+    (U8, "ngc", "compiled", "", "python", {"artifact": "model.pt2", "runtime": "compiled", "mean": None, "std": None}),
+    (PT, "local", "torchscript", "", "python", {"artifact": "model.pt", "runtime": "torch"}),
+    (ONNX, "local", "torchscript", "", "python", {"artifact": "model.onnx", "runtime": "onnxruntime"}),
+    (U8, "local", "torchscript", "", "python", {"artifact": "model.pt", "runtime": "torch",
+                                                 "mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}),
+]
+
+
+@pytest.mark.parametrize("spec, target, runtime, platform, backend, params", SERVED_BY,
+                         ids=[f"{s.key}-{t}-{r}" for s, t, r, *_ in SERVED_BY])
+def test_one_template_serves_every_model(spec, target, runtime, platform, backend, params):
+    from mnv3kit.render import GpuOptions
+
+    gpu = GpuOptions("fp16", cuda_graph_batches=(1, 8), onnx_accelerator="tensorrt")
+    config = text_format.Parse(render_config(spec, ConfigOptions(target=target, runtime=runtime, gpu=gpu)),
+                               model_config_pb2.ModelConfig())
+    assert (config.name, config.platform, config.backend) == (spec.name, platform, backend)
+    assert (config.input[0].name, config.output[0].name) == (spec.input_name, spec.output_name)
+    got = {k: v.string_value for k, v in config.parameters.items()}
+    assert set(params) <= set(got) and all(got[k] == v for k, v in params.items() if v is not None), got
+    if backend == "python" and spec != ONNX:  # the torch runner's GPU options; it captures its own CUDA graphs
+        gpu_params = (got["precision"], got["cuda_graph_batches"], got["FORCE_CPU_ONLY_INPUT_TENSORS"])
+        assert gpu_params == ("fp16", "1,8", "no")
+    else:
+        assert set(got) == set(params)
+    optimization = config.optimization
+    accelerators = [(a.name, dict(a.parameters)) for a in optimization.execution_accelerators.gpu_execution_accelerator]
+    assert accelerators == ([("tensorrt", {"precision_mode": "FP16", "max_workspace_size_bytes": str(1 << 30)})]
+                            if platform == "onnxruntime_onnx" else [])
+    graphs = [(g.batch_size, list(g.input[spec.input_name].dim)) for g in optimization.cuda.graph_spec]
+    assert optimization.cuda.graphs == (platform == "tensorrt_plan")
+    assert graphs == ([(1, [3, 224, 224]), (8, [3, 224, 224])] if platform == "tensorrt_plan" else [])
 
 
 def _copy(built_repo, tmp_path, arch="small", target="local"):

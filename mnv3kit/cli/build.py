@@ -22,12 +22,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     from mnv3kit.model import ARCHS
     from mnv3kit.render import GPU_PARITY_TOLERANCE, ONNX_ACCELERATORS, TARGETS, GpuOptions
     from mnv3kit.spec import RUNTIMES
+    from mnv3kit.validate import FORMATS
 
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", metavar="DIR", type=Path,
                    help="only validate an existing repository (configs, artifacts, labels, manifest hashes)")
+    p.add_argument("--format", choices=FORMATS, default="text",
+                   help="how the validation's findings are printed: text (default), json (one list of records: file, "
+                        "line, message, severity) or github (GitHub Actions annotations on the files and lines)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=ARCHS, default="large", help="MobileNetV3 variant (default: large)")
     g.add_argument("--weights", type=Path, help="state dict (.pth) in torchvision's layout; plain, nested under "
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
         from mnv3kit.errors import KitError
         from mnv3kit.render import Batching, ConfigOptions, GpuOptions, Instances, PlanOptions, VersionPolicy
         from mnv3kit.repository import restore_interrupted
-        from mnv3kit.validate import check_repository
+        from mnv3kit.validate import check_repository, print_report
 
         if args.check is None:
             for flag, value in (("--max-batch-size", args.max_batch_size), ("--instance-count", args.instance_count)):
@@ -149,16 +153,7 @@ def main(argv=None) -> int:
             repo = args.check
             for line in restore_interrupted(repo):
                 print(f"note: {line}", file=sys.stderr)
-        report = check_repository(repo)
-        for note in report.notes:
-            print(f"note: {note}", file=sys.stderr)
-        for problem in report.problems:
-            print(f"problem: {problem}", file=sys.stderr)
-        if not report.ok:
-            print(f"{prog_name()}: {repo}: {len(report.problems)} problem(s)", file=sys.stderr)
-            return 1
-        print(f"{repo}: OK ({', '.join(report.models)})")
-        return 0
+        return print_report(check_repository(repo), repo, args.format, prog_name())
 
 
 if __name__ == "__main__":
