@@ -14,13 +14,15 @@ The search, instead of the full grid:
   2. coordinate search from the best: one dimension at a time (instances, max batch, queue delay, preferred sizes),
      every value of it with the others fixed, moving to a candidate only when it beats the best by MIN_GAIN; again
      while a pass moved, within --budget-min.
-The winner is written as a repository (atomically, validated), with report.md, tune.json, the candidates' CSVs and
+Then the winner and the best default are measured again, alternately (--confirm N times each): the margin is the
+ratio of their medians, which one lucky window on a shared host does not make. The winner is written as a repository (atomically, validated), with report.md, tune.json, the candidates' CSVs and
 pareto.png (throughput against p99 of every measured point, the front joined).
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -115,8 +117,10 @@ class Space:
     delays_us: List[int]
 
     def grid(self) -> List[Candidate]:
-        return [Candidate(r, i, b, preferred_for(p, b), d) for r, i, b, p, d in
-                product(self.runtimes, self.instances, self.max_batches, self.preferred, self.delays_us)]
+        """Every distinct config (max batch 1 once per runtime and instance count: nothing to batch)."""
+        return list({Candidate(r, i, b, preferred_for(p, b) if b > 1 else (), d if b > 1 else 0)
+                     for r, i, b, p, d in product(self.runtimes, self.instances, self.max_batches, self.preferred,
+                                                  self.delays_us)})
 
 
 class Tuner:
@@ -129,6 +133,7 @@ class Tuner:
         self.budget_ms, self.deadline = budget_ms, deadline
         self.results: Dict[Candidate, Result] = {}
         self.loaded: Optional[str] = None
+        self.runs = 0  # perf_analyzer runs, confirmations included
         self.clients = max(concurrency_range(settings.concurrency))
 
     @property
@@ -138,11 +143,10 @@ class Tuner:
     def out_of_time(self) -> bool:
         return time.monotonic() > self.deadline
 
-    def measure(self, candidate: Candidate, stage: str) -> Result:
-        if candidate in self.results:
-            return self.results[candidate]
-        n = len(self.results) + 1
-        print(f"[{n}] {candidate.label} ({stage}) ... ", end="", file=sys.stderr, flush=True)
+    def run(self, candidate: Candidate, stage: str, tag: str = "") -> Result:
+        """Load ``candidate`` and measure it (no cache); a failure is a Result with its reason."""
+        print(f"[{self.runs + 1}] {candidate.label} ({stage}) ... ", end="", file=sys.stderr, flush=True)
+        self.runs += 1
         name = candidate.spec.name
         try:
             if self.loaded and self.loaded != name:  # one model at a time: an idle one would still hold memory
@@ -151,7 +155,8 @@ class Tuner:
             render_model(self.source, self.work, candidate.spec, candidate.config(self.base, self.kind, self.clients))
             self.triton.load(name)  # a changed config: Triton loads it anew (instances, batcher) before answering
             self.loaded = name
-            files = (self.out / "csv" / f"{candidate.stem}.csv", self.out / "logs" / f"{candidate.stem}.log")
+            stem = candidate.stem + tag
+            files = (self.out / "csv" / f"{stem}.csv", self.out / "logs" / f"{stem}.log")
             timeout = max(60.0, min(self.settings.default_timeout(), self.deadline - time.monotonic()))
             rows = measure_point(self.url, self.protocol, name, 1, self.settings, *files, timeout,
                                  admin_key=self.triton.admin_key)
@@ -160,13 +165,25 @@ class Tuner:
             result = Result(candidate, stage, [], str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - the repository API's HTTP error: the candidate did not load
             result = Result(candidate, stage, [], f"did not load: {str(exc).splitlines()[0]}")
-        self.results[candidate] = result
         best = result.best(self.budget_ms)
         print(f"FAILED: {result.error}" if result.error else
               f"{best['throughput']:.1f} infer/s at concurrency {best['concurrency']} (p99 {best['p99_ms']:.1f} ms)"
               if best else f"over budget at every concurrency (p99 {min(r['p99_ms'] for r in result.rows):.1f} ms "
                            f"at best)", file=sys.stderr)
         return result
+
+    def measure(self, candidate: Candidate, stage: str) -> Result:
+        if candidate not in self.results:
+            self.results[candidate] = self.run(candidate, stage)
+        return self.results[candidate]
+
+    def confirm(self, winner: Candidate, default: Candidate, rounds: int) -> Dict[str, List[float]]:
+        """Both again, alternately, ``rounds`` times each: on a shared host one measurement can be off by 2x."""
+        scores: Dict[str, List[float]] = {"winner": [], "default": []}
+        for n in range(1, rounds + 1):
+            for key, candidate in (("default", default), ("winner", winner)):
+                scores[key].append(self.run(candidate, "confirm", f"_confirm{n}").score(self.budget_ms))
+        return scores
 
     def best(self, among: Optional[Sequence[Candidate]] = None) -> Optional[Result]:
         results = [self.results[c] for c in (among or self.results) if c in self.results]
@@ -213,6 +230,8 @@ class Tuner:
             return [replace(c, instances=i) for i in space.instances]
         if dim == "max_batch":
             return [replace(c, max_batch=b, preferred=preferred_for(preferred, b)) for b in space.max_batches]
+        if c.max_batch == 1 and dim in ("delay_us", "preferred"):
+            return []  # batches of one: the batcher's delay and preferred sizes change nothing
         if dim == "delay_us":
             return [replace(c, delay_us=d) for d in space.delays_us]
         return [replace(c, preferred=preferred_for(p, c.max_batch)) for p in space.preferred]
@@ -270,7 +289,8 @@ def render_report(info: dict) -> str:
              f"{info['concurrency']}, one image per request; `{' '.join(info['perf_args'])}`",
              f"- Source repository: {info['source']} ({info['arch']})",
              f"- Measurements: {info['measured']} candidates ({info['points']} perf_analyzer points) of a full grid of "
-             f"{info['grid']} candidates ({info['grid_points']} points), in {info['minutes']:.1f} min"
+             f"{info['grid']} candidates ({info['grid_points']} points); {info['runs']} perf_analyzer runs in all "
+             f"(confirmation included), {info['minutes']:.1f} min"
              + (" (stopped at --budget-min)" if info["out_of_time"] else "")]
     if winner:
         lines += [f"- Winner: `{winner['label']}`: {winner['throughput']:.1f} infer/s at concurrency "
@@ -283,6 +303,13 @@ def render_report(info: dict) -> str:
                   f"**{winner['throughput'] / default['throughput']:.2f}x**"]
     elif winner:
         lines += ["- Kit default: no runtime's default kept p99 within the budget"]
+    confirmed = info["confirmed"]
+    if confirmed:
+        medians = {k: statistics.median(v) for k, v in confirmed.items()}
+        lines += [f"- Measured again, alternately, {len(confirmed['winner'])} times each (infer/s within the "
+                  f"budget): default {', '.join(f'{v:.1f}' for v in confirmed['default'])}; winner "
+                  f"{', '.join(f'{v:.1f}' for v in confirmed['winner'])}; median winner / median default: "
+                  + (f"**{medians['winner'] / medians['default']:.2f}x**" if medians["default"] else "-")]
     headers = ["Candidate", "Stage", "Runtime", "Instances", "Max batch", "Preferred", "Delay (us)",
                "Best infer/s within budget", "at concurrency", "p99 there (ms)", "Lowest p99 (ms)", "Note"]
     rows = []
@@ -352,6 +379,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("-p", "--window", type=positive, metavar="MS", help="time windows of MS instead")
     p.add_argument("--stability", type=positive, default=20, metavar="PCT",
                    help="allowed spread of perf_analyzer's last 3 windows (default 20)")
+    p.add_argument("--confirm", type=int, default=2, metavar="N",
+                   help="then measure the winner and the kit's default again, alternately, N times each, and report "
+                        "the medians' ratio (default 2; 0: no confirmation)")
     p.add_argument("--budget-min", type=float, default=30.0, metavar="MIN",
                    help="stop measuring new candidates after this many minutes (default 30)")
     add_output(p, help="report directory (default perf/out/tune-YYYYmmdd-HHMMSS); the winner repository goes to "
@@ -365,8 +395,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad:
         p.error(f"--models {','.join(bad)}: the tuner tries {PT.key} and {ONNX.key}")
     args.runtimes = [runtimes[m] for m in args.models]
-    if args.p99_ms <= 0 or args.budget_min <= 0:
-        p.error("--p99-ms and --budget-min must be > 0")
+    if args.p99_ms <= 0 or args.budget_min <= 0 or args.confirm < 0:
+        p.error("--p99-ms and --budget-min must be > 0, --confirm >= 0")
     if 0 in args.max_batch_sizes:
         p.error("--max-batch-sizes must be >= 1")
     if args.instances and 0 in args.instances:
@@ -375,7 +405,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def tune(args: argparse.Namespace) -> int:
-    started = time.monotonic()
+    started, date = time.monotonic(), now()
+    if args.repo:
+        built_config(args.repo)  # a repository that cannot be tuned is refused before anything is written
     out = args.output or Path("perf/out") / f"tune-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     winner_dir = args.winner or out / WINNER_DIR
@@ -403,6 +435,9 @@ def tune(args: argparse.Namespace) -> int:
             tuner = Tuner(Path(source), out, triton, work, base, kind, args.protocol, settings, args.p99_ms, deadline)
             tuner.loaded = first.spec.name
             best = tuner.search(space)
+            default = tuner.best([default_candidate(r) for r in args.runtimes])
+            confirmed = (tuner.confirm(best.candidate, default.candidate, args.confirm) if args.confirm and best
+                         and default and best.candidate != default.candidate else None)
         if best is not None:
             rerender(Path(source), winner_dir, best.candidate.spec, best.candidate.config(base, kind, tuner.clients),
                      {"tuned": {"p99_ms": args.p99_ms, "concurrency": args.concurrency, "protocol": args.protocol,
@@ -416,15 +451,15 @@ def tune(args: argparse.Namespace) -> int:
         row = result.best(args.p99_ms) if result else None
         return {**row, "label": result.candidate.label} if row else None
 
-    defaults = [tuner.results[c] for c in (default_candidate(r) for r in args.runtimes) if c in tuner.results]
     grid = set(space.grid()) | {default_candidate(r) for r in args.runtimes}
-    info = {"date": now(), "hardware": host, "kind": kind, "protocol": args.protocol,
+    info = {"date": date, "hardware": host, "kind": kind, "protocol": args.protocol,
             "shared_memory": args.shared_memory, "concurrency": args.concurrency, "perf_args": settings.args(),
             "p99_ms": args.p99_ms, "source": source_text, "arch": arch, "repository": str(winner_dir),
-            "measured": len(results), "points": sum(len(r.rows) or levels for r in results),
+            "measured": len(results), "points": sum(len(r.rows) or levels for r in results), "runs": tuner.runs,
+            "confirmed": confirmed,
             "grid": len(grid), "grid_points": len(grid) * levels,
             "minutes": (time.monotonic() - started) / 60, "out_of_time": tuner.out_of_time(),
-            "winner": point(best), "default": point(max(defaults, key=lambda r: r.score(args.p99_ms), default=None)),
+            "winner": point(best), "default": point(default),
             "candidates": [{"label": r.candidate.label, "stage": r.stage, "candidate": asdict(r.candidate),
                             "rows": r.rows, "best": r.best(args.p99_ms), "error": r.error} for r in results]}
     (out / RESULT_JSON).write_text(json.dumps(info, indent=2) + "\n")

@@ -27,7 +27,7 @@ def search(built_repo, tmp_path_factory):
     # the kit's default (max batch 8, preferred 4,8) and one refinement: max batch 4, preferred 2,4
     proc = tune("--repo", built_repo("small", "local"), "--p99-ms", 10000, "-m", "onnx", "-c", "1:2",
                 "--instances", 1, "--max-batch-sizes", 4, "--queue-delays-us", Batching().queue_delay_us,
-                "--preferred", "both", "--count", 5, "--stability", 1000, "--budget-min", 5, "-o", out)
+                "--preferred", "both", "--count", 5, "--stability", 1000, "--budget-min", 5, "--confirm", 1, "-o", out)
     return proc, out
 
 
@@ -47,6 +47,11 @@ def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
     winner = result["winner"]
     default, refined = (c["best"]["throughput"] for c in result["candidates"])
     assert winner["label"] == labels[1 if refined >= MIN_GAIN * default else 0], (winner, default, refined)
+    # a winner other than the default is measured again beside it (--confirm 1)
+    confirmed = result["confirmed"]
+    assert (confirmed is None) == (winner["label"] == labels[0]), confirmed
+    assert result["runs"] == 2 + (2 if confirmed else 0)
+    assert confirmed is None or (len(confirmed["winner"]) == len(confirmed["default"]) == 1)
 
     repo = out / "model_repository"
     report = check_repository(repo)
@@ -65,6 +70,7 @@ def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
     text = (out / "report.md").read_text()
     assert proc.stdout.strip() == text.strip()
     assert "2 candidates (4 perf_analyzer points) of a full grid of 2 candidates (4 points)" in text
+    assert ("Measured again, alternately, 1 times each" in text) == bool(confirmed)
     assert f"`{winner['label']}`" in text and "winner / default" in text
     rows = [line for line in text.splitlines() if line.startswith("| `onnx")]
     assert len(rows) == 2
@@ -74,6 +80,7 @@ def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
 
 def test_bad_input_is_one_line_error(tmp_path, built_repo):
     assert_one_line_error(tune("--repo", tmp_path, "--p99-ms", 50, "-o", tmp_path / "out"), "manifest.json")
+    assert not (tmp_path / "out").exists()
     assert_one_line_error(tune("--repo", built_repo("small", "local"), "--p99-ms", 50, "-m", "trt"),
                           "the tuner tries pt and onnx")
     assert_one_line_error(tune("--arch", "small", "--p99-ms", 0), "--p99-ms and --budget-min must be > 0")
