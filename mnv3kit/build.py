@@ -283,3 +283,47 @@ def _image_classifier(opts: BuildOptions, models: List[ModelSpec]) -> Optional[M
 def _random_init_classes(opts: BuildOptions) -> int:
     """Class count for a random-init model: from the labels file when one is given, else the original project's 5 flowers."""
     return len(read_labels(opts.labels)) if opts.labels is not None else 5
+
+
+def built_config(source: Path) -> Tuple[dict, ConfigOptions]:
+    """A --target local repository's manifest and the config options its configs are rendered anew with: the kit's
+    defaults plus what the build fixed (classes, version, the parity tolerance checked at load)."""
+    from .repository import read_manifest
+
+    manifest = read_manifest(Path(source))
+    if manifest.get("target") != "local":
+        raise KitError(f"{source} was built for --target {manifest.get('target')}: the embedded Triton runs "
+                       f"--target local repositories")
+    return manifest, ConfigOptions(target="local", num_classes=manifest["num_classes"], version=manifest["version"],
+                                   cpu_parity_tolerance=manifest["parity"]["tolerance"],
+                                   runtime=manifest.get("runtime", "torchscript"))
+
+
+def render_model(source: Path, dest: Path, spec: ModelSpec, cfg: ConfigOptions) -> None:
+    """``spec``'s model directory of the built repository ``source`` in ``dest`` (artifacts copied as built, once)
+    with its config.pbtxt rendered for ``cfg``."""
+    if not (dest / spec.name).is_dir():
+        if not (Path(source) / spec.name).is_dir():
+            raise KitError(f"{source} has no {spec.name}: build it with --models including {spec.key}")
+        shutil.copytree(Path(source) / spec.name, dest / spec.name,
+                        ignore=shutil.ignore_patterns("config.pbtxt", "__pycache__"))
+    (dest / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
+
+
+def rerender(source: Path, output: Path, spec: ModelSpec, cfg: ConfigOptions, note: dict) -> Path:
+    """A repository of ``spec`` alone from ``source``'s artifacts with its config rendered for ``cfg``; validated and
+    swapped in place of ``output`` like a build (a failure keeps the previous one). ``note`` goes into the manifest
+    (what chose ``cfg``)."""
+    manifest, _ = built_config(source)
+    with staged_repository(output) as staging:
+        render_model(source, staging, spec, cfg)
+        manifest = {**manifest, "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "models": [spec.name], "max_batch_size": cfg.max_batch_size, "ensemble": None,
+                    "kept_versions": {}, "rendered_from": str(Path(source).resolve()), **note}
+        manifest["files"] = file_hashes(staging)
+        write_manifest(staging, manifest)
+        report = check_repository(staging)
+        if not report.ok:
+            raise KitError(f"the repository for {output} failed validation, previous one kept: "
+                           + "; ".join(report.problems))
+    return Path(output)

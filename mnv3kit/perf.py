@@ -1,13 +1,12 @@
-"""Served performance: the Python half of perf/run_perf.sh (the seed's perf_client table, with perf_analyzer).
+"""Served performance with perf_analyzer: ``python -m mnv3kit.perf run`` (perf/run_perf.sh is its wrapper).
 
-run_perf.sh parses its flags, then
-  1. ``python -m mnv3kit.perf prepare``: finds perf_analyzer (and libcudart.so.12, which it loads even on CPU), checks
-     that it starts, asks the server (tritonclient) for its version, the ready models and their configs, plans one
-     point per model x batch size and writes OUT/run.json; prints shell assignments the script evaluates;
-  2. runs ``perf_analyzer -m MODEL -b BATCH ... -f OUT/csv/MODEL_bBATCH.csv --verbose-csv`` per point (bash);
-  3. ``python -m mnv3kit.perf report OUT``: reads those CSVs (csv module) into OUT/report.md, OUT/results.csv and
-     OUT/throughput_vs_p99.png. A point without a CSV is reported as failed with the last line of its log; the
-     points that were measured are kept. Rerun ``report`` on OUT after an interrupted run.
+``run`` finds perf_analyzer (and libcudart.so.12, which it loads even on CPU), checks that it starts, asks the server
+(tritonclient) for its version, the ready models and their configs, plans one point per model x batch size and writes
+OUT/run.json; then measures each point with ``perf_analyzer -m MODEL -b BATCH ... -f OUT/csv/MODEL_bBATCH.csv
+--verbose-csv`` (``measure_point``: one process group per point, killed past its timeout) and turns the CSVs into
+OUT/report.md, OUT/results.csv and OUT/throughput_vs_p99.png. A point without a CSV is reported as failed with the
+last line of its log; the points that were measured are kept. ``report OUT`` redoes the last step (after an
+interrupted run, or to add ``--compare``).
 
 perf_analyzer's CSV gives latencies in microseconds: Client Send, Network+Server Send/Recv, Server Queue, Server
 Compute Input/Infer/Output, Client Recv (averages per request) and p50/p90/p95/p99; --verbose-csv adds Avg latency.
@@ -20,8 +19,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,6 +31,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from .cli import add_output, add_server, model_names
 from .errors import KitError, cli_errors
 from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, MODELS, MODELS_BY_NAME, PROTOCOLS, admin_headers
 from .validate import ModelConfig
@@ -113,7 +115,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- prepare
+# ---------------------------------------------------------------- plan
 
 def find_perf_analyzer() -> Path:
     """$PERF_ANALYZER, else the one beside this Python (the venv's bin), else PATH."""
@@ -289,15 +291,17 @@ def point_files(model: str, batch: int) -> Dict[str, str]:
     return {"csv": f"csv/{stem}.csv", "log": f"logs/{stem}.log"}
 
 
-def prepare(args: argparse.Namespace) -> int:
+def plan(out: Path, url: Optional[str], protocol: str, models: Optional[List[str]], batch_sizes: Optional[str],
+         images: Optional[str], warmup: int, perf_args: List[str]) -> dict:
+    """Check perf_analyzer and the server, plan one point per model x batch size, warm the models up; write and
+    return OUT/run.json's content (with the perf_analyzer path and its environment, which are not written)."""
     perf_analyzer = find_perf_analyzer()
     env = perf_analyzer_env()
     version = perf_analyzer_version(perf_analyzer, env)
-    url = normalize_url(args.url or DEFAULT_URLS[args.protocol])
-    server = Server(url, args.protocol, os.environ.get(ADMIN_KEY_ENV))
+    url = normalize_url(url or DEFAULT_URLS[protocol])
+    server = Server(url, protocol, os.environ.get(ADMIN_KEY_ENV))
     host = hardware()  # before the warm-up below, whose own load must not count as the host's
-    if args.models:
-        models = [m for m in args.models.split(",") if m]
+    if models:
         not_ready = [m for m in models if not server.is_ready(m)]
         if not_ready:
             states = {e.get("name"): f"{e.get('state', '?')}{': ' + e['reason'] if e.get('reason') else ''}"
@@ -310,50 +314,132 @@ def prepare(args: argparse.Namespace) -> int:
         if not models:
             raise KitError(f"the server at {url} has no ready model")
     configs = {m: server.config(m) for m in models}
-    if args.batch_sizes:
-        batches = parse_batch_sizes(args.batch_sizes)
+    if batch_sizes:
+        batches = parse_batch_sizes(batch_sizes)
         too_big = {m: c.max_batch_size for m, c in configs.items() if max(batches) > c.max_batch_size}
         if too_big:
-            raise KitError(f"--batch-sizes {args.batch_sizes}: batch {max(batches)} is above max_batch_size of "
+            raise KitError(f"--batch-sizes {batch_sizes}: batch {max(batches)} is above max_batch_size of "
                            + ", ".join(f"{m} ({b})" for m, b in too_big.items()))
     else:  # the seed measured 1..8 = max_batch_size; perf_analyzer itself rejects a batch above a model's maximum
         batches = list(range(1, min(max(c.max_batch_size, 1) for c in configs.values()) + 1))
-    out = Path(args.out)
     encoded = [m for m in models if encoded_input(configs[m])]
-    files = image_files(args.images) if encoded else []
+    files = image_files(images) if encoded else []
     for sub in ("csv", "logs") + (("inputs",) if encoded else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     data = {(m, b): f"inputs/{m}{'' if b == 1 else '_padded'}.json" for m in encoded for b in batches}
     sent = {(m, b): write_input_data(configs[m], files, out / path, b > 1) for (m, b), path in data.items()}
-    for model in models if args.warmup else ():
-        print(f"warming up {model}: {args.warmup} request(s) per batch size", file=sys.stderr, flush=True)
+    for model in models if warmup else ():
+        print(f"warming up {model}: {warmup} request(s) per batch size", file=sys.stderr, flush=True)
         for batch in batches:
             try:
-                server.warm_up(model, configs[model], batch, args.warmup, files[0].read_bytes() if files else b"")
+                server.warm_up(model, configs[model], batch, warmup, files[0].read_bytes() if files else b"")
             except Exception:  # noqa: BLE001 - that point's perf_analyzer run reports the server's error itself
                 pass
     points = [{"model": m, "batch": b, **point_files(m, b), "input_data": data.get((m, b), ""),
                "bytes_per_image": sent.get((m, b)) or tensor_bytes(configs[m])} for b in batches for m in models]
-    run = {"date": now(), "url": url, "protocol": args.protocol, "server": server.metadata(),
-           "perf_analyzer": {"path": str(perf_analyzer), "version": version, "args": args.perf_args},
+    run = {"date": now(), "url": url, "protocol": protocol, "server": server.metadata(),
+           "perf_analyzer": {"path": str(perf_analyzer), "version": version, "args": perf_args},
            "hardware": host, "models": {m: describe_config(c) for m, c in configs.items()},
            "batch_sizes": batches, "points": points,
            "images": [str(f) for f in files]}
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-    headers = admin_headers(os.environ.get(ADMIN_KEY_ENV), args.protocol)
-    assignments = {"PERF_ANALYZER": str(perf_analyzer), "PA_LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"], "URL": url,
-                   "PA_HEADER": "".join(f"{k}:{v}" for k, v in headers.items()),
-                   "POINTS": "\n".join(f"{p['model']}\t{p['batch']}\t{out / p['csv']}\t{out / p['log']}\t"
-                                        f"{out / p['input_data'] if p['input_data'] else ''}" for p in points)}
-    print("\n".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items()))
-    return 0
+    return run
+
+
+# ---------------------------------------------------------------- measure
+
+MAX_TRIALS = 10  # perf_analyzer's default --max-trials: windows per concurrency level before it gives up
+REQUEST_S = 1.0  # a generous bound on one request (Large at batch 8 on a busy 2-core CPU: ~0.3 s)
+START_S = 60.0  # perf_analyzer's start, its connection and the first requests
+
+
+def concurrency_range(text: str) -> List[int]:
+    """START[:END[:STEP]] -> the concurrency levels perf_analyzer visits."""
+    try:
+        start, end, step = ([int(x) for x in text.split(":")] + [0, 0])[:3] if text.count(":") <= 2 else (0, 0, 0)
+    except ValueError:
+        start = end = step = 0
+    end, step = end or start, step or 1
+    if start < 1 or end < start or (text.count(":") == 2 and int(text.split(":")[2]) < 1):
+        raise argparse.ArgumentTypeError(f"must be START[:END[:STEP]] (positive integers, END >= START), "
+                                         f"got {text!r}")
+    return list(range(start, end + 1, step))
+
+
+@dataclass
+class Settings:
+    """How perf_analyzer measures a point: the arguments every point of a run shares (the report records them)."""
+
+    concurrency: str = "1"  # START[:END[:STEP]]
+    shared_memory: str = "none"
+    window_ms: Optional[int] = None  # time windows (perf_analyzer's default: 5000 ms)
+    count: Optional[int] = None  # count windows: each lasts until this many requests completed (>= 1 s)
+    stability: Optional[int] = None
+    metrics: Optional[str] = None
+    extra: Sequence[str] = ()
+
+    def args(self) -> List[str]:
+        args = ["--concurrency-range", self.concurrency, "--shared-memory", self.shared_memory]
+        if self.window_ms:
+            args += ["--measurement-interval", str(self.window_ms)]
+        if self.count:
+            args += ["--measurement-mode", "count_windows", "--measurement-request-count", str(self.count)]
+        if self.stability:
+            args += ["--stability-percentage", str(self.stability)]
+        if self.metrics:
+            args += ["--collect-metrics", "--metrics-url", self.metrics]
+        return args + list(self.extra)
+
+    def default_timeout(self) -> float:
+        """A bound for a hung point, not a slow one: every concurrency level spends all of perf_analyzer's trials
+        on windows twice as long as asked (a count window: REQUEST_S per request), plus START_S."""
+        window = max(1.0, self.count * REQUEST_S) if self.count else (self.window_ms or 5000) / 1000
+        return START_S + len(concurrency_range(self.concurrency)) * MAX_TRIALS * 2 * window
+
+
+class PointFailed(Exception):
+    """perf_analyzer measured nothing for a point; the message says why (the last line of its log)."""
+
+
+def measure_point(url: str, protocol: str, model: str, batch: int, settings: Settings, csv_path: Path,
+                  log_path: Path, timeout: Optional[float] = None, input_data: str = "zero",
+                  admin_key: Optional[str] = None, perf_analyzer: Optional[Path] = None) -> List[dict]:
+    """One perf_analyzer run: ``model`` at ``batch`` over every concurrency level of ``settings``; returns its rows
+    (read_csv). perf_analyzer runs in its own process group, killed when it outlives ``timeout`` seconds (default
+    ``settings.default_timeout()``) or when this process is interrupted. Raises PointFailed with the reason, which
+    also ends the log."""
+    perf_analyzer = perf_analyzer or find_perf_analyzer()
+    timeout = timeout or settings.default_timeout()
+    # The admin key as a header, outside settings.args(): those are recorded in the report.
+    auth = [a for k, v in admin_headers(admin_key, protocol).items() for a in ("-H", f"{k}:{v}")]
+    cmd = [str(perf_analyzer), "-m", model, "-b", str(batch), "-u", url, "-i", protocol, *settings.args(), *auth,
+           "--input-data", input_data, "-f", str(csv_path), "--verbose-csv"]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.unlink(missing_ok=True)  # a stale CSV must not pass for this run's measurement
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **perf_analyzer_env()}, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.flush()
+            log.write(f"\ntimed out after {timeout:g} s: perf_analyzer killed\n")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # perf_analyzer and whatever it started
+                proc.wait()
+    rows = read_csv(csv_path, model, batch) if proc.returncode == 0 else []
+    if not rows:
+        raise PointFailed(failure_reason(log_path))
+    return rows
 
 
 # ---------------------------------------------------------------- report
 
-def read_point(out: Path, point: dict) -> List[dict]:
-    """The CSV rows of one model x batch point (one per concurrency level), latencies in ms; [] if none."""
-    path = out / point["csv"]
+def read_csv(path: Path, model: str, batch: int) -> List[dict]:
+    """The rows of perf_analyzer's CSV of one model x batch point (one per concurrency level), latencies in ms;
+    [] if there is none."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -362,18 +448,18 @@ def read_point(out: Path, point: dict) -> List[dict]:
     for r in raw:
         missing = [c for c in ("Concurrency", "Inferences/Second", *BREAKDOWN, *LATENCIES) if c not in r]
         if missing:
-            raise KitError(f"{path}: perf_analyzer CSV without column(s) {missing} (run_perf.sh passes "
-                           f"--verbose-csv; perf_analyzer drops 'Avg latency' when --percentile is given)")
-        row = {"model": point["model"], "batch": point["batch"], "concurrency": int(r["Concurrency"]),
+            raise KitError(f"{path}: perf_analyzer CSV without column(s) {missing} (the kit passes --verbose-csv; "
+                           f"perf_analyzer drops 'Avg latency' when --percentile is given)")
+        row = {"model": model, "batch": batch, "concurrency": int(r["Concurrency"]),
                "throughput": float(r["Inferences/Second"])}
         row.update({name: float(r[col]) / 1000.0 for col, name in {**LATENCIES, **BREAKDOWN}.items()})
         rows.append(row)
     return sorted(rows, key=lambda row: row["concurrency"])
 
 
-def failure_reason(out: Path, point: dict) -> str:
+def failure_reason(log: Path) -> str:
     try:
-        lines = [ln.strip() for ln in (out / point["log"]).read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except FileNotFoundError:
         return "not run"
     return lines[-1] if lines else "perf_analyzer wrote no CSV and no message"
@@ -489,18 +575,19 @@ def render_report(run: dict, rows: List[dict], failures: List[str], engine: Opti
     return "\n".join(lines) + "\n"
 
 
-def report(args: argparse.Namespace) -> int:
-    out = Path(args.dir)
+def report(out: Path, compare: Optional[Path] = None) -> int:
+    """OUT's CSVs -> report.md (also printed), results.csv, the plot; 1 when a point has no CSV, else 0."""
     try:
         run = json.loads((out / RUN_FILE).read_text())
     except FileNotFoundError:
-        raise KitError(f"{out} has no {RUN_FILE}: not a run_perf.sh output directory") from None
-    engine = read_engine(args.compare)
+        raise KitError(f"{out} has no {RUN_FILE}: not an output directory of `python -m mnv3kit.perf run`") from None
+    engine = read_engine(compare)
     rows, failures, failed = [], [], []
     for point in run["points"]:
-        measured = [{**row, "bytes_per_image": point.get("bytes_per_image")} for row in read_point(out, point)]
+        measured = [{**row, "bytes_per_image": point.get("bytes_per_image")}
+                    for row in read_csv(out / point["csv"], point["model"], point["batch"])]
         if not measured:
-            failures.append(f"`{point['model']}` batch {point['batch']}: {failure_reason(out, point)} "
+            failures.append(f"`{point['model']}` batch {point['batch']}: {failure_reason(out / point['log'])} "
                             f"(log: {point['log']})")
             failed.append((point["model"], point["batch"]))
         rows += measured
@@ -522,25 +609,148 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- run
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        # Count windows (>= 1 s each) finish fast whatever the model's speed; no stability check to speak of: on a
+        # busy 2-core machine three windows of a 13 ms model were seen to differ by more than 2x.
+        args.count = args.count or (None if args.window else 5)
+        args.stability = args.stability or 1000
+    if args.compare and not args.compare.is_file():
+        raise KitError(f"--compare {args.compare}: no such file (perf/bench_engine.py -o DIR writes "
+                       f"DIR/engine_latency.json)")
+    settings = Settings(args.concurrency, args.shared_memory, args.window, args.count, args.stability, args.metrics,
+                        args.perf_args)
+    timeout = args.point_timeout or settings.default_timeout()
+    out = args.output or Path("perf/out") / f"served-{datetime.now():%Y%m%d-%H%M%S}"
+    info = plan(out, args.url, args.protocol, args.models, args.batch_sizes, args.images, args.warmup,
+                settings.args())
+    key = os.environ.get(ADMIN_KEY_ENV)
+    for n, point in enumerate(info["points"], 1):
+        print(f"[{n}/{len(info['points'])}] {point['model']} batch {point['batch']} ... ", end="", file=sys.stderr,
+              flush=True)
+        try:
+            measure_point(info["url"], args.protocol, point["model"], point["batch"], settings, out / point["csv"],
+                          out / point["log"], timeout,
+                          str(out / point["input_data"]) if point["input_data"] else "zero", key,
+                          Path(info["perf_analyzer"]["path"]))
+            print("ok", file=sys.stderr)
+        except PointFailed as exc:
+            print(f"FAILED: {exc}", file=sys.stderr)
+    return report(out, args.compare)
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def count_or_zero(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return int(text)
+
+
+def concurrency_text(text: str) -> str:
+    concurrency_range(text)
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return text
+
+
+RUN_DESCRIPTION = f"""\
+Measures throughput and latency of models served by a running Triton with perf_analyzer (tritonclient[all]==2.51.0),
+one measurement per model x batch size, and writes into the output directory:
+  {REPORT_MD:<23} Model/Batch_Size, Throughput (infer/sec), Avg, p50, p90, p95, p99 latency (ms), then the
+                          server-side breakdown (queue, compute input/infer/output); header: server version, model
+                          configs, hardware, date, the perf_analyzer command
+  {RESULTS_CSV:<23} the same numbers, one row per model x batch x concurrency
+  {PLOT_PNG:<23} throughput against p99 latency, one line per model
+  csv/MODEL_bN.csv        perf_analyzer's own CSV (-f --verbose-csv) per point; logs/MODEL_bN.log its output
+Arguments after -- go to every perf_analyzer call."""
+
+RUN_EPILOG = f"""\
+A server whose admin APIs are restricted (serve.py, the kit's compose file) needs its key in ${ADMIN_KEY_ENV}: the
+repository index (which models are ready) and Triton's statistics (the server-side columns) are admin APIs. The key
+goes to perf_analyzer as a -H header and is never written into the report.
+perf_analyzer is looked up as $PERF_ANALYZER, beside the Python that runs this, then on PATH; LD_LIBRARY_PATH gets
+the nvidia-cuda-runtime-cu12 wheel's libcudart.so.12, which it loads even without a GPU. Missing? `make venv` (it
+also installs the system package libb64-0d).
+A point that fails (unstable measurement, server error, past --point-timeout) is listed in the report; the others
+are kept. Regenerate a report from existing CSVs: python -m mnv3kit.perf report DIR [--compare JSON].
+
+Exit status: 0 every point measured; 1 some points failed (the rest are reported);
+             2 bad usage, perf_analyzer missing, server unreachable or a model not ready."""
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--models", type=model_names, metavar="LIST",
+                   help="comma-separated models, keys (pt,onnx,u8,image) or Triton names (default: every READY "
+                        "model on the server)")
+    add_server(p)
+    p.add_argument("-b", "--batch-sizes", metavar="LIST",
+                   help="e.g. 1-8 or 1,2,4,8 (default 1..max_batch_size of the models: 1-8, as the seed)")
+    p.add_argument("-c", "--concurrency", type=concurrency_text, default="1", metavar="RANGE",
+                   help="outstanding requests, START[:END[:STEP]] (default 1, as perf_client's table)")
+    p.add_argument("--shared-memory", choices=("none", "system", "cuda"), default="none", metavar="M",
+                   help="none, system or cuda: pass tensors through system or CUDA shared memory (server on this "
+                        "host; cuda: the GPU that serves, perf_analyzer allocates it)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("-p", "--window", type=positive, metavar="MS",
+                      help="length of each measurement window (default perf_analyzer's 5000)")
+    size.add_argument("--count", type=positive, metavar="N",
+                      help="count windows instead: each window lasts until N requests completed (and >= 1 s)")
+    p.add_argument("--stability", type=positive, metavar="PCT",
+                   help="allowed spread of the last 3 windows before a point counts as stable (default 10)")
+    p.add_argument("--metrics", metavar="URL",
+                   help="also record Triton's GPU metrics (utilization, power, memory) from URL, e.g. "
+                        "localhost:8002/metrics, into the CSVs")
+    p.add_argument("--warmup", type=count_or_zero, default=5, metavar="N",
+                   help="untimed requests per model x batch size before measuring (default 5): TorchScript "
+                        "optimizes on its first calls per input shape, seconds each on a small CPU")
+    p.add_argument("--images", type=existing_dir, metavar="DIR",
+                   help="JPEG/PNG files sent to encoded-image models (mobilenetv3_image), one per batch item, "
+                        "through perf_analyzer --input-data (default: scikit-learn's sample photographs)")
+    p.add_argument("--compare", type=Path, metavar="JSON",
+                   help="engine_latency.json of perf/bench_engine.py -o DIR: adds in-process throughput and the "
+                        "served / in-process ratio per row")
+    p.add_argument("--point-timeout", type=positive, metavar="S",
+                   help="kill a point's perf_analyzer after S seconds and list it as failed (default: "
+                        f"{START_S:g} s + concurrency levels x {MAX_TRIALS} windows x twice the window: "
+                        "the window, or --count x 1 s)")
+    add_output(p, help="output directory (default perf/out/served-YYYYmmdd-HHMMSS)")
+    p.add_argument("--quick", action="store_true",
+                   help="short, rough measurements for CI and the demo (--count 5 --stability 1000)")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mnv3kit.perf", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prog", default="python -m mnv3kit.perf", help=argparse.SUPPRESS)  # run_perf.sh's name in errors
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = "python -m mnv3kit.perf"
+    if argv[:1] == ["--prog"] and len(argv) > 1:  # a wrapper's name in messages (perf/run_perf.sh)
+        prog, argv = argv[1], argv[2:]
+    perf_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("prepare", help="check perf_analyzer and the server, plan the points, write run.json")
-    pr.add_argument("--url")
-    pr.add_argument("--protocol", choices=PROTOCOLS, default="http")
-    pr.add_argument("--models", help="comma-separated; default every ready model")
-    pr.add_argument("--batch-sizes", help="e.g. 1-8 or 1,8; default 1..max_batch_size")
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--images", help="folder of JPEG/PNG files for encoded-image models (default: sklearn photos)")
-    pr.add_argument("--warmup", type=int, default=5, help="untimed requests per model x batch size first (default 5)")
-    pr.add_argument("perf_args", nargs="*", help="perf_analyzer arguments shared by every point (recorded)")
+    formatter = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=26, width=118)  # noqa
+    rn = sub.add_parser("run", prog=prog if prog != "python -m mnv3kit.perf" else f"{prog} run",
+                        usage="%(prog)s [options] [-- extra perf_analyzer arguments]", description=RUN_DESCRIPTION,
+                        epilog=RUN_EPILOG, formatter_class=formatter,
+                        help="measure every model x batch size of a running server, then report")
+    add_run_arguments(rn)
     rp = sub.add_parser("report", help="CSV files of a run -> report.md, results.csv, throughput_vs_p99.png")
-    rp.add_argument("dir")
+    rp.add_argument("dir", type=Path)
     rp.add_argument("--compare", type=Path, help="perf/bench_engine.py JSON: adds served / in-process throughput")
     args = p.parse_args(argv)
-    with cli_errors(args.prog):
-        return prepare(args) if args.command == "prepare" else report(args)
+    args.perf_args = perf_args
+    with cli_errors(prog):
+        return run(args) if args.command == "run" else report(args.dir, args.compare)
 
 
 if __name__ == "__main__":

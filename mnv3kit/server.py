@@ -288,6 +288,15 @@ class LocalTriton:
         """Load ``model`` from the repository as it is now. A loaded one keeps serving until the new one is ready."""
         self.api.load(model)  # returns once loaded
 
+    def unload(self, model: str, timeout: float = UNLOAD_TIMEOUT_S) -> None:
+        """Unload ``model`` (Triton lets in-flight requests finish first) and wait until it is gone."""
+        self._get(f"/v2/repository/models/{model}/unload", body=b"{}")
+        deadline = time.monotonic() + timeout
+        while any(m["name"] == model and m.get("state") in ("READY", "UNLOADING") for m in self.index()):
+            if time.monotonic() > deadline:
+                raise KitError(f"{model} still loaded {timeout:.0f}s after its unload")
+            time.sleep(0.1)
+
     def _unload_all(self) -> None:
         """Unload every model (Triton lets in-flight requests finish first) and wait until none is left."""
         deadline = time.monotonic() + UNLOAD_TIMEOUT_S

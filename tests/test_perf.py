@@ -120,6 +120,36 @@ def test_grpc_shared_memory_and_a_failed_point_keeps_the_others(server, tmp_path
     assert (tmp_path / "out" / "throughput_vs_p99.png").is_file()
 
 
+def test_a_point_past_its_timeout_is_killed_and_the_others_kept(server, tmp_path):
+    """The real perf_analyzer; for batch 2 it runs as a child of a shell and waits for 10**6 requests per window: its
+    process group is killed at --point-timeout, the point is listed as failed, batch 1 is measured."""
+    from mnv3kit.perf import find_perf_analyzer
+
+    marker = "987654321"  # the slow point's request count: finds a perf_analyzer that outlived the kill
+    wrapper = tmp_path / "perf_analyzer"
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" -b 2 "*) {find_perf_analyzer()} "$@" '
+                       f'--measurement-request-count {marker}; exit $? ;; esac\nexec {find_perf_analyzer()} "$@"\n')
+    wrapper.chmod(0o755)
+    proc = run_perf("--quick", "-u", server.http_url, "-m", "onnx", "-b", "1,2", "--point-timeout", "30",
+                    "-o", tmp_path / "out", env={"PERF_ANALYZER": str(wrapper), ADMIN_KEY_ENV: server.admin_key})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"mobilenetv3_onnx batch 2 ... FAILED: timed out after 30 s" in proc.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert list(table_rows(report, "Model/Batch_Size")) == [f"{ONNX.key}/1"]
+    assert f"`{ONNX.name}` batch 2: timed out after 30 s" in report.split("## Failed points")[1]
+    survivors = [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(p)]
+    assert not survivors
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_batch_above_max_batch_size_is_refused_up_front(server, tmp_path):
     proc = run_perf("--quick", "-u", server.http_url, "-b", "1,16", "-o", tmp_path / "out",
                     env={ADMIN_KEY_ENV: server.admin_key})
@@ -198,9 +228,10 @@ def test_help_and_bad_flags():
     proc = run_perf("--help")
     assert proc.returncode == 0
     for flag in ("--models", "--url", "--protocol", "--batch-sizes", "--concurrency", "--shared-memory", "--window",
-                 "--count", "--out", "--quick", "--compare", "Exit status"):
+                 "--count", "--output", "--point-timeout", "--quick", "--compare", "Exit status"):
         assert flag in proc.stdout, flag
-    assert_one_line_error(run_perf("--protocol", "ftp"), "--protocol must be http or grpc")
+    assert_one_line_error(run_perf("--protocol", "ftp"), "run_perf.sh: error: argument -i/--protocol: invalid choice")
+    assert_one_line_error(run_perf("-c", "4:2"), "--concurrency: must be START[:END[:STEP]]")
 
 
 @pytest.fixture(scope="module")

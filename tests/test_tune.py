@@ -1,0 +1,86 @@
+"""The tuner end to end: a small real search (Small, ONNX Runtime, two candidates, short count windows) in the embedded
+Triton with perf_analyzer; the winner is a valid repository that loads in a real Triton. Correctness only."""
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from conftest import ROOT, assert_one_line_error
+from mnv3kit.render import Batching
+from mnv3kit.server import LocalTriton, Ports
+from mnv3kit.spec import ONNX
+from mnv3kit.tune import MIN_GAIN
+from mnv3kit.validate import check_repository, parse_config
+
+
+def tune(*args):
+    return subprocess.run([sys.executable, "-m", "mnv3kit.tune", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def search(built_repo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune")
+    # the kit's default (max batch 8, preferred 4,8) and one refinement: max batch 4, preferred 2,4
+    proc = tune("--repo", built_repo("small", "local"), "--p99-ms", 10000, "-m", "onnx", "-c", "1:2",
+                "--instances", 1, "--max-batch-sizes", 4, "--queue-delays-us", Batching().queue_delay_us,
+                "--preferred", "both", "--count", 5, "--stability", 1000, "--budget-min", 5, "--confirm", 1, "-o", out)
+    return proc, out
+
+
+def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
+    proc, out = search
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "tune.json").read_text())
+    labels = [c["label"] for c in result["candidates"]]
+    assert labels == ["onnx i1 b8 p4,8 d100", "onnx i1 b4 p2,4 d100"], labels
+    assert [c["stage"] for c in result["candidates"]] == ["default", "refine"]
+    for c in result["candidates"]:
+        assert not c["error"], c
+        assert [r["concurrency"] for r in c["rows"]] == [1, 2]
+        assert all(r["throughput"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in c["rows"]), c
+    assert result["measured"] == 2 and result["grid"] == 2 and result["points"] == 4
+    # the refinement wins only by more than MIN_GAIN; otherwise the default stays
+    winner = result["winner"]
+    default, refined = (c["best"]["throughput"] for c in result["candidates"])
+    assert winner["label"] == labels[1 if refined >= MIN_GAIN * default else 0], (winner, default, refined)
+    # a winner other than the default is measured again beside it (--confirm 1)
+    confirmed = result["confirmed"]
+    assert (confirmed is None) == (winner["label"] == labels[0]), confirmed
+    assert result["runs"] == 2 + (2 if confirmed else 0)
+    assert confirmed is None or (len(confirmed["winner"]) == len(confirmed["default"]) == 1)
+
+    repo = out / "model_repository"
+    report = check_repository(repo)
+    assert report.ok, report.problems
+    assert report.models == [ONNX.name]
+    config = parse_config(repo / ONNX.name / "config.pbtxt")
+    expected = next(c["candidate"] for c in result["candidates"] if c["label"] == winner["label"])
+    assert config.max_batch_size == expected["max_batch"]
+    assert list(config.dynamic_batching.preferred_batch_size) == expected["preferred"]
+    assert config.instance_group[0].count == 1
+    manifest = json.loads((repo / "manifest.json").read_text())
+    assert manifest["tuned"]["candidate"] == expected and manifest["models"] == [ONNX.name]
+    with LocalTriton(repo, Ports.free()) as triton:
+        assert triton.ready_models() == [ONNX.name]
+
+    text = (out / "report.md").read_text()
+    assert proc.stdout.strip() == text.strip()
+    assert "2 candidates (4 perf_analyzer points) of a full grid of 2 candidates (4 points)" in text
+    assert ("Measured again, alternately, 1 times each" in text) == bool(confirmed)
+    assert f"`{winner['label']}`" in text and "winner / default" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `onnx")]
+    assert len(rows) == 2
+    height, width, _ = matplotlib.image.imread(out / "pareto.png").shape
+    assert height > 100 and width > 100
+
+
+def test_bad_input_is_one_line_error(tmp_path, built_repo):
+    assert_one_line_error(tune("--repo", tmp_path, "--p99-ms", 50, "-o", tmp_path / "out"), "manifest.json")
+    assert not (tmp_path / "out").exists()
+    assert_one_line_error(tune("--repo", built_repo("small", "local"), "--p99-ms", 50, "-m", "trt"),
+                          "the tuner tries pt and onnx")
+    assert_one_line_error(tune("--arch", "small", "--p99-ms", 0), "--p99-ms and --budget-min must be > 0")
