@@ -12,9 +12,12 @@ class KitError(Exception):
     exit_code = 2
 
 
-def prog_name() -> str:
-    """The command as the user typed it (`serve.py`, `mnv3-serve`): what argparse calls prog."""
-    return Path(sys.argv[0]).name
+def prog_name(module: Optional[str] = None) -> str:
+    """The command as the user typed it (`serve.py`, `mnv3-serve`, or `python -m MODULE` when run that way)."""
+    name = Path(sys.argv[0]).name
+    if module and name == module.rsplit(".", 1)[-1] + ".py":
+        return f"python -m {module}"
+    return name
 
 
 @contextmanager

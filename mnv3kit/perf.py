@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from .cli import add_output, add_server, model_names
-from .errors import KitError, cli_errors
+from .errors import KitError, cli_errors, prog_name
 from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, MODELS, MODELS_BY_NAME, PROTOCOLS, admin_headers
+from .triton import Triton
 from .validate import ModelConfig
 
 HOW_TO_INSTALL = ("install the kit's environment with `make venv`: tritonclient[all]==2.51.0 ships perf_analyzer, "
@@ -150,71 +150,40 @@ def perf_analyzer_version(path: Path, env: Dict[str, str]) -> str:
     return text.splitlines()[0] if text else "perf_analyzer (version unknown)"
 
 
-class Server:
-    """The few questions run_perf.sh asks the server, over HTTP or gRPC (tritonclient)."""
+def connect(url: str, protocol: str) -> Triton:
+    """The server to measure (mnv3kit.triton), with the admin key from the environment for the repository index."""
+    server = Triton(url, protocol, os.environ.get(ADMIN_KEY_ENV), timeout=60.0)
+    if not server.live():
+        raise KitError(f"no Triton server answers at {url} over {protocol.upper()}: start one "
+                       f"(python serve.py --repo model_repository_local, or docker compose up triton) "
+                       f"or pass its address with -u URL -i {'/'.join(PROTOCOLS)}")
+    return server
 
-    def __init__(self, url: str, protocol: str, admin_key: Optional[str] = None):
-        self.url, self.protocol = url, protocol
-        self._admin = admin_headers(admin_key, protocol)  # the repository index is an admin API
-        if protocol == "http":
-            import tritonclient.http as client
-        else:
-            import tritonclient.grpc as client
-        self._module = client
-        self._client = client.InferenceServerClient(url)
-        try:
-            live = self._client.is_server_live()
-        except Exception:  # noqa: BLE001 - connection refused / DNS / wrong protocol all mean "nothing answers"
-            live = False
-        if not live:
-            raise KitError(f"no Triton server answers at {url} over {protocol.upper()}: start one "
-                           f"(python serve.py --repo model_repository_local, or docker compose up triton) "
-                           f"or pass its address with -u URL -i {'/'.join(PROTOCOLS)}")
 
-    def metadata(self) -> dict:
-        if self.protocol == "http":
-            return self._client.get_server_metadata()
-        return self._client.get_server_metadata(as_json=True)
+def index(server: Triton) -> List[dict]:
+    try:
+        return server.index()
+    except Exception as exc:  # noqa: BLE001 - e.g. the endpoint is restricted on this server
+        raise KitError(f"the server's model repository index is not available ({str(exc).splitlines()[0]}): "
+                       f"name the models with -m, or give the server's admin key in ${ADMIN_KEY_ENV}") from None
 
-    def index(self) -> List[dict]:
-        """Repository index entries (name, version, state, reason)."""
-        try:
-            if self.protocol == "http":
-                return self._client.get_model_repository_index(headers=self._admin)
-            return self._client.get_model_repository_index(headers=self._admin, as_json=True).get("models", [])
-        except Exception as exc:  # noqa: BLE001 - e.g. the endpoint is restricted on this server
-            raise KitError(f"the server's model repository index is not available ({str(exc).splitlines()[0]}): "
-                           f"name the models with -m, or give the server's admin key in ${ADMIN_KEY_ENV}") from None
 
-    def is_ready(self, model: str) -> bool:
-        try:
-            return self._client.is_model_ready(model)
-        except Exception:  # noqa: BLE001 - unknown model
-            return False
+def warm_up(server: Triton, model: str, config: ModelConfig, batch: int, requests: int, image: bytes = b"") -> None:
+    """Untimed requests of zeros (an encoded-image model: ``image``) at this batch size: TorchScript's profiling
+    executor optimizes on the first calls per input shape (seconds each on a small CPU), which must not land in
+    a measurement window."""
+    from tritonclient.utils import triton_to_np_dtype
 
-    def warm_up(self, model: str, config: ModelConfig, batch: int, requests: int, image: bytes = b"") -> None:
-        """Untimed requests of zeros (an encoded-image model: ``image``) at this batch size: TorchScript's profiling
-        executor optimizes on the first calls per input shape (seconds each on a small CPU), which must not land in
-        a measurement window."""
-        from tritonclient.utils import triton_to_np_dtype
-
-        inputs = []
-        for spec in config.input:
-            datatype = model_config_pb2.DataType.Name(spec.data_type).replace("TYPE_", "")
-            data = (np.tile(np.frombuffer(image, np.uint8), (batch, 1)) if encoded_input(config)
-                    else np.zeros([batch, *spec.dims], dtype=triton_to_np_dtype(datatype)))
-            inp = self._module.InferInput(spec.name, list(data.shape), datatype)
-            inp.set_data_from_numpy(data)
-            inputs.append(inp)
-        for _ in range(requests):
-            self._client.infer(model, inputs)
-
-    def config(self, model: str) -> ModelConfig:
-        """The config the server actually runs (auto-completed), as Triton's ModelConfig protobuf."""
-        if self.protocol == "http":
-            return json_format.ParseDict(self._client.get_model_config(model), ModelConfig(),
-                                          ignore_unknown_fields=True)
-        return self._client.get_model_config(model).config
+    inputs = []
+    for spec in config.input:
+        datatype = model_config_pb2.DataType.Name(spec.data_type).replace("TYPE_", "")
+        data = (np.tile(np.frombuffer(image, np.uint8), (batch, 1)) if encoded_input(config)
+                else np.zeros([batch, *spec.dims], dtype=triton_to_np_dtype(datatype)))
+        inp = server.module.InferInput(spec.name, list(data.shape), datatype)
+        inp.set_data_from_numpy(data)
+        inputs.append(inp)
+    for _ in range(requests):
+        server.client.infer(model, inputs)
 
 
 def encoded_input(config: ModelConfig) -> bool:
@@ -299,28 +268,28 @@ def plan(out: Path, url: Optional[str], protocol: str, models: Optional[List[str
     env = perf_analyzer_env()
     version = perf_analyzer_version(perf_analyzer, env)
     url = normalize_url(url or DEFAULT_URLS[protocol])
-    server = Server(url, protocol, os.environ.get(ADMIN_KEY_ENV))
+    server = connect(url, protocol)
     host = hardware()  # before the warm-up below, whose own load must not count as the host's
     if models:
-        not_ready = [m for m in models if not server.is_ready(m)]
+        not_ready = [m for m in models if not server.model_ready(m)]
         if not_ready:
             states = {e.get("name"): f"{e.get('state', '?')}{': ' + e['reason'] if e.get('reason') else ''}"
-                      for e in server.index()}
+                      for e in index(server)}
             raise KitError("not ready on the server: " + "; ".join(f"{m} ({states.get(m, 'not in its repository')})"
                                                                    for m in not_ready))
     else:
-        models = sorted({e["name"] for e in server.index() if e.get("state") == "READY"},
+        models = sorted({e["name"] for e in index(server) if e.get("state") == "READY"},
                         key=lambda m: (model_order(m), m))
         if not models:
             raise KitError(f"the server at {url} has no ready model")
-    configs = {m: server.config(m) for m in models}
+    configs = {m: server.model_config(m) for m in models}
     if batch_sizes:
         batches = parse_batch_sizes(batch_sizes)
         too_big = {m: c.max_batch_size for m, c in configs.items() if max(batches) > c.max_batch_size}
         if too_big:
             raise KitError(f"--batch-sizes {batch_sizes}: batch {max(batches)} is above max_batch_size of "
                            + ", ".join(f"{m} ({b})" for m, b in too_big.items()))
-    else:  # the seed measured 1..8 = max_batch_size; perf_analyzer itself rejects a batch above a model's maximum
+    else:  # 1..8 = max_batch_size as the original project; perf_analyzer itself rejects a batch above a model's maximum
         batches = list(range(1, min(max(c.max_batch_size, 1) for c in configs.values()) + 1))
     encoded = [m for m in models if encoded_input(configs[m])]
     files = image_files(images) if encoded else []
@@ -332,7 +301,7 @@ def plan(out: Path, url: Optional[str], protocol: str, models: Optional[List[str
         print(f"warming up {model}: {warmup} request(s) per batch size", file=sys.stderr, flush=True)
         for batch in batches:
             try:
-                server.warm_up(model, configs[model], batch, warmup, files[0].read_bytes() if files else b"")
+                warm_up(server, model, configs[model], batch, warmup, files[0].read_bytes() if files else b"")
             except Exception:  # noqa: BLE001 - that point's perf_analyzer run reports the server's error itself
                 pass
     points = [{"model": m, "batch": b, **point_files(m, b), "input_data": data.get((m, b), ""),
@@ -731,7 +700,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = "python -m mnv3kit.perf"
+    prog = prog_name("mnv3kit.perf")
     if argv[:1] == ["--prog"] and len(argv) > 1:  # a wrapper's name in messages (perf/run_perf.sh)
         prog, argv = argv[1], argv[2:]
     perf_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -739,7 +708,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     formatter = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=26, width=118)  # noqa
-    rn = sub.add_parser("run", prog=prog if prog != "python -m mnv3kit.perf" else f"{prog} run",
+    rn = sub.add_parser("run", prog=f"{prog} run" if prog.startswith(("python -m", "mnv3-")) else prog,
                         usage="%(prog)s [options] [-- extra perf_analyzer arguments]", description=RUN_DESCRIPTION,
                         epilog=RUN_EPILOG, formatter_class=formatter,
                         help="measure every model x batch size of a running server, then report")

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .build import BuildOptions, build, built_config, render_model, rerender
 from .cli import add_output, model_names
-from .errors import KitError, cli_errors
+from .errors import KitError, cli_errors, prog_name
 from .perf import (PointFailed, Settings, concurrency_range, concurrency_text, hardware, hardware_line,
                    markdown_table, measure_point, now, positive)
 from .render import QUEUE_BATCHES, Batching, ConfigOptions, Instances
@@ -350,7 +350,7 @@ def choice_list(choices: Sequence[str]):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mnv3kit.tune", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=prog_name("mnv3kit.tune"), description=__doc__.split("\n\n")[0],
                                 epilog="Exit status: 0 a winner written; 1 no candidate met the budget; 2 bad input.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--repo", type=Path, metavar="DIR", help="a repository built with build_repo.py --target local")
@@ -476,7 +476,7 @@ def tune(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with cli_errors("python -m mnv3kit.tune"):
+    with cli_errors(prog_name("mnv3kit.tune")):
         return tune(args)
 
 

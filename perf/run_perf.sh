@@ -8,10 +8,9 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
 fi
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c 'import mnv3kit.perf' 2>/dev/null || {
-  echo "run_perf.sh: error: $PY cannot import the kit and tritonclient: create the environment with \`make venv\`" \
-    "(or set PYTHON)" >&2
+  echo "run_perf.sh: error: $PY cannot import the kit and tritonclient: install it with \`make venv\` (or" \
+    "pip install \".[perf]\"), or set PYTHON" >&2
   exit 2
 }
 exec "$PY" -m mnv3kit.perf --prog run_perf.sh run "$@"

@@ -26,8 +26,12 @@ def help_text(command: str) -> str:
 
 
 def script_help(script: str) -> str:
-    cmd = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
-    proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if script.startswith("python -m "):
+        cmd = [sys.executable, "-m", script.split()[-1]]
+    else:
+        cmd = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
+    proc = subprocess.run([*cmd, *(["run"] if script.endswith("perf") else []), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -44,7 +48,9 @@ def test_script_in_the_checkout_is_the_entry_point(command):
     from_script = script_help(script)
 
     def normalize(text: str) -> str:  # argparse wraps the usage by the program name's length
-        return re.sub(r"\s+", " ", text.replace(Path(script).name, "PROG").replace(command, "PROG"))
+        for prog in (script, Path(script).name, f"{command} run", command):
+            text = text.replace(prog, "PROG")
+        return re.sub(r"\s+", " ", text)
 
     assert normalize(from_script) == normalize(installed)
 

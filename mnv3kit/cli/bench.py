@@ -1,7 +1,7 @@
 """In-process latency of every artifact in a model repository, per batch size (the original project's trtexec table).
 
   python perf/bench_engine.py --repo model_repository_local
-  python perf/bench_engine.py --repo model_repository --device cuda --out perf/out/engine
+  python perf/bench_engine.py --repo model_repository --device cuda -o perf/out/engine
 
 For each artifact of the repository's built version -- model.pt (TorchScript), model.onnx (ONNX Runtime) and
 model.plan (TensorRT 10 Python API, where TensorRT and a GPU exist) -- and each batch size 1..max_batch_size of its
