@@ -13,7 +13,8 @@ if [ ! -d "$carry_dir/server-site" ]; then
   python3 -m pip install -q --no-index --no-deps --target "$carry_dir/server-site" "$(dirname "$1")"/server-wheels/*.whl
 fi
 ln -sf "$(ls "$carry_dir"/site/nvidia_pytriton.libs/libcudart-*.so.12*)" "$carry_dir/lib/libcudart.so.12"
-export PYTHONPATH="$carry_dir/site${PYTHONPATH:+:$PYTHONPATH}"
+# the checkout itself too: the kit is not pip-installed on such a host (scripts under perf/ import mnv3kit)
+export PYTHONPATH="$PWD:$carry_dir/site${PYTHONPATH:+:$PYTHONPATH}"
 export SERVER_PYTHONPATH="$carry_dir/server-site:$PYTHONPATH"
 export LD_LIBRARY_PATH="$carry_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PERF_ANALYZER="$carry_dir/site/bin/perf_analyzer"
