@@ -252,6 +252,9 @@ class LocalTriton:
     def ready_models(self) -> List[str]:
         return sorted(m["name"] for m in self.index() if m.get("state") == "READY")
 
+    def config(self, model: str) -> dict:
+        return self._get(f"/v2/models/{model}/config")
+
     def version(self) -> str:
         return self._get("/v2").get("version", "?")
 
@@ -286,7 +289,7 @@ class LocalTriton:
         model parameter makes Triton load the whole model anew. Unloading first is no way out: in Triton 2.51 the
         unload of a model whose stub died never finishes while requests keep coming.
         """
-        config = self._get(f"/v2/models/{model}/config")
+        config = self.config(model)
         config.setdefault("parameters", {})["reload_stamp"] = {"string_value": str(time.time_ns())}
         body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
         self._get(f"/v2/repository/models/{model}/load", body=body, timeout=timeout)  # returns once loaded

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Faults under load: a killed backend process, and a model update, while open-loop requests keep coming.
+"""Faults: a killed backend process and a model update under open-loop load, and a sweep of malformed requests.
 
   python perf/faults.py stub-kill --repo model_repository_local --rate 2 --duration 40
   python perf/faults.py update --repo model_repository_local --weights new.pth --rate 2
+  python perf/faults.py malformed --repo model_repository_local -o perf/results/malformed
 
 Serves a copy of the repository with serve.py's server and watchdog (loopback, random ports) and sends batch-1
 requests to mobilenetv3_pt over gRPC at --rate per second. stub-kill: after 5 s, kill -9 of the model's python
@@ -10,6 +11,10 @@ backend stub. update: after 5 s, build_repo.py --weights WEIGHTS into the served
 built with: arch and target from its manifest). Prints one JSON object: requests sent / answered / rejected / failed,
 failed requests after the fault, when the model was READY again (or the new build served), and how long
 /v2/health/ready and the model's readiness reported not-ready.
+malformed: serves the repository as it is and sends each malformed request kind (mnv3kit/faults.py) over raw HTTP
+and gRPC, each followed by readiness checks and a real photograph's logits, which must stay bit-identical, and last
+the request known to kill Triton 2.51 (deeply nested JSON); writes malformed.md and malformed.json into --output.
+Exit 1 when a kind was not refused or the server was hurt (so with 2.51, always: that last one kills it).
 """
 
 import argparse
@@ -35,13 +40,17 @@ from mnv3kit.spec import PT  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("fault", choices=("stub-kill", "update"))
+    p.add_argument("fault", choices=("stub-kill", "update", "malformed"))
     p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
     p.add_argument("--weights", type=Path, help="update: the new weights")
     p.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
     p.add_argument("--duration", type=float, default=40.0, help="seconds of load at least (default 40)")
+    p.add_argument("-o", "--output", type=Path, default=Path("perf/results/malformed"),
+                   help="malformed: where the table goes (default perf/results/malformed)")
     args = p.parse_args(argv)
     with cli_errors("faults.py"):
+        if args.fault == "malformed":
+            return malformed(args.repo, args.output)
         from mnv3kit.load import background_load, descendants, summarize
         from mnv3kit.repository import read_manifest
         from mnv3kit.server import LocalTriton, Ports
@@ -104,6 +113,29 @@ def main(argv=None) -> int:
                   "not_ready_s": {k: round(v, 1) for k, v in not_ready.items()}}
         print(json.dumps(result))
         return 0
+
+
+def malformed(repo: Path, output: Path) -> int:
+    from mnv3kit.faults import Target, sweep, write_report
+    from mnv3kit.parity import parity_batch, sample_photos
+    from mnv3kit.server import LocalTriton, Ports
+
+    with LocalTriton(repo, Ports.free()) as server:
+        target = Target(server, PT)
+        title = f"Malformed requests, Triton {server.version()}, {PT.name} of {repo}"
+        try:
+            probes = sweep(target, parity_batch(sample_photos()[:1], 1),
+                           log=lambda line: print(line, file=sys.stderr, flush=True), killers=True)
+        finally:
+            target.close()
+    table, data = write_report(probes, output, title)
+    bad = [f"{p.kind} [{p.protocol}]" for p in probes if not (p.refused and p.healthy and p.logits_unchanged)]
+    print(json.dumps({"kinds": len(probes), "refused": sum(p.refused for p in probes),
+                      "refused_as_client_error": sum(p.client_error for p in probes),
+                      "healthy_after_each": all(p.healthy for p in probes),
+                      "logits_unchanged_after_each": all(p.logits_unchanged for p in probes),
+                      "not_refused_or_hurt": bad, "table": str(table), "json": str(data)}))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
