@@ -272,6 +272,25 @@ def sweep(t: Target, photo: np.ndarray, log: Callable[[str], None] = lambda line
     return probes
 
 
+def refused_body_rss(t: Target, protocol: str, count: int = 10, settle_s: float = 3.0) -> dict:
+    """tritonserver's own RSS (MiB) before, after the first and after ``count`` refused 200 MB requests (a batch far
+    above max_batch_size), and settle_s later."""
+    batch = BIG_BODY_BYTES // FP32_IMAGE_BYTES
+    shape = [batch, *INPUT_DIMS]
+    body = bytes(FP32_IMAGE_BYTES * batch)
+    rss = {"before": rss_mb(t.pid, tree=False)}
+    for i in range(count):
+        if protocol == "http":
+            status, error = t.infer_http(_header(shape, target=t), body)
+        else:
+            status, error = t.infer_grpc(shape, raw=body)
+        if i in (0, count - 1):
+            rss["after_1" if i == 0 else f"after_{count}"] = rss_mb(t.pid, tree=False)
+    time.sleep(settle_s)
+    rss[f"{settle_s:g}s_later"] = rss_mb(t.pid, tree=False)
+    return {"protocol": protocol, "status": status, "error": error, **{k: round(v) for k, v in rss.items()}}
+
+
 def write_report(probes: List[Probe], output: Path, title: str) -> Tuple[Path, Path]:
     """malformed.json (every field) and malformed.md (a table) in output."""
     output.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
   python perf/faults.py stub-kill --repo model_repository_local --rate 2 --duration 40
   python perf/faults.py update --repo model_repository_local --weights new.pth --rate 2
   python perf/faults.py malformed --repo model_repository_local -o perf/results/malformed
+  python perf/faults.py memory --repo model_repository_local -o perf/results/malformed
 
 Serves a copy of the repository with serve.py's server and watchdog (loopback, random ports) and sends batch-1
 requests to mobilenetv3_pt over gRPC at --rate per second. stub-kill: after 5 s, kill -9 of the model's python
@@ -15,6 +16,9 @@ malformed: serves the repository as it is and sends each malformed request kind 
 and gRPC, each followed by readiness checks and a real photograph's logits, which must stay bit-identical, and last
 the request known to kill Triton 2.51 (deeply nested JSON); writes malformed.md and malformed.json into --output.
 Exit 1 when a kind was not refused or the server was hurt (so with 2.51, always: that last one kills it).
+memory: tritonserver's RSS before, after 1 and after --count refused 200 MB requests over HTTP and gRPC, and 3 s
+later, for Triton's defaults (glibc malloc, gRPC allocation pool 8), pool 0 alone, and serve.py's default (jemalloc
+where installed, pool 0); writes memory.json into --output.
 """
 
 import argparse
@@ -40,17 +44,20 @@ from mnv3kit.spec import PT  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("fault", choices=("stub-kill", "update", "malformed"))
+    p.add_argument("fault", choices=("stub-kill", "update", "malformed", "memory"))
     p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
     p.add_argument("--weights", type=Path, help="update: the new weights")
     p.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
     p.add_argument("--duration", type=float, default=40.0, help="seconds of load at least (default 40)")
+    p.add_argument("--count", type=int, default=10, help="memory: refused 200 MB requests per protocol (default 10)")
     p.add_argument("-o", "--output", type=Path, default=Path("perf/results/malformed"),
                    help="malformed: where the table goes (default perf/results/malformed)")
     args = p.parse_args(argv)
     with cli_errors("faults.py"):
         if args.fault == "malformed":
             return malformed(args.repo, args.output)
+        if args.fault == "memory":
+            return memory(args.repo, args.output, args.count)
         from mnv3kit.load import background_load, descendants, summarize
         from mnv3kit.repository import read_manifest
         from mnv3kit.server import LocalTriton, Ports
@@ -136,6 +143,28 @@ def malformed(repo: Path, output: Path) -> int:
                       "logits_unchanged_after_each": all(p.logits_unchanged for p in probes),
                       "not_refused_or_hurt": bad, "table": str(table), "json": str(data)}))
     return 1 if bad else 0
+
+
+def memory(repo: Path, output: Path, count: int) -> int:
+    from mnv3kit.faults import Target, refused_body_rss
+    from mnv3kit.server import GRPC_ALLOCATION_POOL, LocalTriton, Ports
+
+    setups = [("Triton's defaults: glibc malloc, gRPC pool 8", "glibc", 8),
+              ("glibc malloc, gRPC pool 0", "glibc", GRPC_ALLOCATION_POOL),
+              ("serve.py's default: jemalloc, gRPC pool 0", "auto", GRPC_ALLOCATION_POOL)]
+    rows = []
+    for name, allocator, pool in setups:
+        with LocalTriton(repo, Ports.free(), allocator=allocator, grpc_pool=pool) as server:
+            target = Target(server, PT)
+            for protocol in ("http", "grpc"):
+                row = {"setup": name, "allocator": server.jemalloc or "glibc", "grpc_pool": pool,
+                       **refused_body_rss(target, protocol, count)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            target.close()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "memory.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

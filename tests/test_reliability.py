@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
-from mnv3kit.faults import Target, server_killers, sweep
+from mnv3kit.faults import Target, refused_body_rss, server_killers, sweep
 from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
@@ -134,6 +134,20 @@ def test_deeply_nested_json_kills_the_bundled_triton(built_repo):
         target.close()
         assert status == "no answer"
         assert srv.proc.wait(30) != 0
+
+
+def test_memory_of_refused_200_mb_requests_is_given_back(server):
+    """Ten refused 200 MB gRPC requests: with Triton's defaults (glibc, a gRPC pool of 8 request objects) the server
+    kept ~1 GB for good; with serve.py's (jemalloc, pool 0) it is back near where it started within seconds."""
+    assert server.jemalloc, "jemalloc is not installed: run scripts/install_system_deps.sh (libjemalloc2)"
+    target = Target(server, PT)
+    try:
+        rss = refused_body_rss(target, "grpc", count=10, settle_s=5)
+    finally:
+        target.close()
+    assert rss["status"] == "INVALID_ARGUMENT", rss
+    assert rss["after_10"] < rss["before"] + 400, rss  # at most two messages' worth in flight, not ten
+    assert rss["5s_later"] < rss["before"] + 50, rss
 
 
 def test_overload_is_refused_fast_and_memory_stays_bounded(server):
