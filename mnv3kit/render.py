@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import jinja2
 
@@ -124,6 +124,11 @@ def queue_size(opts: "ConfigOptions") -> int:
     return QUEUE_BATCHES * opts.max_batch_size * opts.instances.count
 
 
+def warmup_batches(opts: "ConfigOptions") -> List[int]:
+    """The batch sizes model_warmup runs at load: 1 and the max batch."""
+    return sorted({1, opts.max_batch_size})
+
+
 def artifact_of(model: ModelSpec, opts: "ConfigOptions") -> str:
     return COMPILED_ARTIFACT if model in TORCH_MODELS and opts.runtime == "compiled" else model.artifact
 
@@ -169,7 +174,7 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     name = template_name(model, opts)
     on_gpu = opts.instances.kind == "KIND_GPU"
     return _env().get_template(name).render(
-        queue_size=queue_size(opts), warmup_batches=sorted({1, opts.max_batch_size}),
+        queue_size=queue_size(opts), warmup_batches=warmup_batches(opts),
         template=name, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy,
         instance=opts.instances, batching=opts.batching, artifact=artifact_of(model, opts),
