@@ -45,9 +45,9 @@ SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "mnv3kit_"  # python-backend regions: mnv3kit_<owner pid>_<n>_<uuid>
 # Memory given back after large requests. Triton keeps up to --grpc-infer-allocation-pool-size gRPC request objects
 # for reuse, each holding the capacity of the largest message it carried (a refused 200 MB message: 200 MB kept per
-# object), and glibc's malloc keeps what it freed in fragmented arenas. Measured (10 refused 200 MB gRPC messages,
-# README): glibc + pool 8 (Triton's default) 50 -> 1044 MB, kept; pool 0 -> 368 MB; jemalloc + pool 0 with this
-# decay -> 56 MB within a second. jemalloc or tcmalloc with the default pool grew more than glibc (1477 / 1847 MB).
+# object), and glibc's malloc keeps what it freed in fragmented arenas. Only both measures together give the memory
+# back (perf/faults.py memory; figures in README "Reliability and security"): pool 0 alone still kept hundreds of
+# MB, jemalloc or tcmalloc with the default pool kept more than glibc.
 GRPC_ALLOCATION_POOL = 0
 ALLOCATORS = ("auto", "jemalloc", "glibc")  # auto: jemalloc where installed (Debian: libjemalloc2), else glibc
 JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
