@@ -6,6 +6,7 @@ names a model of the repository, every mapped tensor exists in that model's conf
 between steps (and in and out of the ensemble) agree in data type and dims.
 """
 
+import io
 import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -14,7 +15,7 @@ from tritonclient.grpc import model_config_pb2
 
 from .backend import KIT_DIR, PREPROCESS_MODEL, VENDORED
 from .errors import KitError
-from .render import ConfigOptions, _env
+from .render import ConfigOptions, _env, queue_size, warmup_batches
 from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, IMAGE_INPUT, IMAGE_SIZE, INPUT_DIMS, LABELS_FILE,
                    MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, ModelSpec)
 
@@ -24,6 +25,20 @@ IMAGE_MODELS = (ENSEMBLE, PREPROCESS)
 VENDOR_DIR = "mnv3kit"  # <preprocess>/<version>/mnv3kit/: the kit's preprocessing, imported by model.py
 DALI_FILE = "dali.py"  # the pipeline the DALI backend serializes at load
 DALI_TEMPLATE = "mobilenetv3_preprocess_dali.py.j2"
+WARMUP_DIR = "warmup"  # <model>/warmup/: where Triton reads model_warmup's input_data_file
+WARMUP_FILE = "image.jpg"
+
+
+def warmup_jpeg() -> bytes:
+    """A 640x480 baseline JPEG (a colour gradient), the size of a typical photo: the image model_warmup decodes."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:480, 0:640]
+    pixels = np.stack([x * 255 // 639, y * 255 // 479, (x + y) * 255 // 1118], axis=-1).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
 def classifier_for(key: str, target: str) -> ModelSpec:
@@ -41,7 +56,9 @@ def render_image_configs(classifier: ModelSpec, opts: ConfigOptions) -> Dict[str
     return {
         PREPROCESS: env.get_template(f"{PREPROCESS}.pbtxt.j2").render(
             template=f"{PREPROCESS}.pbtxt.j2", name=PREPROCESS, output=PREPROCESSED, input_dims=INPUT_DIMS,
-            instance=opts.instances, batching=opts.batching, **common),
+            instance=opts.instances, batching=opts.batching, queue_size=queue_size(opts),
+            warmup_batches=warmup_batches(opts), warmup_file=WARMUP_FILE, warmup_bytes=len(warmup_jpeg()),
+            **common),
         ENSEMBLE: env.get_template(f"{ENSEMBLE}.pbtxt.j2").render(
             template=f"{ENSEMBLE}.pbtxt.j2", name=ENSEMBLE, output=ENSEMBLE_OUTPUT, preprocess=PREPROCESS,
             preprocessed=PREPROCESSED, num_classes=opts.num_classes, labels_file=LABELS_FILE, **common),
@@ -64,6 +81,8 @@ def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, l
             shutil.copyfile(KIT_DIR / name, version / VENDOR_DIR / name)
     else:
         (version / DALI_FILE).write_text(render_dali_pipeline())
+    (repo / PREPROCESS / WARMUP_DIR).mkdir()
+    (repo / PREPROCESS / WARMUP_DIR / WARMUP_FILE).write_bytes(warmup_jpeg())
     (repo / ENSEMBLE / str(opts.version)).mkdir(parents=True)  # Triton wants a version directory, even empty
     (repo / ENSEMBLE / LABELS_FILE).write_text("\n".join(labels) + "\n")
     for name, text in render_image_configs(classifier, opts).items():
@@ -159,6 +178,17 @@ def check_preprocess(model_dir: Path, config: ModelConfig) -> List[str]:
     files = {"python": ["model.py"] + [f"{VENDOR_DIR}/{name}" for name in VENDORED], "dali": [DALI_FILE]}
     if config.backend not in files:
         return problems + [f"{where}: backend {config.backend!r}; the kit's preprocessing runs on python or dali"]
+    for warmup in config.model_warmup:  # Triton fails the load on a missing or short file
+        for name, tensor in warmup.inputs.items():
+            data = model_dir / WARMUP_DIR / tensor.input_data_file
+            if not tensor.input_data_file:
+                continue
+            if not data.is_file():
+                problems.append(f"{model_dir.name}/{WARMUP_DIR}/{tensor.input_data_file}: missing (model_warmup "
+                                f"{warmup.name!r})")
+            elif list(tensor.dims) != [data.stat().st_size]:
+                problems.append(f"{where}: model_warmup {warmup.name!r} input {name!r} dims {list(tensor.dims)}, "
+                                f"but {WARMUP_DIR}/{tensor.input_data_file} has {data.stat().st_size} bytes")
     versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     if not versions:
         problems.append(f"{model_dir.name}: no numeric version directory")

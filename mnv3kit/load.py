@@ -53,10 +53,10 @@ def descendants(pid: int) -> List[int]:
     return tree
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants, MiB."""
+def rss_mb(pid: int, tree: bool = True) -> float:
+    """Resident memory of a process and (tree) its descendants, MiB."""
     total = 0
-    for p in descendants(pid):
+    for p in descendants(pid) if tree else [pid]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -1,7 +1,7 @@
 """Render every config.pbtxt (and the TensorRT build script) from the Jinja2 templates in mnv3kit/templates/ (package data)."""
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import jinja2
 
@@ -126,6 +126,11 @@ def queue_size(opts: "ConfigOptions") -> int:
     return QUEUE_BATCHES * opts.max_batch_size * opts.instances.count
 
 
+def warmup_batches(opts: "ConfigOptions") -> List[int]:
+    """The batch sizes model_warmup runs at load: 1 and the max batch."""
+    return sorted({1, opts.max_batch_size})
+
+
 def artifact_of(model: ModelSpec, opts: "ConfigOptions") -> str:
     return COMPILED_ARTIFACT if model in TORCH_MODELS and opts.runtime == "compiled" else model.artifact
 
@@ -204,7 +209,7 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     return _env().get_template(CLASSIFIER_TEMPLATE).render(
         template=CLASSIFIER_TEMPLATE, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy, instance=opts.instances,
-        batching=opts.batching, queue_size=queue_size(opts), warmup_batches=sorted({1, opts.max_batch_size}),
+        batching=opts.batching, queue_size=queue_size(opts), warmup_batches=warmup_batches(opts),
         **serving_blocks(model, opts),
     )
 

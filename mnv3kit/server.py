@@ -9,6 +9,7 @@ backend shared-memory regions) is removed by the next start.
 """
 
 import ctypes
+import ctypes.util
 import importlib.util
 import itertools
 import os
@@ -41,6 +42,14 @@ UNLOAD_TIMEOUT_S = 30.0
 WORKDIR_PREFIX = "mnv3kit-triton-"  # + owner pid: a dead owner's directory is stale
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "mnv3kit_"  # python-backend regions: mnv3kit_<owner pid>_<n>_<uuid>
+# Memory given back after large requests. Triton keeps up to --grpc-infer-allocation-pool-size gRPC request objects
+# for reuse, each holding the capacity of the largest message it carried (a refused 200 MB message: 200 MB kept per
+# object), and glibc's malloc keeps what it freed in fragmented arenas. Only both measures together give the memory
+# back (perf/faults.py memory; figures in README "Reliability and security"): pool 0 alone still kept hundreds of
+# MB, jemalloc or tcmalloc with the default pool kept more than glibc.
+GRPC_ALLOCATION_POOL = 0
+ALLOCATORS = ("auto", "jemalloc", "glibc")  # auto: jemalloc where installed (Debian: libjemalloc2), else glibc
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls prctl
 _instances = itertools.count()
@@ -73,8 +82,22 @@ def prepare_backends(root: Path, dest: Path) -> Path:
     return dest
 
 
-def server_env(root: Path) -> dict:
+def jemalloc_library(allocator: str) -> Optional[str]:
+    """The jemalloc shared library to preload for ``allocator`` (None: glibc's malloc)."""
+    if allocator not in ALLOCATORS:
+        raise KitError(f"unknown allocator {allocator!r}: one of {', '.join(ALLOCATORS)}")
+    library = ctypes.util.find_library("jemalloc") if allocator != "glibc" else None
+    if allocator == "jemalloc" and not library:
+        raise KitError("jemalloc is not installed: `apt-get install libjemalloc2` (scripts/install_system_deps.sh), "
+                       "or --allocator glibc")
+    return library
+
+
+def server_env(root: Path, jemalloc: Optional[str] = None) -> dict:
     env = dict(os.environ)
+    if jemalloc:  # the server and its backend stubs: freed memory goes back to the system within a second
+        env["LD_PRELOAD"] = " ".join(filter(None, [jemalloc, env.get("LD_PRELOAD")]))
+        env["MALLOC_CONF"] = JEMALLOC_CONF
     # The stub links libpython: the running interpreter's own copy must win over a system one of another patch
     # level (a mix breaks parts of the stdlib inside models). The venv's bin first makes the stub import the venv.
     libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent / "nvidia_pytriton.libs")]
@@ -147,12 +170,14 @@ class LocalTriton:
 
     ``address`` is where all three endpoints listen (127.0.0.1 unless told otherwise); ``admin_key`` guards the
     admin APIs (generated per start when not given). Models run under explicit model control, all loaded at start,
-    so that they can be reloaded one by one and unloaded before the server stops.
+    so that they can be reloaded one by one and unloaded before the server stops. ``allocator`` and ``grpc_pool``:
+    see GRPC_ALLOCATION_POOL.
     """
 
     def __init__(self, repo: Path, ports: Optional[Ports] = None, log_path: Optional[Path] = None,
                  extra_args: Optional[List[str]] = None, verbose: int = 0, address: str = "127.0.0.1",
-                 admin_key: Optional[str] = None, exit_timeout: int = EXIT_TIMEOUT_S):
+                 admin_key: Optional[str] = None, exit_timeout: int = EXIT_TIMEOUT_S, allocator: str = "auto",
+                 grpc_pool: int = GRPC_ALLOCATION_POOL):
         self.repo = Path(repo).resolve()
         self.ports = ports or Ports()
         self.extra_args = list(extra_args or [])
@@ -162,6 +187,8 @@ class LocalTriton:
         if any(c in self.admin_key for c in ",:= \n"):
             raise KitError("the admin key must not contain ',', ':', '=' or spaces (Triton's flag syntax)")
         self.exit_timeout = exit_timeout
+        self.jemalloc = jemalloc_library(allocator)
+        self.grpc_pool = grpc_pool
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{next(_instances)}_"
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
@@ -204,7 +231,7 @@ class LocalTriton:
                 f"--http-restricted-api={admin}", f"--grpc-restricted-protocol={admin}",
                 "--model-control-mode=explicit", "--load-model=*",
                 "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self.exit_timeout}",
-                "--allow-cpu-metrics=true",
+                "--allow-cpu-metrics=true", f"--grpc-infer-allocation-pool-size={self.grpc_pool}",
                 # Python backend: start shared memory large enough for a max batch of 224x224 images; regions
                 # named after this process, so that the next start can remove those of a killed one.
                 "--backend-config=python,shm-default-byte-size=16777216",
@@ -223,7 +250,7 @@ class LocalTriton:
         prepare_backends(root, self._workdir / "backends")
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(root), stdout=log, stderr=subprocess.STDOUT,
-                                     env=server_env(root), start_new_session=True,
+                                     env=server_env(root, self.jemalloc), start_new_session=True,
                                      preexec_fn=_die_with(os.getpid()))
         log.close()
         self._wait_ready(timeout)
@@ -245,6 +272,9 @@ class LocalTriton:
 
     def ready_models(self) -> List[str]:
         return self.api.ready_models()
+
+    def config(self, model: str) -> dict:
+        return self.api.model_config_json(model)
 
     def version(self) -> str:
         return self.api.version()
@@ -290,7 +320,7 @@ class LocalTriton:
 
     def unload(self, model: str, timeout: float = UNLOAD_TIMEOUT_S) -> None:
         """Unload ``model`` (Triton lets in-flight requests finish first) and wait until it is gone."""
-        self._get(f"/v2/repository/models/{model}/unload", body=b"{}")
+        self.api.unload(model)
         deadline = time.monotonic() + timeout
         while any(m["name"] == model and m.get("state") in ("READY", "UNLOADING") for m in self.index()):
             if time.monotonic() > deadline:

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Faults under load: a killed backend process, and a model update, while open-loop requests keep coming.
+"""Faults: a killed backend process and a model update under open-loop load, and a sweep of malformed requests.
 
   python perf/faults.py stub-kill --repo model_repository_local --rate 2 --duration 40
   python perf/faults.py update --repo model_repository_local --weights new.pth --rate 2
+  python perf/faults.py malformed --repo model_repository_local -o perf/out/faults
+  python perf/faults.py memory --repo model_repository_local -o perf/out/faults
 
 Serves a copy of the repository with serve.py's server and watchdog (loopback, random ports) and sends batch-1
 requests to mobilenetv3_pt over gRPC at --rate per second. stub-kill: after 5 s, kill -9 of the model's python
@@ -10,6 +12,13 @@ backend stub. update: after 5 s, build_repo.py --weights WEIGHTS into the served
 built with: arch and target from its manifest). Prints one JSON object: requests sent / answered / rejected / failed,
 failed requests after the fault, when the model was READY again (or the new build served), and how long
 /v2/health/ready and the model's readiness reported not-ready.
+malformed: serves the repository as it is and sends each malformed request kind (mnv3kit/faults.py) over raw HTTP
+and gRPC, each followed by readiness checks and a real photograph's logits, which must stay bit-identical, and last
+the request known to kill Triton 2.51 (deeply nested JSON); writes malformed.md and malformed.json into --output.
+Exit 1 when a kind was not refused or the server was hurt (so with 2.51, always: that last one kills it).
+memory: tritonserver's RSS before, after 1 and after --count refused 200 MB requests over HTTP and gRPC, and 3 s
+later, for Triton's defaults (glibc malloc, gRPC allocation pool 8), pool 0 alone, and serve.py's default (jemalloc
+where installed, pool 0); writes memory.json into --output.
 """
 
 import argparse
@@ -22,29 +31,33 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from mnv3kit.errors import KitError, cli_errors  # noqa: E402
-from mnv3kit.spec import PT  # noqa: E402
+from mnv3kit.cli import add_output, add_repo
+from mnv3kit.errors import KitError, cli_errors
+from mnv3kit.spec import PT
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("fault", choices=("stub-kill", "update"))
-    p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
+    p.add_argument("fault", choices=("stub-kill", "update", "malformed", "memory"))
+    add_repo(p, help="a --target local repository")
     p.add_argument("--weights", type=Path, help="update: the new weights")
     p.add_argument("--rate", type=float, default=2.0, help="requests per second (default 2)")
     p.add_argument("--duration", type=float, default=40.0, help="seconds of load at least (default 40)")
+    p.add_argument("--count", type=int, default=10, help="memory: refused 200 MB requests per protocol (default 10)")
+    add_output(p, Path("perf/out/faults"), help="malformed, memory: where the table goes")
     args = p.parse_args(argv)
-    with cli_errors("faults.py"):
+    with cli_errors():
+        if args.fault == "malformed":
+            return malformed(args.repo, args.output)
+        if args.fault == "memory":
+            return memory(args.repo, args.output, args.count)
         from mnv3kit.load import background_load, descendants, summarize
         from mnv3kit.repository import read_manifest
         from mnv3kit.server import LocalTriton, Ports
+        from mnv3kit.triton import Triton
         from mnv3kit.watchdog import Watchdog
 
         if args.fault == "update" and not (args.weights and args.weights.is_file()):
@@ -60,16 +73,11 @@ def main(argv=None) -> int:
                 stop = threading.Event()
                 not_ready = {"server": 0.0, "model": 0.0}
 
-                def probe():  # readiness as a load balancer or Kubernetes would see it, every 0.1 s
-                    for key, path in (("server", "/v2/health/ready"), ("model", f"/v2/models/{PT.name}/ready")):
-                        try:
-                            urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=1)
-                        except OSError:
-                            not_ready[key] += 0.1
-
-                def probes():
+                def probes():  # readiness as a load balancer or Kubernetes would see it, every 0.1 s
+                    api = Triton(server.http_url, timeout=1.0)  # this thread's own client
                     while not stop.wait(0.1):
-                        probe()
+                        not_ready["server"] += 0.0 if api.ready() else 0.1
+                        not_ready["model"] += 0.0 if api.model_ready(PT.name) else 0.1
 
                 prober = threading.Thread(target=probes)
                 prober.start()
@@ -81,7 +89,7 @@ def main(argv=None) -> int:
                                     if f"/{PT.name}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
                         os.kill(stub, signal.SIGKILL)
                     else:
-                        subprocess.run([sys.executable, str(ROOT / "build_repo.py"), "--target", manifest["target"],
+                        subprocess.run([sys.executable, "-m", "mnv3kit.cli.build", "--target", manifest["target"],
                                         "--arch", manifest["arch"], "--weights", str(args.weights), "-o", str(repo)],
                                        check=True, capture_output=True)
                     while not watchdog.events and time.monotonic() - fault_at < 300:
@@ -104,6 +112,51 @@ def main(argv=None) -> int:
                   "not_ready_s": {k: round(v, 1) for k, v in not_ready.items()}}
         print(json.dumps(result))
         return 0
+
+
+def malformed(repo: Path, output: Path) -> int:
+    from mnv3kit.faults import Target, sweep, write_report
+    from mnv3kit.parity import parity_batch, sample_photos
+    from mnv3kit.server import LocalTriton, Ports
+
+    with LocalTriton(repo, Ports.free()) as server:
+        target = Target(server, PT)
+        title = f"Malformed requests, Triton {server.version()}, {PT.name} of {repo}"
+        try:
+            probes = sweep(target, parity_batch(sample_photos()[:1], 1),
+                           log=lambda line: print(line, file=sys.stderr, flush=True), killers=True)
+        finally:
+            target.close()
+    table, data = write_report(probes, output, title)
+    bad = [f"{p.kind} [{p.protocol}]" for p in probes if not (p.refused and p.healthy and p.logits_unchanged)]
+    print(json.dumps({"kinds": len(probes), "refused": sum(p.refused for p in probes),
+                      "refused_as_client_error": sum(p.client_error for p in probes),
+                      "healthy_after_each": all(p.healthy for p in probes),
+                      "logits_unchanged_after_each": all(p.logits_unchanged for p in probes),
+                      "not_refused_or_hurt": bad, "table": str(table), "json": str(data)}))
+    return 1 if bad else 0
+
+
+def memory(repo: Path, output: Path, count: int) -> int:
+    from mnv3kit.faults import Target, refused_body_rss
+    from mnv3kit.server import GRPC_ALLOCATION_POOL, LocalTriton, Ports
+
+    setups = [("Triton's defaults: glibc malloc, gRPC pool 8", "glibc", 8),
+              ("glibc malloc, gRPC pool 0", "glibc", GRPC_ALLOCATION_POOL),
+              ("serve.py's default: jemalloc, gRPC pool 0", "auto", GRPC_ALLOCATION_POOL)]
+    rows = []
+    for name, allocator, pool in setups:
+        with LocalTriton(repo, Ports.free(), allocator=allocator, grpc_pool=pool) as server:
+            target = Target(server, PT)
+            for protocol in ("http", "grpc"):
+                row = {"setup": name, "allocator": server.jemalloc or "glibc", "grpc_pool": pool,
+                       **refused_body_rss(target, protocol, count)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            target.close()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "memory.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# System packages the kit needs besides PyPI: libb64 for perf_analyzer (tritonclient 2.51.0), and Debian's
+# System packages the kit needs besides PyPI: libb64 for perf_analyzer (tritonclient 2.51.0), jemalloc for the
+# embedded Triton (serve.py preloads it: memory of large requests goes back to the system), and Debian's
 # docker-compose (v1.29), whose parser the tests use to validate docker-compose.yml.
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 missing=()
 dpkg -s libb64-0d >/dev/null 2>&1 || missing+=(libb64-0d)
+dpkg -s libjemalloc2 >/dev/null 2>&1 || missing+=(libjemalloc2)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -17,7 +17,8 @@ from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.backend import KIT_DIR, VENDORED
 from mnv3kit.backend.preprocess_model import cpu_preprocess, gpu_decodable
 from mnv3kit.build import BuildOptions, build
-from mnv3kit.ensemble import VENDOR_DIR, render_dali_pipeline
+from mnv3kit.ensemble import VENDOR_DIR, WARMUP_DIR, WARMUP_FILE, render_dali_pipeline
+from mnv3kit.errors import KitError
 from mnv3kit.image_bench import make_jpegs
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
@@ -76,6 +77,16 @@ def test_build_writes_ensemble_and_self_contained_preprocessing(repo):
     assert pre.backend == "python" and pre.input[0].allow_ragged_batch
     assert pre.input[0].data_type == model_config_pb2.TYPE_UINT8
     assert pre.output[0].data_type == model_config_pb2.TYPE_FP32
+    # overload refused as for the classifiers; warmup decodes a real JPEG at batch 1 and max batch
+    policy = pre.dynamic_batching.default_queue_policy
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (32, 5_000_000)
+    warmup_jpeg = (repo / PREPROCESS / WARMUP_DIR / WARMUP_FILE).read_bytes()
+    assert warmup_jpeg[:3] == b"\xff\xd8\xff"
+    assert [w.batch_size for w in pre.model_warmup] == [1, 8]
+    for w in pre.model_warmup:
+        tensor = w.inputs[IMAGE_INPUT]
+        assert (tensor.input_data_file, list(tensor.dims)) == (WARMUP_FILE, [len(warmup_jpeg)])
     manifest = json.loads((repo / "manifest.json").read_text())
     assert manifest["ensemble"] == {"name": ENSEMBLE, "classifier": PT.name}
     assert {PREPROCESS, ENSEMBLE} <= set(manifest["models"])
@@ -116,6 +127,8 @@ STEP2 = f'model_name: "{PT.name}"'
     (PREPROCESS, "dims: [ 3, 224, 224 ]", "dims: [ 3, 299, 299 ]", "output dims [3, 299, 299], expected"),
     (PREPROCESS, "allow_ragged_batch: true", "allow_ragged_batch: false", "needs allow_ragged_batch"),
     (PREPROCESS, "data_type: TYPE_UINT8", "data_type: TYPE_STRING", "must be TYPE_UINT8 [-1]"),
+    (PREPROCESS, 'input_data_file: "image.jpg"', 'input_data_file: "other.jpg"', "warmup/other.jpg: missing"),
+    (PREPROCESS, 'name: "jpeg_batch_8"', 'name: "jpeg_batch_8"\n    bogus: 1', "bogus"),
 ])
 def test_check_finds_each_ensemble_problem(repo, tmp_path, model, old, new, fragment):
     report = check_repository(damaged(repo, tmp_path, model, old, new), run_artifacts=False)
@@ -130,6 +143,29 @@ def test_check_finds_missing_preprocessing_files(repo, tmp_path):
     problems = check_repository(copy, run_artifacts=False).problems
     assert any(f"{PREPROCESS}/1/{VENDOR_DIR}/preprocess.py: missing" in p for p in problems), problems
     assert any(f"no model '{PT.name}' in the repository" in p for p in problems), problems
+
+
+def test_check_finds_a_warmup_file_of_another_size(repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    (copy / PREPROCESS / WARMUP_DIR / WARMUP_FILE).write_bytes(b"\xff\xd8\xff" + bytes(100))
+    problems = check_repository(copy, run_artifacts=False).problems
+    assert any("model_warmup 'jpeg_batch_1'" in p and "has 103 bytes" in p for p in problems), problems
+
+
+def test_warmup_runs_the_decoder_at_load(repo, tmp_path):
+    """Triton runs the warmup through the python backend while loading: a warmup file Pillow cannot read fails the
+    load (the served repository's real JPEG is decoded at every start, see the served tests below)."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    warmup = copy / PREPROCESS / WARMUP_DIR / WARMUP_FILE
+    warmup.write_bytes(os.urandom(warmup.stat().st_size))
+    server = LocalTriton(copy, Ports.free())
+    try:
+        with pytest.raises(KitError, match="failed to run warmup sample 'jpeg_batch_1'.*not an image"):
+            server.start()
+    finally:
+        server.close()
 
 
 def test_gpu_path_takes_only_what_nvjpeg_decodes_like_pillow(photos, edge):

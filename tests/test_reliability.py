@@ -17,6 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
+from mnv3kit.faults import Target, refused_body_rss, server_killers, sweep
 from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
@@ -104,6 +105,49 @@ def test_nan_or_inf_input_fails_that_request_only(server, photos):
     assert np.isfinite(logits).all()
     alone = client.infer(PT.name, [grpc_input(PT, good)]).as_numpy(PT.output_name)
     np.testing.assert_allclose(logits, alone, rtol=0, atol=allowed_difference(alone))
+
+
+def test_malformed_requests_are_refused_and_change_nothing(server, photos):
+    """Each malformed request kind over raw HTTP and gRPC: an error answer, then the server ready and a real photo's
+    logits bit-identical to before the sweep."""
+    target = Target(server, PT)
+    try:
+        probes = sweep(target, parity_batch(photos[:1], 1))
+    finally:
+        target.close()
+    assert len(probes) >= 40
+    assert [p for p in probes if not (p.refused and p.healthy and p.logits_unchanged)] == []
+    # Triton 2.51's HTTP front-end reports JSON it cannot parse as INTERNAL, hence 500
+    # (triton-inference-server/server#8762); every other kind is refused as the client's fault
+    assert {(p.kind, p.protocol) for p in probes if not p.client_error} == {
+        ("invalid JSON", "http"), ("JSON data of the wrong length", "http"), ("negative dim", "http")}
+    assert server.proc.poll() is None
+
+
+def test_deeply_nested_json_kills_the_bundled_triton(built_repo):
+    """A defect of Triton 2.51 itself, fixed upstream (triton-inference-server/common#156): its JSON parser recurses
+    once per nesting level. Pinned so that a server upgrade shows it: then this request joins the sweep above."""
+    with LocalTriton(built_repo("small", "local"), Ports.free()) as srv:
+        target = Target(srv, PT)
+        ((kind, protocol, send),) = server_killers(target)
+        status, _ = send()
+        target.close()
+        assert status == "no answer"
+        assert srv.proc.wait(30) != 0
+
+
+def test_memory_of_refused_200_mb_requests_is_given_back(server):
+    """Ten refused 200 MB gRPC requests: with Triton's defaults (glibc, a gRPC pool of 8 request objects) the server
+    kept ~1 GB for good; with serve.py's (jemalloc, pool 0) it is back near where it started within seconds."""
+    assert server.jemalloc, "jemalloc is not installed: run scripts/install_system_deps.sh (libjemalloc2)"
+    target = Target(server, PT)
+    try:
+        rss = refused_body_rss(target, "grpc", count=10, settle_s=5)
+    finally:
+        target.close()
+    assert rss["status"] == "INVALID_ARGUMENT", rss
+    assert rss["after_10"] < rss["before"] + 400, rss  # at most two messages' worth in flight, not ten
+    assert rss["5s_later"] < rss["before"] + 50, rss
 
 
 def test_overload_is_refused_fast_and_memory_stays_bounded(server):

@@ -287,5 +287,6 @@ class TritonPythonModel:
         # request alone gets an error. Checking the few logits costs nothing; the inputs are 4-38 MB a batch.
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits[a:b])])
                 if np.isfinite(logits[a:b]).all() else pb_utils.InferenceResponse(output_tensors=[], error=(
-                    pb_utils.TritonError("input contains NaN or Inf values (its logits are not finite)")))
+                    pb_utils.TritonError("input contains NaN or Inf values (its logits are not finite)",
+                                         pb_utils.TritonError.INVALID_ARG)))  # the client's input: 400
                 for a, b in zip(bounds[:-1], bounds[1:])]

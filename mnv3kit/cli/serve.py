@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mnv3kit.cli import add_repo
 from mnv3kit.errors import KitError, cli_errors, prog_name
+from mnv3kit.server import ALLOCATORS
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV
 
 
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-file", type=Path, help="server log (default: a temporary file, printed at start)")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
+    p.add_argument("--allocator", choices=ALLOCATORS, default="auto",
+                   help="the server's malloc: jemalloc (auto: where installed, as Debian's libjemalloc2) gives "
+                   "the memory of large or refused requests back within a second; glibc's keeps it (default auto)")
     p.add_argument("--no-watchdog", action="store_true",
                    help="neither reload a model whose backend stub process died nor load a rebuilt repository "
                    "(both on by default, checked every 0.5 s)")
@@ -69,7 +73,7 @@ def main(argv=None) -> int:
             signal.signal(sig, _stop_on_signal)
         server = LocalTriton(args.repo, Ports(args.http_port, args.grpc_port, args.metrics_port),
                              log_path=args.log_file, verbose=args.log_verbose, address=args.address,
-                             admin_key=os.environ.get(ADMIN_KEY_ENV))
+                             admin_key=os.environ.get(ADMIN_KEY_ENV), allocator=args.allocator)
         stopping, watchdog = False, None
         try:
             server.start(timeout=args.timeout)
@@ -82,6 +86,7 @@ def main(argv=None) -> int:
                   f"metrics http://{server.host}:{server.ports.metrics}/metrics")
             print(f"  admin   header '{ADMIN_HEADER}', key {key_line}")
             print(f"  log     {server.log_path}")
+            print(f"  malloc  {server.jemalloc or 'glibc'}")
             print("Ctrl-C stops it.", flush=True)
             if not args.no_watchdog:
                 watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
