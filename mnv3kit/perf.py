@@ -33,7 +33,7 @@ from tritonclient.grpc import model_config_pb2
 from .cli import add_output, add_server, model_names
 from .errors import KitError, cli_errors, prog_name
 from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, MODELS, MODELS_BY_NAME, PROTOCOLS, admin_headers
-from .triton import Triton
+from .triton import Restricted, Triton
 from .validate import ModelConfig
 
 HOW_TO_INSTALL = ("install the kit's environment with `make venv`: tritonclient[all]==2.51.0 ships perf_analyzer, "
@@ -163,7 +163,10 @@ def connect(url: str, protocol: str) -> Triton:
 def index(server: Triton) -> List[dict]:
     try:
         return server.index()
-    except Exception as exc:  # noqa: BLE001 - e.g. the endpoint is restricted on this server
+    except Restricted:
+        raise KitError(f"the server's model repository index is restricted (an admin API): give the server's admin "
+                       f"key in ${ADMIN_KEY_ENV}, or name the models with -m") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure of the call, in one line
         raise KitError(f"the server's model repository index is not available ({str(exc).splitlines()[0]}): "
                        f"name the models with -m, or give the server's admin key in ${ADMIN_KEY_ENV}") from None
 
