@@ -306,10 +306,15 @@ def render_report(info: dict) -> str:
     confirmed = info["confirmed"]
     if confirmed:
         medians = {k: statistics.median(v) for k, v in confirmed.items()}
-        lines += [f"- Measured again, alternately, {len(confirmed['winner'])} times each (infer/s within the "
-                  f"budget): default {', '.join(f'{v:.1f}' for v in confirmed['default'])}; winner "
-                  f"{', '.join(f'{v:.1f}' for v in confirmed['winner'])}; median winner / median default: "
-                  + (f"**{medians['winner'] / medians['default']:.2f}x**" if medians["default"] else "-")]
+        rounds = len(confirmed["winner"])
+        met = {k: sum(1 for v in scores if v > 0) for k, scores in confirmed.items()}
+        lines += [f"- Measured again, alternately, {rounds} times each (infer/s within the budget, 0: over it at "
+                  f"every concurrency): default {', '.join(f'{v:.1f}' for v in confirmed['default'])}; winner "
+                  f"{', '.join(f'{v:.1f}' for v in confirmed['winner'])}; "
+                  + (f"median winner / median default: **{medians['winner'] / medians['default']:.2f}x**"
+                     if medians["default"] else
+                     f"the default met the budget in {met['default']} of {rounds} rounds, the winner in "
+                     f"{met['winner']}")]
     headers = ["Candidate", "Stage", "Runtime", "Instances", "Max batch", "Preferred", "Delay (us)",
                "Best infer/s within budget", "at concurrency", "p99 there (ms)", "Lowest p99 (ms)", "Note"]
     rows = []
