@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, markdown_table, run_cli
 from mnv3kit.server import LocalTriton, Ports, free_port
 from mnv3kit.spec import ADMIN_KEY_ENV, LOCAL_MODELS, ONNX, PT, TRT
 
@@ -24,21 +24,9 @@ def run_perf(*args, env=None):
                           capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
-def table(markdown, first_header):
-    """Cells of each row of the Markdown table whose header starts with first_header."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
-
-
 def table_rows(markdown, first_header):
     """{first cell: other cells} (first cells unique, as Model/Batch_Size)."""
-    return {cells[0]: cells[1:] for cells in table(markdown, first_header)}
+    return {cells[0]: cells[1:] for cells in markdown_table(markdown, first_header)}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +122,7 @@ def test_a_point_past_its_timeout_is_killed_and_the_others_kept(server, tmp_path
                     "-o", tmp_path / "out", env={"PERF_ANALYZER": str(wrapper), ADMIN_KEY_ENV: server.admin_key})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"mobilenetv3_onnx batch 2 ... FAILED: timed out after 30 s" in proc.stderr
+    assert "mobilenetv3_onnx batch 2 ... FAILED: timed out after 30 s" in proc.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert list(table_rows(report, "Model/Batch_Size")) == [f"{ONNX.key}/1"]
     assert f"`{ONNX.name}` batch 2: timed out after 30 s" in report.split("## Failed points")[1]
@@ -259,7 +247,7 @@ def test_bench_engine_times_every_artifact_and_batch(small_ngc_repo, tmp_path):
 
     markdown = (tmp_path / "engine_latency.md").read_text()
     assert markdown.strip() in proc.stdout
-    rows = {(cells[0], int(cells[3])): cells for cells in table(markdown, "Artifact")}
+    rows = {(cells[0], int(cells[3])): cells for cells in markdown_table(markdown, "Artifact")}
     assert set(rows) == {(PT.key, 1), (PT.key, 2), (ONNX.key, 1), (ONNX.key, 2)}
     for cells in rows.values():
         low, high, mean, median, p99, throughput = map(float, cells[4:10])
