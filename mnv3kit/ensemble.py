@@ -22,7 +22,7 @@ from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, IMAGE_INPUT,
 ModelConfig = model_config_pb2.ModelConfig
 DataType = model_config_pb2.DataType
 IMAGE_MODELS = (ENSEMBLE, PREPROCESS)
-VENDOR_DIR = "mnv3kit"  # <preprocess>/<version>/mnv3kit/: the kit's preprocessing, imported by model.py
+VENDOR_DIR = "mnv3kit_preprocess"  # <preprocess>/<version>/mnv3kit_preprocess/: the kit's preprocessing, for model.py
 DALI_FILE = "dali.py"  # the pipeline the DALI backend serializes at load
 DALI_TEMPLATE = "mobilenetv3_preprocess_dali.py.j2"
 WARMUP_DIR = "warmup"  # <model>/warmup/: where Triton reads model_warmup's input_data_file

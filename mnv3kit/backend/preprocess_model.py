@@ -1,8 +1,8 @@
 """Triton python-backend model `mobilenetv3_preprocess`: encoded image bytes -> the classifier's input.
 
-Copied into <model>/<version>/model.py next to a copy of the kit's preprocessing (<version>/mnv3kit/: preprocess.py
-and the modules it imports), which it imports from there: the stub process need not have the kit installed, and
-the server runs the very code that training, the parity gate and the client run.
+Copied into <model>/<version>/model.py next to a copy of the kit's preprocessing (<version>/mnv3kit_preprocess/:
+preprocess.py and the modules it imports), which it imports from there: the stub process need not have the kit
+installed, and the server runs the very code that training, the parity gate and the client run.
 Input: UINT8 [-1] per batch item (the file's bytes; a request may carry several equally long rows). Output:
 normalized FP32 [3,224,224], or UINT8 pixels when the config's output is TYPE_UINT8 (a classifier that normalizes).
 CPU instances decode with Pillow in a thread pool across the images of a batch (Pillow releases the GIL).
@@ -14,9 +14,7 @@ takes the CPU path for that image. One image that cannot be read fails its own r
 import io
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
@@ -25,12 +23,12 @@ try:
 except ImportError:  # imported outside Triton by the kit's benchmarks
     pb_utils = None
 
-_HERE = Path(__file__).resolve().parent
-if (_HERE / "mnv3kit").is_dir():  # inside a model repository: the copied preprocessing wins over any installed kit
-    sys.path.insert(0, str(_HERE))
-
-from mnv3kit.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize  # noqa: E402
-from mnv3kit.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD  # noqa: E402
+try:  # in a model repository: the copy beside this file (the stub puts the version directory on sys.path)
+    from mnv3kit_preprocess.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize
+    from mnv3kit_preprocess.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD
+except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks)
+    from mnv3kit.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize
+    from mnv3kit.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD
 
 JPEG_EOI = b"\xff\xd9"
 
