@@ -20,6 +20,7 @@ import numpy as np
 
 from .load import rss_mb
 from .spec import INPUT_DIMS
+from .triton import Triton
 
 FP32_IMAGE_BYTES = 4 * int(np.prod(INPUT_DIMS))
 BIG_BODY_BYTES = 200 * 2 ** 20
@@ -63,6 +64,7 @@ class Target:
 
         self.host, self.http_port, self.grpc_port = server.host, server.ports.http, server.ports.grpc
         self.model, self.pid = model, server.proc.pid
+        self.triton = Triton(server.http_url, timeout=TIMEOUT_S)  # readiness and health, as any client asks them
         self.max_batch = int(server.config(model.name)["max_batch_size"])
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self.channel = grpc.insecure_channel(server.grpc_url, options=unlimited)
@@ -150,11 +152,11 @@ class Target:
             client.close()
 
     def healthy(self) -> bool:
-        return (self.http("GET", "/v2/health/ready")[0] == "200"
-                and self.http("GET", f"/v2/models/{self.model.name}/ready")[0] == "200")
+        return self.triton.ready() and self.triton.model_ready(self.model.name)
 
     def close(self) -> None:
         self.channel.close()
+        self.triton.close()
 
 
 def _image(value: float = 0.0, batch: int = 1) -> np.ndarray:
