@@ -15,7 +15,7 @@ from typing import Dict, List
 
 
 from mnv3kit.errors import KitError, cli_errors
-from mnv3kit.perf import markdown_table, read_point
+from mnv3kit.perf import markdown_table, read_csv
 
 MODEL, BATCH, TARGET = "mobilenetv3_u8", 64, 1.9
 SINGLE, SPANNING, PAIR = "a-single", "b-spanning", ("c-pair-gpu0", "c-pair-gpu1")
@@ -28,7 +28,7 @@ def load(folder: Path) -> Dict[int, dict]:
         match = re.fullmatch(r"c(\d+)\.csv", path.name)
         if not match:
             continue
-        rows = read_point(folder, {"csv": path.name, "model": MODEL, "batch": BATCH})
+        rows = read_csv(path, MODEL, BATCH)
         if rows:
             stamps = [folder / f"c{match[1]}.{end}" for end in ("start", "end")]
             start, end = (float(p.read_text()) if p.is_file() else float("nan") for p in stamps)
