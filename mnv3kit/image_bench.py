@@ -2,7 +2,7 @@
 
 In-process runs the served code itself: the preprocessing model's Preprocessor (Pillow threads, or nvJPEG on a GPU)
 and the classifier's backend model initialized from its config.pbtxt as Triton would, one batch of files at a time.
-Served is perf/run_perf.sh on `mobilenetv3_image` with the same files, one file per request (the contract), so
+Served is `mnv3-perf run` on `mobilenetv3_image` with the same files, one file per request (the contract), so
 the dynamic batchers form the batches: concurrency = the in-process batch.
 """
 
@@ -23,7 +23,6 @@ from .perf import hardware, hardware_line, markdown_table, now
 from .spec import ADMIN_KEY_ENV, ENSEMBLE, PREPROCESS
 from .validate import parse_config
 
-ROOT = Path(__file__).resolve().parent.parent
 FP32_TENSOR_BYTES = 3 * 224 * 224 * 4
 
 
@@ -92,20 +91,20 @@ def in_process(repo: Path, files: Sequence[Path], batch: int, device: str, secon
 
 def served(url: str, protocol: str, files: Sequence[Path], concurrency: int, out: Path,
            extra: Sequence[str] = (), admin_key: Optional[str] = None) -> dict:
-    """run_perf.sh on the ensemble with the files: one file per request at ``concurrency``, and at 1."""
+    """mnv3-perf run on the ensemble with the files: one file per request at ``concurrency``, and at 1."""
     result = {}
     for key, c in (("batch", concurrency), ("batch1", 1)):
         folder = out / f"served_c{c}"
-        cmd = ["bash", str(ROOT / "perf" / "run_perf.sh"), "-u", url, "-i", protocol, "-m", ENSEMBLE, "-b", "1",
+        cmd = [sys.executable, "-m", "mnv3kit.perf", "run", "-u", url, "-i", protocol, "-m", ENSEMBLE, "-b", "1",
                "-c", str(c), "--images", str(files[0].parent), "-o", str(folder), *extra]
-        env = {**os.environ, "PYTHON": sys.executable, **({ADMIN_KEY_ENV: admin_key} if admin_key else {})}
+        env = {**os.environ, **({ADMIN_KEY_ENV: admin_key} if admin_key else {})}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # the key: statistics are an admin API
         csv_path = folder / "results.csv"
         result[key] = {"concurrency": c, "report": str(folder / "report.md")}
         if proc.returncode != 0 or not csv_path.is_file():  # e.g. no stable measurement: kept as a failed point
             lines = [line for line in (folder / "report.md").read_text().splitlines() if line.startswith("- `")] \
                 if (folder / "report.md").is_file() else (proc.stderr or proc.stdout).strip().splitlines()
-            result[key]["failed"] = lines[-1] if lines else f"run_perf.sh exit {proc.returncode}"
+            result[key]["failed"] = lines[-1] if lines else f"mnv3-perf exit {proc.returncode}"
             continue
         with open(csv_path, newline="") as f:
             row = list(csv.DictReader(f))[-1]
