@@ -308,6 +308,14 @@ def test_bad_images_fail_alone_inside_one_batch(batching_server, photos, edge):
     paths = [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3], good[3]]
     results, done = {}, threading.Semaphore(0)
 
+    def statistics():  # counts since load, model_warmup's included
+        stats = client.get_inference_statistics(PREPROCESS, as_json=True, headers=batching_server.headers("grpc"))
+        stats = stats["model_stats"][0]
+        return (int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0)),
+                {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])})
+
+    before = statistics()
+
     def callback(path, result, error):
         results[path] = error if error is not None else result.as_numpy(ENSEMBLE_OUTPUT)
         done.release()
@@ -318,10 +326,10 @@ def test_bad_images_fail_alone_inside_one_batch(batching_server, photos, edge):
         client.async_infer(ENSEMBLE, [inp], lambda result, error, path=path: callback(path, result, error))
     for _ in paths:
         assert done.acquire(timeout=60)
-    stats = client.get_inference_statistics(PREPROCESS, as_json=True, headers=batching_server.headers("grpc"))
-    stats = stats["model_stats"][0]
-    assert int(stats["execution_count"]) == 1 and int(stats["inference_count"]) == len(paths), stats
-    assert [int(b["batch_size"]) for b in stats["batch_stats"]] == [len(paths)]
+    after = statistics()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, len(paths)), (before, after)
+    assert {size: n - before[2].get(size, 0) for size, n in after[2].items() if n != before[2].get(size, 0)} \
+        == {len(paths): 1}, (before, after)  # one execution, of all 8 images
     for path in bad:
         assert isinstance(results[path], InferenceServerException), path
         assert results[path].status() == "StatusCode.INVALID_ARGUMENT"
