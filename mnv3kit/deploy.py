@@ -57,6 +57,9 @@ def repository_values(repo: Path, kserve: bool = False) -> dict:
 def render(values: Sequence[dict] = (), value_files: Sequence[Path] = (), sets: Sequence[str] = (),
            release: str = "mnv3kit-triton", namespace: str = "default") -> List[dict]:
     """`helm template`: ``values`` first, then the files, then ``sets`` (later wins); returns the documents."""
+    if not CHART.is_dir():  # the chart and schemas are files of the checkout, not of the installed package
+        raise KitError(f"the Helm chart is not at {CHART}: run mnv3-deploy (deploy.py) from the kit's checkout, "
+                       f"or `helm template` the chart in deploy/helm/mnv3kit-triton yourself")
     cmd = [helm_binary(), "template", release, str(CHART), "--namespace", namespace]
     with tempfile.TemporaryDirectory(prefix="mnv3kit-values-") as tmp:
         for i, v in enumerate(values):
