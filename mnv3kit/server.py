@@ -39,6 +39,7 @@ NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "Failed to initiali
 # it exits with code 1. stop() unloads the models first, so this budget only bounds the wait for connections.
 EXIT_TIMEOUT_S = 3
 UNLOAD_TIMEOUT_S = 30.0
+STOP_CALL_TIMEOUT_S = 10.0  # each call to the server while stopping it
 WORKDIR_PREFIX = "mnv3kit-triton-"  # + owner pid: a dead owner's directory is stale
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "mnv3kit_"  # python-backend regions: mnv3kit_<owner pid>_<n>_<uuid>
@@ -330,13 +331,18 @@ class LocalTriton:
     def _unload_all(self) -> None:
         """Unload every model (Triton lets in-flight requests finish first) and wait until none is left."""
         deadline = time.monotonic() + UNLOAD_TIMEOUT_S
+        # a client of its own with short calls: whatever the caller's was doing when the stop came (a signal can
+        # interrupt it anywhere) does not matter, and a busy server cannot hold the stop for a load's timeout
+        api = Triton(self.http_url, "http", self.admin_key, timeout=STOP_CALL_TIMEOUT_S)
         try:
-            for name in self.ready_models():
-                self.api.unload(name)
-            while time.monotonic() < deadline and any(m.get("state") in ("READY", "UNLOADING") for m in self.index()):
+            for name in api.ready_models():
+                api.unload(name)
+            while time.monotonic() < deadline and any(m.get("state") in ("READY", "UNLOADING") for m in api.index()):
                 time.sleep(0.1)
         except Exception:  # noqa: BLE001 - the server is going anyway; its own exit timeout covers the rest
             pass
+        finally:
+            api.close()
 
     def _own_regions(self) -> List[Path]:
         return sorted(SHM_DIR.glob(self._shm_prefix + "*"))

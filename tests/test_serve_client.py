@@ -176,7 +176,12 @@ def test_serve_py_starts_serves_and_stops_cleanly(built_repo, photos, sig):
     finally:
         started = time.monotonic()
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()  # 0: Triton exited by itself, nothing left behind
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # a hung serve.py must not outlive its test (its Triton dies with it: PDEATHSIG)
+            code = "still running 60 s after the signal"
+        assert code == 0, proc.stderr.read()  # 0: Triton exited by itself, nothing left behind
     assert time.monotonic() - started < 15
     assert not _tritonservers_for(repo.resolve())  # no orphans
     assert not _leftovers(proc.pid)

@@ -4,6 +4,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 import tritonclient.http as httpclient
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.model import MobileNetV3, build_model, recompute_batchnorm
 from mnv3kit.parity import allowed_difference, constant_logits, parity_batch
 from mnv3kit.preprocess import eval_transform, load_image
@@ -103,11 +104,15 @@ def epochs(stdout):
 
 
 def train_cli(capsys, *args):
-    """train.py's main() in this process (a subprocess's torch import is most of an error case's cost)."""
+    """train.py's main() in this process (a subprocess's torch import is most of an error case's cost), named as
+    the script would be (the program name in messages comes from argv[0])."""
+    argv0, sys.argv[0] = sys.argv[0], str(ROOT / "train.py")
     try:
         code = train_main([str(a) for a in args])
     except SystemExit as exc:
         code = exc.code
+    finally:
+        sys.argv[0] = argv0
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
