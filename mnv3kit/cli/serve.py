@@ -69,7 +69,8 @@ def main(argv=None) -> int:
             raise KitError(f"{args.repo} targets NVIDIA's Triton image (native backends); the embedded Triton runs "
                            f"only python-backend models: build with `build_repo.py --target local` or use "
                            f"`docker compose up triton`")
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps it ignored
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, _stop_on_signal)
         server = LocalTriton(args.repo, Ports(args.http_port, args.grpc_port, args.metrics_port),
                              log_path=args.log_file, verbose=args.log_verbose, address=args.address,
