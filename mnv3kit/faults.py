@@ -65,7 +65,7 @@ class Target:
         self.host, self.http_port, self.grpc_port = server.host, server.ports.http, server.ports.grpc
         self.model, self.pid = model, server.proc.pid
         self.triton = Triton(server.http_url, timeout=TIMEOUT_S)  # readiness and health, as any client asks them
-        self.max_batch = int(server.config(model.name)["max_batch_size"])
+        self.max_batch = int(server.api.model_config_json(model.name)["max_batch_size"])
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self.channel = grpc.insecure_channel(server.grpc_url, options=unlimited)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)

@@ -166,6 +166,15 @@ class Ports:
         return cls(free_port(), free_port(), free_port())
 
 
+def _wait_unloaded(api: Triton, names: set, deadline: float) -> bool:
+    """Poll the repository index until none of ``names`` is READY or UNLOADING; False at ``deadline``."""
+    while any(m["name"] in names and m.get("state") in ("READY", "UNLOADING") for m in api.index()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 class LocalTriton:
     """``with LocalTriton(repo) as server:`` -- a ready tritonserver serving ``repo``; stopped on exit.
 
@@ -274,9 +283,6 @@ class LocalTriton:
     def ready_models(self) -> List[str]:
         return self.api.ready_models()
 
-    def config(self, model: str) -> dict:
-        return self.api.model_config_json(model)
-
     def version(self) -> str:
         return self.api.version()
 
@@ -322,11 +328,8 @@ class LocalTriton:
     def unload(self, model: str, timeout: float = UNLOAD_TIMEOUT_S) -> None:
         """Unload ``model`` (Triton lets in-flight requests finish first) and wait until it is gone."""
         self.api.unload(model)
-        deadline = time.monotonic() + timeout
-        while any(m["name"] == model and m.get("state") in ("READY", "UNLOADING") for m in self.index()):
-            if time.monotonic() > deadline:
-                raise KitError(f"{model} still loaded {timeout:.0f}s after its unload")
-            time.sleep(0.1)
+        if not _wait_unloaded(self.api, {model}, time.monotonic() + timeout):
+            raise KitError(f"{model} still loaded {timeout:.0f}s after its unload")
 
     def _unload_all(self) -> None:
         """Unload every model (Triton lets in-flight requests finish first) and wait until none is left."""
@@ -335,10 +338,10 @@ class LocalTriton:
         # interrupt it anywhere) does not matter, and a busy server cannot hold the stop for a load's timeout
         api = Triton(self.http_url, "http", self.admin_key, timeout=STOP_CALL_TIMEOUT_S)
         try:
-            for name in api.ready_models():
+            names = api.ready_models()
+            for name in names:
                 api.unload(name)
-            while time.monotonic() < deadline and any(m.get("state") in ("READY", "UNLOADING") for m in api.index()):
-                time.sleep(0.1)
+            _wait_unloaded(api, set(names), deadline)
         except Exception:  # noqa: BLE001 - the server is going anyway; its own exit timeout covers the rest
             pass
         finally:

@@ -6,7 +6,7 @@ README's "Flags every command shares" table documents them; tests/test_cli.py ch
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from ..spec import DEFAULT_URLS, ENSEMBLE, LOCAL_OPTIONAL, MODELS, PREPROCESS, PROTOCOLS
 
@@ -70,8 +70,8 @@ def add_repo(parser, default: Optional[Path] = DEFAULT_REPO, help: str = "", req
                         metavar="DIR", help=help or "model repository")
 
 
-def add_server(parser, protocol: str = "http", protocols: Sequence[str] = PROTOCOLS) -> None:
+def add_server(parser, protocol: str = "http") -> None:
     parser.add_argument("-u", "--url", metavar="HOST:PORT",
                         help=f"server address (default {DEFAULT_URLS['http']} for http, "
                              f"{DEFAULT_URLS['grpc']} for grpc)")
-    parser.add_argument("-i", "--protocol", choices=protocols, default=protocol, help=f"default {protocol}")
+    parser.add_argument("-i", "--protocol", choices=PROTOCOLS, default=protocol, help=f"default {protocol}")
