@@ -153,7 +153,6 @@ def test_memory_of_refused_200_mb_requests_is_given_back(server):
 def test_overload_is_refused_fast_and_memory_stays_bounded(server):
     """Open loop at 3x the measured capacity for 8 s: refusals instead of an ever-growing queue."""
     cap = capacity(server.grpc_url, PT, 4, 16)
-    batch_s = 8 / cap  # one full batch of this model, on this (possibly busy) machine
     before = rss_mb(server.proc.pid)
     load = OpenLoop(server.grpc_url, PT, timeout_s=120)
     outcomes = load.run(3 * cap, 10)
@@ -162,6 +161,9 @@ def test_overload_is_refused_fast_and_memory_stays_bounded(server):
     last_sent = max(o.sent for o in outcomes)
     assert summary["failed"] == 0, summary
     assert summary["rejected"] > 0 and summary["ok"] > 0, summary
+    # one full batch of this model, at the slower of the closed-loop rate and the rate served during the overload
+    # (on 2 cores the load generator takes CPU from the server: CI saw 24 answers/s served against 91 measured)
+    batch_s = 8 / min(cap, summary["ok"] / 10)
     # at most 32 requests (4 batches) wait, none longer than 5 s: unbounded, the queue of a 3x overload would grow
     # by twice the capacity every second, nothing would be refused, and the server would work on long after
     assert summary["ok_p99_ms"] < (5 + 6 * batch_s) * 1000, (summary, batch_s)
