@@ -9,7 +9,7 @@ import torch
 
 from .errors import KitError
 from .preprocess import eval_pixels, load_image, normalize
-from .spec import MEAN, ONNX, STD
+from .spec import MEAN, ONNX, PARITY_FILE, STD
 
 # Allowed max |Δlogit| is TOLERANCE x max(1, max |logit|): 1e-4 absolute for small logits, relative beyond.
 # A flat 1e-4 is below FP32's own rounding on realistic logits: eager FP32 alone differs from an FP64 run of
@@ -137,3 +137,47 @@ def constant_logits(model: torch.nn.Module, images: np.ndarray, tolerance: float
 
 def rows_as_dicts(rows: Sequence[ParityRow]) -> List[dict]:
     return [asdict(r) for r in rows]
+
+
+def served_parity(url: str, repo: Path) -> List[dict]:
+    """Every python-backend torch model of ``repo``, served at ``url`` (gRPC), against the eager FP32 logits its build
+    stored beside it (parity.npz), at the tolerance its config checks at load. The load-time check runs inside the
+    model; this one goes through the server's data path as a client's request does. One row per model; a model that
+    fails to answer gets its error in its row and the others are still checked."""
+    import tritonclient.grpc as grpc
+    from tritonclient.grpc import model_config_pb2
+
+    from .validate import parse_config
+
+    client = grpc.InferenceServerClient(url)
+    rows = []
+    for reference in sorted(repo.glob(f"*/[0-9]*/{PARITY_FILE}")):
+        model_dir = reference.parent.parent
+        config = parse_config(model_dir / "config.pbtxt")
+        params = config.parameters
+        tolerance = float(params["parity_tolerance"].string_value) if "parity_tolerance" in params else TOLERANCE
+        data = np.load(reference)
+        expected = data["logits"]
+        uint8 = config.input[0].data_type == model_config_pb2.TYPE_UINT8
+        images = data["pixels"] if uint8 else normalize(data["pixels"])
+        row = {"model": config.name, "version": reference.parent.name, "images": len(images),
+               "limit": allowed_difference(expected, tolerance)}
+        try:
+            served = []
+            for start in range(0, len(images), max(1, config.max_batch_size)):
+                part = np.ascontiguousarray(images[start:start + max(1, config.max_batch_size)])
+                inp = grpc.InferInput(config.input[0].name, list(part.shape), "UINT8" if uint8 else "FP32")
+                inp.set_data_from_numpy(part)
+                result = client.infer(config.name, [inp], model_version=reference.parent.name, client_timeout=300)
+                served.append(result.as_numpy(config.output[0].name))
+            logits = np.concatenate(served)
+        except Exception as exc:  # noqa: BLE001 - the server's or the answer's fault, reported in this model's row
+            rows.append({**row, "ok": False, "error": " ".join(str(exc).split())[:300]})
+            continue
+        diff, top1 = float(np.abs(logits - expected).max()), bool((logits.argmax(1) == expected.argmax(1)).all())
+        rows.append({**row, "max_abs_diff": diff, "top1_same": top1, "ok": diff <= row["limit"] and top1})
+    client.close()
+    if not rows:
+        raise KitError(f"{repo}: no model with a {PARITY_FILE} (python-backend torch models of a --target local "
+                       f"build carry one)")
+    return rows

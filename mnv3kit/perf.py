@@ -285,6 +285,12 @@ def plan(out: Path, url: Optional[str], protocol: str, models: Optional[List[str
                         key=lambda m: (model_order(m), m))
         if not models:
             raise KitError(f"the server at {url} has no ready model")
+    try:  # perf_analyzer reads them every window; refused, it fails each point (with --collect-metrics it hangs)
+        server.statistics(models[0])
+    except Restricted:
+        raise KitError(f"perf_analyzer reads the server's inference statistics, an admin API this server restricts: "
+                       f"give the server's admin key in ${ADMIN_KEY_ENV} (serve.py prints the file it wrote the key "
+                       f"to)") from None
     configs = {m: server.model_config(m) for m in models}
     if batch_sizes:
         batches = parse_batch_sizes(batch_sizes)

@@ -68,6 +68,9 @@ def main(argv=None) -> int:
                  f"{device.get('compile_seconds', '?')} s; warm start (server ready, kernels from the cache): "
                  f"{(res / 'warm_start.txt').read_text().strip() if (res / 'warm_start.txt').is_file() else '?'}",
                  f"- Load-time parity: {device.get('summary', 'not run at build')}",
+                 "- Served answers vs the build's eager FP32 logits (perf/served_parity.py): " + (
+                     "; ".join((res / "served_parity.txt").read_text().splitlines())
+                     if (res / "served_parity.txt").is_file() else "not checked in this run"),
                  f"- Fastest raw at batch {top}: **{fastest['variant']}**, {fastest['replay_img_s']:,.0f} img/s "
                  f"(CUDA graph replay); every ratio below is against it", ""]
         lines += ["## Raw variants (ms per CUDA graph replay)", ""]

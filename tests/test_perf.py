@@ -206,6 +206,14 @@ def test_restricted_index_without_the_key_is_one_line_error(server, tmp_path):
     assert_one_line_error(proc, "restricted", ADMIN_KEY_ENV)
 
 
+def test_restricted_statistics_without_the_key_is_one_line_error(server, tmp_path):
+    """Named models skip the index, but perf_analyzer still needs the statistics API: refused before any point."""
+    proc = run_perf("-m", PT.name, "-b", "1", "--metrics", "127.0.0.1:1/metrics", "-u", server.grpc_url, "-i", "grpc",
+                    "-o", tmp_path, env={ADMIN_KEY_ENV: ""})
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "statistics", ADMIN_KEY_ENV)
+
+
 def test_perf_analyzer_that_cannot_start_is_one_line_error(tmp_path):
     proc = run_perf("--quick", "-o", tmp_path, env={"PERF_ANALYZER": "/bin/false"})
     assert proc.returncode == 2

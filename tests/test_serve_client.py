@@ -229,7 +229,23 @@ def test_uint8_model_normalizes_on_the_server(tmp_path, photos):
     assert "TYPE_UINT8" in config and '"0.485,0.456,0.406"' in config
     with LocalTriton(repo, Ports.free()) as srv:
         proc, records = classify_json(*photos, "-u", srv.grpc_url, "-i", "grpc", "-m", "mobilenetv3_u8", "-b", "2")
+        checked = run_cli("perf/served_parity.py", "--repo", repo, "-u", srv.grpc_url)
+        # the server keeps the loaded model: a reference edited now is one the served answers no longer match
+        reference = repo / "mobilenetv3_u8" / "1" / "parity.npz"
+        data = dict(np.load(reference))
+        data["logits"][0, 0] += 1.0
+        np.savez(reference, **data)
+        tampered = run_cli("perf/served_parity.py", "--repo", repo, "-u", srv.grpc_url)
     assert proc.returncode == 0, proc.stderr
     expected = torchscript_logits(repo, photos)
     np.testing.assert_allclose(np.array([r["logits"] for r in records]), expected, rtol=0,
                                atol=allowed_difference(expected) + 1e-6)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert [line.split(":")[0] for line in checked.stdout.splitlines()] == ["mobilenetv3_pt v1", "mobilenetv3_u8 v1"]
+    assert all(line.endswith(": ok") for line in checked.stdout.splitlines()), checked.stdout
+    assert tampered.returncode == 1 and tampered.stdout.splitlines()[0].endswith(": ok"), tampered.stdout
+    assert tampered.stdout.splitlines()[1].endswith("FAILED"), tampered.stdout
+
+
+def test_served_parity_needs_a_reference(tmp_path):
+    assert_one_line_error(run_cli("perf/served_parity.py", "--repo", tmp_path), "no model with a parity.npz")

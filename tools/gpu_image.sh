@@ -32,6 +32,8 @@ echo "== serve"
 start_server "$REPO" "$RES/serve.log"
 head -n 2 "$RES/serve.log"
 
+echo "== served classifier vs the build's eager FP32 logits"
+"$PY" perf/served_parity.py --repo "$REPO" -u localhost:8001 | tee "$RES/served_parity.txt" || true
 echo "== parity: nvJPEG path vs client-side preprocessing"
 "$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 -o "$RES/parity" || true
 

@@ -2,8 +2,9 @@
 # The GPU report in one run on one GPU host: build a --runtime compiled repository for KIND_GPU (TorchInductor
 # compiles on this GPU during the build: the cold start, recorded in the manifest), measure the raw variants
 # in-process (perf/raw_gpu.py: torchvision's eager model as the anchor, the kit's TorchScript and compiled
-# artifacts), serve the repository with the embedded Triton (the warm start, from the compile cache), run
-# perf_analyzer over gRPC (batch 1 latency, batch 64 with system and CUDA shared memory, dynamic batching), and write
+# artifacts), serve the repository with the embedded Triton (the warm start, from the compile cache), check the
+# served answers against the build's eager FP32 logits (perf/served_parity.py), run perf_analyzer over gRPC
+# (batch 1 latency, batch 64 with system and CUDA shared memory, dynamic batching), and write
 # perf/results/gpu-<date>/REPORT.md with every ratio taken against the fastest raw variant.
 #   bash tools/gpu_run.sh            (after installing the kit's requirements on the GPU host; see README "GPU")
 # Env: ARCH (large), INSTANCES (2), GRAPHS (1,4,8,16,32,64), WINDOW_MS (1000), PY (python3),
@@ -41,6 +42,7 @@ photos=$("$PY" -c 'from mnv3kit.parity import sample_photos; print(" ".join(map(
 for model in mobilenetv3_pt mobilenetv3_u8; do  # served answers, not only speed: both contracts, same classes
   "$PY" client/classify.py $photos -m $model -i grpc -u localhost:8001 -k 2 | tee -a "$RES/classify.txt"
 done
+"$PY" perf/served_parity.py --repo "$REPO" -u localhost:8001 | tee "$RES/served_parity.txt" || true
 
 perf() { bash perf/run_perf.sh -u localhost:8001 -i grpc -p "$WINDOW_MS" --compare "$RES/raw_gpu.json" \
   --metrics localhost:8002/metrics "$@" || true; }

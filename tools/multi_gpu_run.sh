@@ -33,8 +33,7 @@ RES=perf/results/multigpu-$STAMP
 mkdir -p "$RES"
 exec > >(tee "$RES/run.log") 2>&1
 
-[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
-export PYTHONUNBUFFERED=1
+source tools/gpu_common.sh
 PA=${PERF_ANALYZER:-$(command -v perf_analyzer || true)}
 [ -n "$PA" ] || die "perf_analyzer not found: install the kit's requirements (tritonclient[all]) or set PERF_ANALYZER"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$RES/gpus.txt"
@@ -56,7 +55,7 @@ stop_all() { for pid in "${servers[@]}"; do kill -TERM "$pid" 2>/dev/null; done
              for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null || true; done; servers=(); }
 trap stop_all EXIT
 serve() {  # serve NAME REPO CUDA_VISIBLE_DEVICES PORT_BASE
-  CUDA_VISIBLE_DEVICES=$3 PYTHONPATH=${SERVER_PYTHONPATH:-${PYTHONPATH:-}} "$PY" serve.py --repo "$2" --http-port "$4" --grpc-port $(($4 + 1)) \
+  CUDA_VISIBLE_DEVICES=$3 "${SERVER_PY:-$PY}" serve.py --repo "$2" --http-port "$4" --grpc-port $(($4 + 1)) \
     --metrics-port $(($4 + 2)) --timeout 300 > "$RES/serve-$1.log" 2>&1 &
   servers+=($!)
 }
@@ -75,7 +74,8 @@ measure() {  # measure DIR GRPC_PORT CONCURRENCY: one perf_analyzer point, fixed
   mkdir -p "$1"
   date +%s.%N > "$1/c$3.start"
   "$PA" -m mobilenetv3_u8 -b 64 -u "localhost:$2" -i grpc --shared-memory system --concurrency-range "$3" \
-    -p "$WINDOW_MS" -s 100 -r 6 -f "$1/c$3.csv" --verbose-csv > "$1/c$3.log" 2>&1 || echo "point $1 c$3 failed"
+    -p "$WINDOW_MS" -s 100 -r 6 -H "triton-grpc-protocol-admin-key:$TRITON_ADMIN_KEY" -f "$1/c$3.csv" --verbose-csv \
+    > "$1/c$3.log" 2>&1 || echo "point $1 c$3 failed"
   date +%s.%N > "$1/c$3.end"
 }
 
