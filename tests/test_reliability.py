@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import http.client
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from mnv3kit.faults import Target, refused_body_rss, server_killers, sweep
 from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
-from mnv3kit.spec import ADMIN_HEADER, PT
+from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, PT
 from mnv3kit.weights import load_model
 
 
@@ -280,6 +281,53 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
     assert before and all(o.error is None for o in before)
     assert after and all(o.error is None for o in after), [o.error for o in after]
     assert recovered - killed < 60
+
+
+def kill_with_nested_json(http_port):
+    """The request that kills Triton 2.51 (see test_deeply_nested_json_kills_the_bundled_triton)."""
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+    try:
+        conn.request("POST", f"/v2/models/{PT.name}/infer", body=b"[" * 200_000,
+                     headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        pass  # no answer: the server died
+    finally:
+        conn.close()
+
+
+def test_a_dead_tritonserver_is_started_again(built_repo, tmp_path, photos, monkeypatch):
+    """serve.py starts a tritonserver that died again, on the same ports with the same admin key; one death more
+    than --restarts ends it with exit 2 and one line."""
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo("small", "local"), repo)
+    monkeypatch.setenv(ADMIN_KEY_ENV, "restart-test-key")
+    ports = Ports.free()
+    proc = start_serve_py(repo, ports, "--restarts", "1")
+    said = stderr_lines(proc)
+    x = parity_batch(photos, 1)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
+    before = client.infer(PT.name, [grpc_input(PT, x)]).as_numpy(PT.output_name)
+    try:
+        kill_with_nested_json(ports.http)
+        wait_for(said, "ready again", 120)
+        after = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}").infer(
+            PT.name, [grpc_input(PT, x)]).as_numpy(PT.output_name)
+        stats = urllib.request.Request(f"http://127.0.0.1:{ports.http}/v2/models/stats",
+                                       headers={ADMIN_HEADER: "restart-test-key"})
+        with urllib.request.urlopen(stats, timeout=30) as response:
+            assert response.status == 200
+        kill_with_nested_json(ports.http)  # the second death within 10 minutes: more than --restarts 1
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [line for line in said if "starting it again (1 of --restarts 1" in line], "".join(said)
+    np.testing.assert_array_equal(after, before)
+    assert code == 2, "".join(said)
+    errors = [line for line in said if "serve.py: error:" in line]
+    assert len(errors) == 1 and "2 time(s) in 10 minutes (--restarts 1)" in errors[0], "".join(said)
+    assert "Traceback" not in "".join(said)
 
 
 def test_rebuilt_repository_is_served_without_a_failed_request(built_repo, tmp_path, photos):

@@ -8,11 +8,12 @@ stops the server and its backend processes. The server listens on 127.0.0.1 unle
 admin APIs (shared memory, model repository, statistics, trace, logging) need the header `admin-key: KEY`, with KEY
 from $TRITON_ADMIN_KEY or generated per start and written to a file only you can read. A watchdog reloads a model
 whose backend process died (Triton itself keeps reporting it ready) and loads the repository again when build_repo.py
-rebuilds it (the old models serve until the new ones are ready).
+rebuilds it (the old models serve until the new ones are ready). A tritonserver that dies (a crash, a request that
+kills it, kill -9) is started again on the same ports with the same admin key, at most --restarts times in 10 minutes.
 Repositories for NVIDIA's image (--target ngc) need `docker compose up triton` instead.
 
 exit codes: 0 stopped cleanly, 1 stopped but the server had to be killed or left something behind,
-            2 bad input, the repository failed to load, or the server died
+            2 bad input, the repository failed to load, or the server died more than --restarts times in 10 minutes
 """
 
 import argparse
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from mnv3kit.cli import add_repo
@@ -47,10 +49,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allocator", choices=ALLOCATORS, default="auto",
                    help="the server's malloc: jemalloc (auto: where installed, as Debian's libjemalloc2) gives "
                    "the memory of large or refused requests back within a second; glibc's keeps it (default auto)")
+    p.add_argument("--restarts", type=int, default=3, metavar="N",
+                   help="start a tritonserver that died again, at most N times in 10 minutes; one more death ends "
+                   "serve.py with exit 2 (default 3; 0: never)")
     p.add_argument("--no-watchdog", action="store_true",
                    help="neither reload a model whose backend stub process died nor load a rebuilt repository "
                    "(both on by default, checked every 0.5 s)")
     return p.parse_args(argv)
+
+
+RESTART_WINDOW_S = 600  # --restarts counts the deaths within this many seconds
 
 
 def _stop_on_signal(*_):
@@ -72,10 +80,23 @@ def main(argv=None) -> int:
         # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then keeps it ignored
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, _stop_on_signal)
-        server = LocalTriton(args.repo, Ports(args.http_port, args.grpc_port, args.metrics_port),
-                             log_path=args.log_file, verbose=args.log_verbose, address=args.address,
-                             admin_key=os.environ.get(ADMIN_KEY_ENV), allocator=args.allocator)
-        stopping, watchdog = False, None
+        if args.restarts < 0:
+            raise KitError(f"--restarts {args.restarts}: give 0 or more")
+
+        def new_server(admin_key):
+            return LocalTriton(args.repo, Ports(args.http_port, args.grpc_port, args.metrics_port),
+                               log_path=args.log_file, verbose=args.log_verbose, address=args.address,
+                               admin_key=admin_key, allocator=args.allocator)
+
+        def new_watchdog(server):
+            if args.no_watchdog:
+                return None
+            watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
+            watchdog.start()
+            return watchdog
+
+        server = new_server(os.environ.get(ADMIN_KEY_ENV))
+        stopping, watchdog, deaths = False, None, deque()
         try:
             server.start(timeout=args.timeout)
             if os.environ.get(ADMIN_KEY_ENV):
@@ -89,13 +110,28 @@ def main(argv=None) -> int:
             print(f"  log     {server.log_path}")
             print(f"  malloc  {server.jemalloc or 'glibc'}")
             print("Ctrl-C stops it.", flush=True)
-            if not args.no_watchdog:
-                watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
-                watchdog.start()
-            while server.proc.poll() is None:
-                time.sleep(0.5)
-            raise KitError(f"tritonserver exited with code {server.proc.returncode}:\n"
-                           + "\n".join(server.error_lines()[-15:]))
+            watchdog = new_watchdog(server)
+            while True:
+                while server.proc.poll() is None:
+                    time.sleep(0.5)
+                died = f"tritonserver exited with code {server.proc.returncode}"
+                deaths.append(time.monotonic())
+                while deaths[0] < deaths[-1] - RESTART_WINDOW_S:
+                    deaths.popleft()
+                if len(deaths) > args.restarts:
+                    raise KitError(f"{died}, {len(deaths)} time(s) in 10 minutes (--restarts {args.restarts}):\n"
+                                   + "\n".join(server.error_lines()[-15:]))
+                print(f"{prog_name()}: {died}; starting it again ({len(deaths)} of --restarts {args.restarts} in 10 "
+                      f"minutes). Its last log lines:\n" + "\n".join(server.error_lines()[-5:]), file=sys.stderr,
+                      flush=True)
+                if watchdog:
+                    watchdog.stop()
+                server.close()
+                server = new_server(server.admin_key)  # the same key: clients and the key file stay valid
+                server.start(timeout=args.timeout)
+                print(f"tritonserver ready again: {', '.join(server.ready_models())} (log {server.log_path})",
+                      file=sys.stderr, flush=True)
+                watchdog = new_watchdog(server)
         except KeyboardInterrupt:
             print("stopping Triton...", file=sys.stderr, flush=True)
             stopping = True
