@@ -54,6 +54,31 @@ def _first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:200]
 
 
+def send_http(host: str, port: int, method: str, path: str, body: bytes = b"",
+              headers: Optional[dict] = None) -> Tuple[str, str]:
+    """One raw HTTP request: (status, the server's one-line error), or ("no answer", why) when none came."""
+    conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return "no answer", f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    try:
+        error = json.loads(data).get("error", "")
+    except (ValueError, AttributeError):
+        error = data.decode(errors="replace")
+    return str(response.status), _first_line(error)
+
+
+def nested_json_request(model: str) -> Tuple[str, str, bytes, dict]:
+    """The request that kills tritonserver 2.51: its JSON parser recurses once per nesting level on the HTTP
+    thread's stack (fixed upstream by triton-inference-server/common#156). (method, path, body, headers)."""
+    return "POST", f"/v2/models/{model}/infer", b"[" * 200_000, {"Content-Type": "application/json"}
+
+
 class Target:
     """One model of a running server: where to reach it, and its reference answer."""
 
@@ -74,20 +99,7 @@ class Target:
 
     # -- raw HTTP -------------------------------------------------------------------------------------------------
     def http(self, method: str, path: str, body: bytes = b"", headers: Optional[dict] = None) -> Tuple[str, str]:
-        conn = http.client.HTTPConnection(self.host, self.http_port, timeout=TIMEOUT_S)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            return "no answer", f"{type(exc).__name__}: {exc}"
-        finally:
-            conn.close()
-        try:
-            error = json.loads(data).get("error", "")
-        except (ValueError, AttributeError):
-            error = data.decode(errors="replace")
-        return str(response.status), _first_line(error)
+        return send_http(self.host, self.http_port, method, path, body, headers)
 
     def infer_http(self, header: dict, binary: bytes = b"", model: Optional[str] = None, version: str = "",
                    header_length: Optional[int] = None) -> Tuple[str, str]:
@@ -247,11 +259,8 @@ def malformed_requests(t: Target) -> List[Tuple[str, str, Callable[[], Tuple[str
 
 
 def server_killers(t: Target) -> List[Tuple[str, str, Callable[[], Tuple[str, str]]]]:
-    """Requests that kill tritonserver 2.51: its JSON parser recurses once per nesting level on the HTTP thread's
-    stack (fixed upstream by triton-inference-server/common#156). Sent last, after every other kind."""
-    return [("deeply nested JSON (200 KB of '[')", "http",
-             lambda: t.http("POST", f"/v2/models/{t.model.name}/infer", b"[" * 200_000,
-                            {"Content-Type": "application/json"}))]
+    """Requests that kill tritonserver 2.51 (nested_json_request). Sent last, after every other kind."""
+    return [("deeply nested JSON (200 KB of '[')", "http", lambda: t.http(*nested_json_request(t.model.name)))]
 
 
 def sweep(t: Target, photo: np.ndarray, log: Callable[[str], None] = lambda line: None,

@@ -146,6 +146,7 @@ def served_parity(url: str, repo: Path) -> List[dict]:
     fails to answer gets its error in its row and the others are still checked."""
     import tritonclient.grpc as grpc
     from tritonclient.grpc import model_config_pb2
+    from tritonclient.utils import np_to_triton_dtype
 
     from .validate import parse_config
 
@@ -162,11 +163,12 @@ def served_parity(url: str, repo: Path) -> List[dict]:
         images = data["pixels"] if uint8 else normalize(data["pixels"])
         row = {"model": config.name, "version": reference.parent.name, "images": len(images),
                "limit": allowed_difference(expected, tolerance)}
+        step = max(1, config.max_batch_size)
         try:
             served = []
-            for start in range(0, len(images), max(1, config.max_batch_size)):
-                part = np.ascontiguousarray(images[start:start + max(1, config.max_batch_size)])
-                inp = grpc.InferInput(config.input[0].name, list(part.shape), "UINT8" if uint8 else "FP32")
+            for start in range(0, len(images), step):
+                part = np.ascontiguousarray(images[start:start + step])
+                inp = grpc.InferInput(config.input[0].name, list(part.shape), np_to_triton_dtype(part.dtype))
                 inp.set_data_from_numpy(part)
                 result = client.infer(config.name, [inp], model_version=reference.parent.name, client_timeout=300)
                 served.append(result.as_numpy(config.output[0].name))

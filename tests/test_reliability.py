@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import http.client
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
-from mnv3kit.faults import Target, refused_body_rss, server_killers, sweep
+from mnv3kit.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
@@ -283,19 +282,6 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
     assert recovered - killed < 60
 
 
-def kill_with_nested_json(http_port):
-    """The request that kills Triton 2.51 (see test_deeply_nested_json_kills_the_bundled_triton)."""
-    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
-    try:
-        conn.request("POST", f"/v2/models/{PT.name}/infer", body=b"[" * 200_000,
-                     headers={"Content-Type": "application/json"})
-        conn.getresponse().read()
-    except (OSError, http.client.HTTPException):
-        pass  # no answer: the server died
-    finally:
-        conn.close()
-
-
 def test_a_dead_tritonserver_is_started_again(built_repo, tmp_path, photos, monkeypatch):
     """serve.py starts a tritonserver that died again, on the same ports with the same admin key; one death more
     than --restarts ends it with exit 2 and one line."""
@@ -309,7 +295,7 @@ def test_a_dead_tritonserver_is_started_again(built_repo, tmp_path, photos, monk
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
     before = client.infer(PT.name, [grpc_input(PT, x)]).as_numpy(PT.output_name)
     try:
-        kill_with_nested_json(ports.http)
+        send_http("127.0.0.1", ports.http, *nested_json_request(PT.name))  # no answer: it kills the server
         wait_for(said, "ready again", 120)
         after = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}").infer(
             PT.name, [grpc_input(PT, x)]).as_numpy(PT.output_name)
@@ -317,7 +303,8 @@ def test_a_dead_tritonserver_is_started_again(built_repo, tmp_path, photos, monk
                                        headers={ADMIN_HEADER: "restart-test-key"})
         with urllib.request.urlopen(stats, timeout=30) as response:
             assert response.status == 200
-        kill_with_nested_json(ports.http)  # the second death within 10 minutes: more than --restarts 1
+        # the second death within 10 minutes: more than --restarts 1
+        send_http("127.0.0.1", ports.http, *nested_json_request(PT.name))
         code = proc.wait(120)
     finally:
         if proc.poll() is None:

@@ -70,12 +70,15 @@ wait_ready() {  # wait_ready NAME...
     head -n 1 "$RES/serve-$name.log"
   done
 }
+# perf_analyzer reads Triton's statistics, an admin API: the key in the gRPC header the kit defines (mnv3kit.spec)
+admin_header=$("$PY" -c 'import os; from mnv3kit.spec import admin_headers
+print(*(f"{k}:{v}" for k, v in admin_headers(os.environ["TRITON_ADMIN_KEY"], "grpc").items()))')
 measure() {  # measure DIR GRPC_PORT CONCURRENCY: one perf_analyzer point, fixed windows, timestamps recorded
   mkdir -p "$1"
   date +%s.%N > "$1/c$3.start"
   "$PA" -m mobilenetv3_u8 -b 64 -u "localhost:$2" -i grpc --shared-memory system --concurrency-range "$3" \
-    -p "$WINDOW_MS" -s 100 -r 6 -H "triton-grpc-protocol-admin-key:$TRITON_ADMIN_KEY" -f "$1/c$3.csv" --verbose-csv \
-    > "$1/c$3.log" 2>&1 || echo "point $1 c$3 failed"
+    -p "$WINDOW_MS" -s 100 -r 6 -H "$admin_header" -f "$1/c$3.csv" --verbose-csv > "$1/c$3.log" 2>&1 \
+    || echo "point $1 c$3 failed"
   date +%s.%N > "$1/c$3.end"
 }
 
