@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPO ?= model_repository_local
 ARCH ?= large
+PORT_BASE ?= 8000
 
 .PHONY: venv test demo serve clean
 
@@ -21,14 +22,17 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml scripts/install_system
 	touch $(STAMP)
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -ra tests
 
 demo: venv
 	bash scripts/demo.sh
 
+# PORT_BASE=9000: HTTP 9000, gRPC 9001, metrics 9002 (as make demo)
 serve: venv
 	@test -f $(REPO)/manifest.json || $(PY) build_repo.py --target local --arch $(ARCH) -o $(REPO)
-	$(PY) serve.py --repo $(REPO)
+	$(PY) serve.py --repo $(REPO) --http-port $(PORT_BASE) --grpc-port $$(($(PORT_BASE) + 1)) \
+	  --metrics-port $$(($(PORT_BASE) + 2))
 
 clean:
 	rm -rf $(VENV) model_repository model_repository_local .pytest_cache

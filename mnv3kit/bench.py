@@ -28,7 +28,7 @@ from .backend.model import OnnxRunner, TorchRunner
 from .errors import KitError
 from .perf import hardware, hardware_line, markdown_table, model_order, now, short_name
 from .repository import read_manifest
-from .spec import INPUT_DIMS, ONNX, PT, TRT
+from .spec import ENSEMBLE_PLATFORM, INPUT_DIMS, ONNX, PT, TRT
 from .trt_build import HOW_TO_BUILD, import_tensorrt
 from .validate import ModelConfig, artifact_name, parse_config
 
@@ -74,6 +74,11 @@ def discover(repo: Path) -> Tuple[dict, List[Artifact], List[str]]:
     for config_path in sorted(repo.glob("*/config.pbtxt")):
         config = parse_config(config_path)
         name = artifact_name(config)
+        if name is None:  # the image ensemble and its preprocessing: no classifier artifact
+            what = "an ensemble" if config.platform == ENSEMBLE_PLATFORM else f"a {config.backend} backend model"
+            skipped.append(f"{config.name}: {what} without a classifier artifact, not timed in-process "
+                           f"(perf/bench_image.py measures the image path)")
+            continue
         if name not in (PT.artifact, ONNX.artifact, TRT.artifact):
             skipped.append(f"{config.name}: no in-process runner for its artifact {name!r}")
             continue
@@ -169,7 +174,12 @@ def served_forward(artifact: Artifact, device: str) -> Forward:
 def initialize_args(config: ModelConfig, model_dir: Path, version, device: str) -> dict:
     """What Triton hands a python-backend model's initialize() for one instance of ``config`` on ``device`` (cpu,
     cuda or cuda:N): the config as JSON with every field, empty parameter strings included."""
-    as_json = json_format.MessageToDict(config, preserving_proto_field_name=True, including_default_value_fields=True)
+    try:  # protobuf >= 5.26 renamed the flag (the GPU host's Python has it; tritonclient 2.51 pins < 5 here)
+        as_json = json_format.MessageToDict(config, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True)
+    except TypeError:
+        as_json = json_format.MessageToDict(config, preserving_proto_field_name=True,
+                                            including_default_value_fields=True)
     for param in as_json.get("parameters", {}).values():
         param.setdefault("string_value", "")
     return {"model_config": json.dumps(as_json), "model_repository": str(model_dir), "model_version": str(version),

@@ -77,7 +77,8 @@ def _tensorrt(opts: BuildOptions, staging: Path, models: Sequence[ModelSpec]) ->
         reason = "neither the TensorRT Python package nor trtexec is available here"
         if opts.trt == "require":
             raise KitError(f"--trt require: {reason}; {HOW_TO_BUILD}")
-        log(f"TensorRT: skipped ({reason}). The {TRT.name} config is rendered; {HOW_TO_BUILD}.")
+        # how to build it: the validation's note on the missing plan, printed once by the CLI's final check
+        log(f"TensorRT: skipped ({reason}); the {TRT.name} config is rendered")
         return {"status": "skipped", "reason": f"{reason}; {HOW_TO_BUILD}"}
     vdir = staging / TRT.name / str(opts.config.version)
     if builder == "python":
@@ -116,6 +117,9 @@ def build(opts: BuildOptions) -> Path:
         step()
         model, trained = load_model(opts.arch, opts.weights, _random_init_classes(opts))
         labels = load_labels(opts.labels, model.num_classes)
+        if trained and opts.labels is None:
+            log(f"WARNING: --weights without --labels: the classes are labelled class_0..class_{model.num_classes - 1}"
+                f"; pass --labels with train.py's class_indices.json or a labels.txt (one name per line)")
         if not trained:
             log("WARNING: no --weights given: the model has a seeded RANDOM init and its predictions are "
                 "MEANINGLESS. Use this only to try the serving path; pass --weights to deploy a real model.")
@@ -165,12 +169,12 @@ def build(opts: BuildOptions) -> Path:
         trt_entry = _tensorrt(opts, staging, models)
 
         step()
-        from .backend import PYTHON_MODEL
+        from .backend import PYTHON_MODEL, install_python_model
 
         for spec in models:
             (staging / spec.name / "config.pbtxt").write_text(render_config(spec, cfg))
             if python_backend(spec, cfg):
-                shutil.copyfile(PYTHON_MODEL, staging / spec.name / version / "model.py")
+                install_python_model(PYTHON_MODEL, staging / spec.name / version)
             for old in kept[spec.name]:
                 shutil.copytree(Path(opts.output) / spec.name / str(old), staging / spec.name / str(old))
         if image_classifier is not None:
@@ -194,9 +198,7 @@ def build(opts: BuildOptions) -> Path:
         manifest["files"] = file_hashes(staging)
         manifest["build_seconds"] = round(time.time() - started, 1)
         write_manifest(staging, manifest)
-        report = check_repository(staging)
-        for note in report.notes:
-            log(f"note: {note}")
+        report = check_repository(staging)  # its notes are the CLI's final check's too: printed there, once
         if not report.ok:
             raise KitError("the built repository failed validation, previous one kept: " + "; ".join(report.problems))
         step()

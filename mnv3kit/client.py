@@ -1,6 +1,7 @@
 """Classify images through Triton (HTTP or gRPC) with the kit's preprocessing and Triton's classification extension."""
 
 import queue
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -9,11 +10,14 @@ import numpy as np
 
 from .errors import KitError
 from .preprocess import ImageError, is_image_file, preprocess_file
-from .spec import ADMIN_KEY_ENV, INPUT_DIMS
+from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, INPUT_DIMS, PROTOCOLS
 from .triton import Restricted, Triton
 
 INPUT_TYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8"}  # normalized floats, or pixels the model normalizes
 SEND_MODES = ("auto", "bytes", "tensor")  # bytes: the files themselves, to a model with an encoded-image input
+# Requests in flight at once with --async: below the kit's default max_queue_size (32), so that a folder of images
+# does not overflow the model's queue.
+MAX_IN_FLIGHT = 16
 
 
 class ServerUnreachable(KitError):
@@ -30,6 +34,10 @@ class ContractMismatch(KitError):
 
 class InferenceFailed(KitError):
     exit_code = 6
+
+
+class Overloaded(InferenceFailed):
+    """The server shed the request (queue full or timed out in it): about the load, not about the request."""
 
 
 class TimedOut(KitError):
@@ -69,6 +77,30 @@ def expand_inputs(items: Sequence[Union[str, Path]]) -> List[Path]:
     return paths
 
 
+def server_address(url: Optional[str], protocol: str) -> str:
+    """HOST:PORT for tritonclient, which refuses schemes: -u may start with http:// or grpc:// (the protocol, which
+    must agree with -i) and end with a slash."""
+    if url is None:
+        return DEFAULT_URLS[protocol]
+    scheme, sep, address = url.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme not in PROTOCOLS:
+            raise KitError(f"-u {url}: {scheme}:// is not supported (this client speaks plain HTTP or gRPC, no TLS): "
+                           f"give HOST:PORT, e.g. {DEFAULT_URLS[protocol]}")
+        if scheme != protocol:
+            raise KitError(f"-u {url} is a {scheme} address but -i is {protocol}: pass -i {scheme}, or the "
+                           f"server's {protocol} HOST:PORT")
+    else:
+        address = url
+    address = address.rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or any(c.isspace() or c == "/" for c in address) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise KitError(f"-u {url}: expected HOST:PORT, e.g. {DEFAULT_URLS[protocol]} ({protocol}:// before it is "
+                       f"accepted)")
+    return address
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -85,7 +117,7 @@ class TritonClassifier:
         self.send = send
         self.protocol, self.model, self.timeout = protocol, model, timeout
         # only the repository index (an admin API) needs the key
-        self.triton = Triton(url, protocol, admin_key, timeout, concurrency)
+        self.triton = Triton(server_address(url, protocol), protocol, admin_key, timeout, concurrency)
         self.url, self.client, self.module = self.triton.url, self.triton.client, self.triton.module
         if protocol == "http":
             import gevent
@@ -98,11 +130,14 @@ class TritonClassifier:
         self._read_contract()
 
     # -- server and model checks -------------------------------------------------------------------------------
-    def _call(self, method: str, *args, **kwargs):
+    def _send(self, method: str, *args, **kwargs):
         if self.protocol == "grpc":  # the HTTP client got its timeouts at construction
             kwargs.setdefault("client_timeout", self.timeout)
+        return getattr(self.client, method)(*args, **kwargs)
+
+    def _call(self, method: str, *args, **kwargs):
         try:
-            return getattr(self.client, method)(*args, **kwargs)
+            return self._send(method, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure becomes one of the documented exit codes
             raise self.failure(exc) from None
 
@@ -116,8 +151,8 @@ class TritonClassifier:
                 or type(exc).__name__ == "Timeout" or "failed to obtain inference response" in text):
             return TimedOut(f"no answer from {self.url} within --timeout {self.timeout:g}s ({self.protocol})")
         if any(marker in text for marker in OVERLOADED):
-            return InferenceFailed(f"the server refused the request, overloaded ({text.splitlines()[0]}): "
-                                   f"retry later, or send fewer requests at once")
+            return Overloaded(f"the server refused a request, overloaded ({text.splitlines()[0]}): send fewer "
+                              f"requests at once (--max-in-flight, -b)")
         if isinstance(exc, (OSError, ConnectionError)) or "UNAVAILABLE" in status or "failed to connect" in text.lower():
             return ServerUnreachable(self._unreachable())
         if isinstance(exc, InferenceServerException):
@@ -126,11 +161,31 @@ class TritonClassifier:
 
     def _unreachable(self) -> str:
         return (f"Triton server unreachable at {self.url} over {self.protocol}, or it stopped answering (is it "
-                f"running? `make serve` starts the embedded one, `docker compose up triton` NVIDIA's; -u HOST:PORT "
-                f"picks another)")
+                f"running? `make serve` starts the embedded one, `docker compose up triton` (or "
+                f"`docker-compose up triton`) NVIDIA's; -u HOST:PORT picks another)")
+
+    def _other_port(self, answers: str) -> str:
+        """The error for a port that answers the other protocol (HTTP and gRPC listen on different ports)."""
+        other = "grpc" if self.protocol == "http" else "http"
+        port = self.url.rpartition(":")[2]
+        default = DEFAULT_URLS[self.protocol].rpartition(":")[2]
+        return (f"{self.url} does not answer {self.protocol} ({answers}): is {port} Triton's {other} port? use "
+                f"-i {other}, or the server's {self.protocol} port (Triton's default {default})")
 
     def _check_server(self) -> None:
-        if not self._call("is_server_live"):  # a timeout or a refused connection: the documented exit code
+        """Something answers the protocol at the URL; a timeout, a refused connection or a port of the other
+        protocol is the documented exit code."""
+        from http.client import HTTPException
+
+        try:
+            live = self._send("is_server_live")
+        except HTTPException:  # an HTTP client reading gRPC's HTTP/2 frames
+            raise ServerUnreachable(self._other_port("the answer is not HTTP/1.1")) from None
+        except Exception as exc:  # noqa: BLE001 - mapped to the documented exit codes
+            if self.protocol == "grpc" and "Socket closed" in str(exc):  # an HTTP/1.1 listener drops gRPC's preface
+                raise ServerUnreachable(self._other_port("it closed the connection")) from None
+            raise self.failure(exc) from None
+        if not live:
             raise ServerUnreachable(self._unreachable())
 
     def ready_models(self) -> Optional[List[str]]:
@@ -204,50 +259,60 @@ class TritonClassifier:
         inputs, outputs = self._request(batch)
         return self._parse(self._call("infer", self.model, inputs, outputs=outputs))
 
-    def infer_many(self, batches: Sequence[np.ndarray]) -> Iterator[Tuple[np.ndarray, List[Dict[int, str]]]]:
-        """All batches in flight at once (async API of either protocol); each result yielded, in submission order,
-        as soon as it and the ones before it arrived."""
-        if self.protocol == "http":
-            pending = []
-            for b in batches:
-                inputs, outputs = self._request(b)
+    def infer_many(self, batches: Sequence[np.ndarray], window: int = MAX_IN_FLIGHT,
+                   keep_errors: bool = False) -> Iterator[Union[Tuple[np.ndarray, List[Dict[int, str]]], KitError]]:
+        """Up to ``window`` batches in flight at once (async API of either protocol); each result yielded, in
+        submission order, as soon as it and the ones before it arrived. A failed request raises its documented
+        error, or with ``keep_errors`` is yielded in its place."""
+        todo, pending = iter(batches), deque()
+
+        def submit() -> None:
+            batch = next(todo, None)
+            if batch is None:
+                return
+            inputs, outputs = self._request(batch)
+            if self.protocol == "http":
                 pending.append(self._call("async_infer", self.model, inputs, outputs=outputs))
-            for p in pending:
-                try:
-                    result = p.get_result(timeout=self.timeout)
-                except Exception as exc:  # noqa: BLE001 - mapped to the documented exit codes
-                    raise self.failure(exc) from None
-                yield self._parse(result)
-            return
-        done: "queue.Queue" = queue.Queue()
-        for i, b in enumerate(batches):
-            inputs, outputs = self._request(b)
+                return
+            answer: "queue.Queue" = queue.Queue(maxsize=1)
             # tritonclient calls back with keywords: callback(result=..., error=...)
-            self._call("async_infer", self.model, inputs, lambda result, error, i=i: done.put((i, result, error)),
+            self._call("async_infer", self.model, inputs, lambda result, error: answer.put((result, error)),
                        outputs=outputs)
-        arrived, next_i = {}, 0
-        while next_i < len(batches):
+            pending.append(answer)
+
+        for _ in range(max(1, window)):
+            submit()
+        while pending:
+            head = pending.popleft()
             try:
-                i, result, error = done.get(timeout=self.timeout + 5)
+                if self.protocol == "http":
+                    result = head.get_result(timeout=self.timeout)
+                else:
+                    result, error = head.get(timeout=self.timeout + 5)
+                    if error is not None:
+                        raise error
             except queue.Empty:
                 raise TimedOut(f"no answer from {self.url} within --timeout {self.timeout:g}s (grpc)") from None
-            if error is not None:
-                raise self.failure(error)
-            arrived[i] = result
-            while next_i in arrived:
-                yield self._parse(arrived.pop(next_i))
-                next_i += 1
+            except Exception as exc:  # noqa: BLE001 - mapped to the documented exit codes
+                if not keep_errors:
+                    raise self.failure(exc) from None
+                result = self.failure(exc)
+            submit()  # the next request goes out before this answer is handed on
+            yield result if isinstance(result, KitError) else self._parse(result)
 
     def close(self) -> None:
         self.client.close()
 
 
 def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: int, topk: int,
-             use_async: bool = False) -> Iterator[Union[Classified, Unreadable]]:
+             use_async: bool = False, max_in_flight: int = MAX_IN_FLIGHT) -> Iterator[Union[Classified, Unreadable]]:
     """Every path gets a record, in order: Classified, or Unreadable with the reason (the rest still run). Records
-    come as soon as their batch (and every batch before it) is answered: a failure midway keeps what came before."""
+    come as soon as their batch (and every batch before it) is answered: a failure midway keeps what came before.
+    ``use_async`` keeps up to ``max_in_flight`` requests in flight."""
     if batch_size < 1:
         raise KitError("--batch-size must be >= 1")
+    if max_in_flight < 1:
+        raise KitError("--max-in-flight must be >= 1")
     if classifier.max_batch_size and batch_size > classifier.max_batch_size:
         raise KitError(f"--batch-size {batch_size} exceeds the model's max_batch_size ({classifier.max_batch_size})")
     records: List[Union[Classified, Unreadable, None]] = [None] * len(paths)
@@ -268,31 +333,34 @@ def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: in
             ready += 1
 
     yield from flush()
-    for slot, result in _answers(classifier, good, batch_size, use_async):
+    for slot, result in _answers(classifier, good, batch_size, max_in_flight if use_async else None):
         if isinstance(result, InferenceFailed):
             records[slot] = Unreadable(str(paths[slot]), f"{paths[slot]}: {result}")
         else:
             row_logits, names = result
             row_probs = softmax(row_logits)
-            order = np.argsort(-row_probs, kind="stable")[:k]
+            # ranked by logit: probabilities far below the top one are all 0.0 in float32
+            order = np.argsort(-row_logits, kind="stable")[:k]
             top = [(names.get(int(i), f"class_{i}"), int(i), float(row_probs[i]), float(row_logits[i])) for i in order]
             records[slot] = Classified(str(paths[slot]), top, row_logits.tolist())
         yield from flush()
 
 
 def _answers(classifier: TritonClassifier, good: Sequence[Tuple[int, np.ndarray]], batch_size: int,
-             use_async: bool) -> Iterator[Tuple[int, object]]:
-    """(slot, (logits row, labels) or InferenceFailed) per image, batch by batch as the answers come."""
+             window: Optional[int]) -> Iterator[Tuple[int, object]]:
+    """(slot, (logits row, labels) or InferenceFailed) per image, batch by batch as the answers come; ``window``:
+    requests in flight at once (None: one at a time)."""
     if classifier.encoded:  # one request per file, a window's requests in flight together (the server batches them)
-        window = max(1, len(good)) if use_async else batch_size
-        for start in range(0, len(good), window):
-            chunk = good[start:start + window]
-            for (slot, _), result in zip(chunk, _infer_encoded(classifier, [x for _, x in chunk])):
-                yield slot, result if isinstance(result, InferenceFailed) else (result[0][0], result[1][0])
+        results = classifier.infer_many([x for _, x in good], window or batch_size, keep_errors=True)
+        for (slot, _), result in zip(good, results):
+            # the server refused this file (not an image, ...); overload, a lost server or a timeout ends the run
+            if isinstance(result, (Overloaded, ServerUnreachable, TimedOut)):
+                raise result
+            yield slot, result if isinstance(result, InferenceFailed) else (result[0][0], result[1][0])
         return
     chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
     batches = [np.stack([x for _, x in chunk]) for chunk in chunks]
-    outputs = classifier.infer_many(batches) if use_async else (classifier.infer(b) for b in batches)
+    outputs = classifier.infer_many(batches, window) if window else (classifier.infer(b) for b in batches)
     for chunk, (logits, labels) in zip(chunks, outputs):
         for (slot, _), row_logits, names in zip(chunk, logits, labels):
             yield slot, (row_logits, names)
@@ -304,18 +372,3 @@ def read_encoded(path: Path) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
     return np.frombuffer(path.read_bytes(), dtype=np.uint8)[None]
-
-
-def _infer_encoded(classifier: TritonClassifier, items: Sequence[np.ndarray]) -> list:
-    """One request per file, all in flight at once; when one fails, each is retried alone so that the error lands
-    on its own file: a list of (logits, labels) or InferenceFailed, one per item."""
-    try:
-        return list(classifier.infer_many(items))
-    except InferenceFailed:
-        results = []
-        for item in items:
-            try:
-                results.append(classifier.infer(item))
-            except InferenceFailed as exc:
-                results.append(exc)
-        return results

@@ -50,7 +50,8 @@ def repository_values(repo: Path, kserve: bool = False) -> dict:
     plan = repo / TRT.name / str(manifest.get("version", 1)) / TRT.artifact
     if has_trt and not plan.is_file():
         raise KitError(f"{plan} is missing and KServe cannot build it in the pod: build it with the serving image "
-                       f"first (docker compose run trt-build) or build the repository with --models pt,onnx")
+                       f"first (docker compose run trt-build, or docker-compose run trt-build) or build the "
+                       f"repository with --models pt,onnx")
     return {"mode": "kserve", "tensorrt": {"buildPlan": False}}
 
 

@@ -13,11 +13,11 @@ from typing import Callable, Dict, List, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
-from .backend import KIT_DIR, PREPROCESS_MODEL, VENDORED
+from .backend import KIT_DIR, PREPROCESS_MODEL, PYTHON_MODEL_FILES, VENDORED, install_python_model
 from .errors import KitError
-from .render import ConfigOptions, _env, queue_size, warmup_batches
+from .render import ConfigOptions, _env, instance_queue_size, queue_size, warmup_batches
 from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, IMAGE_INPUT, IMAGE_SIZE, INPUT_DIMS, LABELS_FILE,
-                   MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, ModelSpec)
+                   MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, WARMUP_DIR, ModelSpec)
 
 ModelConfig = model_config_pb2.ModelConfig
 DataType = model_config_pb2.DataType
@@ -25,7 +25,6 @@ IMAGE_MODELS = (ENSEMBLE, PREPROCESS)
 VENDOR_DIR = "mnv3kit_preprocess"  # <preprocess>/<version>/mnv3kit_preprocess/: the kit's preprocessing, for model.py
 DALI_FILE = "dali.py"  # the pipeline the DALI backend serializes at load
 DALI_TEMPLATE = "mobilenetv3_preprocess_dali.py.j2"
-WARMUP_DIR = "warmup"  # <model>/warmup/: where Triton reads model_warmup's input_data_file
 WARMUP_FILE = "image.jpg"
 
 
@@ -57,6 +56,7 @@ def render_image_configs(classifier: ModelSpec, opts: ConfigOptions) -> Dict[str
         PREPROCESS: env.get_template(f"{PREPROCESS}.pbtxt.j2").render(
             template=f"{PREPROCESS}.pbtxt.j2", name=PREPROCESS, output=PREPROCESSED, input_dims=INPUT_DIMS,
             instance=opts.instances, batching=opts.batching, queue_size=queue_size(opts),
+            queue_in_model=opts.target == "local", instance_queue_size=instance_queue_size(opts),
             warmup_batches=warmup_batches(opts), warmup_file=WARMUP_FILE, warmup_bytes=len(warmup_jpeg()),
             **common),
         ENSEMBLE: env.get_template(f"{ENSEMBLE}.pbtxt.j2").render(
@@ -75,7 +75,7 @@ def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, l
     version = repo / PREPROCESS / str(opts.version)
     version.mkdir(parents=True)
     if opts.target == "local":
-        shutil.copyfile(PREPROCESS_MODEL, version / "model.py")
+        install_python_model(PREPROCESS_MODEL, version)
         (version / VENDOR_DIR).mkdir()
         for name in VENDORED:
             shutil.copyfile(KIT_DIR / name, version / VENDOR_DIR / name)
@@ -175,7 +175,7 @@ def check_preprocess(model_dir: Path, config: ModelConfig) -> List[str]:
         problems.append(f"{where}: input {inp.name!r} needs allow_ragged_batch: files differ in length")
     if tuple(out.dims) != INPUT_DIMS:
         problems.append(f"{where}: output dims {list(out.dims)}, expected {list(INPUT_DIMS)}")
-    files = {"python": ["model.py"] + [f"{VENDOR_DIR}/{name}" for name in VENDORED], "dali": [DALI_FILE]}
+    files = {"python": [*PYTHON_MODEL_FILES] + [f"{VENDOR_DIR}/{name}" for name in VENDORED], "dali": [DALI_FILE]}
     if config.backend not in files:
         return problems + [f"{where}: backend {config.backend!r}; the kit's preprocessing runs on python or dali"]
     for warmup in config.model_warmup:  # Triton fails the load on a missing or short file

@@ -141,7 +141,9 @@ def render(result: dict) -> str:
 
 def run(repo: Path, files: Sequence[Path], batch: int, device: str, seconds: float, out: Path,
         url: Optional[str], protocol: str, perf_args: Sequence[str], concurrency: Optional[int] = None,
-        progress=print) -> dict:
+        progress=print, ports=None) -> dict:
+    """In-process, then served: at ``url``, or by the embedded Triton started on ``ports`` (server.Ports; default:
+    free ones)."""
     host = hardware()
     out.mkdir(parents=True, exist_ok=True)
     progress(f"in-process on {device}: batch {batch} and batch 1")
@@ -150,7 +152,7 @@ def run(repo: Path, files: Sequence[Path], batch: int, device: str, seconds: flo
         from .server import LocalTriton, Ports
 
         progress(f"starting the embedded Triton on {repo}")
-        with LocalTriton(repo, Ports.free()) as server:
+        with LocalTriton(repo, ports or Ports.free()) as server:
             progress("served: perf_analyzer on the ensemble")
             srv = served(server.grpc_url, "grpc", files, concurrency or batch, out, perf_args, server.admin_key)
     else:

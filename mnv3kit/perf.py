@@ -30,8 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from .cli import add_output, add_server, model_names
-from .errors import KitError, cli_errors, prog_name
+from .errors import KitError
 from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, MODELS, MODELS_BY_NAME, PROTOCOLS, admin_headers
 from .triton import Restricted, Triton
 from .validate import ModelConfig
@@ -155,20 +154,37 @@ def connect(url: str, protocol: str) -> Triton:
     server = Triton(url, protocol, os.environ.get(ADMIN_KEY_ENV), timeout=60.0)
     if not server.live():
         raise KitError(f"no Triton server answers at {url} over {protocol.upper()}: start one "
-                       f"(python serve.py --repo model_repository_local, or docker compose up triton) "
+                       f"(python serve.py --repo model_repository_local, or `docker compose up triton`; Compose v1: "
+                       f"`docker-compose up triton`) "
                        f"or pass its address with -u URL -i {'/'.join(PROTOCOLS)}")
     return server
+
+
+# Where the admin key comes from, for messages that ask for it.
+KEY_HINT = (f"export {ADMIN_KEY_ENV}=$(cat KEYFILE), with the file serve.py names on its 'admin' line (or the key "
+            f"the server was started with)")
 
 
 def index(server: Triton) -> List[dict]:
     try:
         return server.index()
     except Restricted:
-        raise KitError(f"the server's model repository index is restricted (an admin API): give the server's admin "
-                       f"key in ${ADMIN_KEY_ENV}, or name the models with -m") from None
+        raise KitError(f"the server's model repository index is restricted (an admin API), and so are the statistics "
+                       f"perf_analyzer reads: {KEY_HINT}") from None
     except Exception as exc:  # noqa: BLE001 - any other failure of the call, in one line
         raise KitError(f"the server's model repository index is not available ({str(exc).splitlines()[0]}): "
-                       f"name the models with -m, or give the server's admin key in ${ADMIN_KEY_ENV}") from None
+                       f"give the server's admin key: {KEY_HINT}") from None
+
+
+def command_line(url: str, protocol: str, model: str, batch: int, input_data: str, key_set: bool) -> str:
+    """The perf_analyzer command a user can paste: its library path, the admin header for ``protocol`` (read from
+    $TRITON_ADMIN_KEY, never written out) and input data the models accept (perf_analyzer's default random bytes
+    include NaN and Inf, which the kit's models refuse)."""
+    env = perf_analyzer_env()["LD_LIBRARY_PATH"]
+    header = next(iter(admin_headers("KEY", protocol)))
+    auth = f' -H "{header}:${ADMIN_KEY_ENV}"' if key_set else ""
+    return (f"LD_LIBRARY_PATH={shlex.quote(env)} {shlex.quote(str(find_perf_analyzer()))} -m {model} -b {batch} "
+            f"-u {url} -i {protocol}{auth} --input-data {shlex.quote(input_data)}")
 
 
 def warm_up(server: Triton, model: str, config: ModelConfig, batch: int, requests: int, image: bytes = b"") -> None:
@@ -587,37 +603,7 @@ def report(out: Path, compare: Optional[Path] = None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- run
-
-def run(args: argparse.Namespace) -> int:
-    if args.quick:
-        # Count windows (>= 1 s each) finish fast whatever the model's speed; no stability check to speak of: on a
-        # busy 2-core machine three windows of a 13 ms model were seen to differ by more than 2x.
-        args.count = args.count or (None if args.window else 5)
-        args.stability = args.stability or 1000
-    if args.compare and not args.compare.is_file():
-        raise KitError(f"--compare {args.compare}: no such file (perf/bench_engine.py -o DIR writes "
-                       f"DIR/engine_latency.json)")
-    settings = Settings(args.concurrency, args.shared_memory, args.window, args.count, args.stability, args.metrics,
-                        args.perf_args)
-    timeout = args.point_timeout or settings.default_timeout()
-    out = args.output or Path("perf/out") / f"served-{datetime.now():%Y%m%d-%H%M%S}"
-    info = plan(out, args.url, args.protocol, args.models, args.batch_sizes, args.images, args.warmup,
-                settings.args())
-    key = os.environ.get(ADMIN_KEY_ENV)
-    for n, point in enumerate(info["points"], 1):
-        print(f"[{n}/{len(info['points'])}] {point['model']} batch {point['batch']} ... ", end="", file=sys.stderr,
-              flush=True)
-        try:
-            measure_point(info["url"], args.protocol, point["model"], point["batch"], settings, out / point["csv"],
-                          out / point["log"], timeout,
-                          str(out / point["input_data"]) if point["input_data"] else "zero", key,
-                          Path(info["perf_analyzer"]["path"]))
-            print("ok", file=sys.stderr)
-        except PointFailed as exc:
-            print(f"FAILED: {exc}", file=sys.stderr)
-    return report(out, args.compare)
-
+# ---------------------------------------------------------------- argument types (mnv3kit/cli/perf.py, tune)
 
 def positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
@@ -642,94 +628,7 @@ def existing_dir(text: str) -> str:
     return text
 
 
-RUN_DESCRIPTION = f"""\
-Measures throughput and latency of models served by a running Triton with perf_analyzer (tritonclient[all]==2.51.0),
-one measurement per model x batch size, and writes into the output directory:
-  {REPORT_MD:<23} Model/Batch_Size, Throughput (infer/sec), Avg, p50, p90, p95, p99 latency (ms), then the
-                          server-side breakdown (queue, compute input/infer/output); header: server version, model
-                          configs, hardware, date, the perf_analyzer command
-  {RESULTS_CSV:<23} the same numbers, one row per model x batch x concurrency
-  {PLOT_PNG:<23} throughput against p99 latency, one line per model
-  csv/MODEL_bN.csv        perf_analyzer's own CSV (-f --verbose-csv) per point; logs/MODEL_bN.log its output
-Arguments after -- go to every perf_analyzer call."""
+if __name__ == "__main__":  # python -m mnv3kit.perf: the mnv3-perf command
+    from mnv3kit.cli.perf import main
 
-RUN_EPILOG = f"""\
-A server whose admin APIs are restricted (serve.py, the kit's compose file) needs its key in ${ADMIN_KEY_ENV}: the
-repository index (which models are ready) and Triton's statistics (the server-side columns) are admin APIs. The key
-goes to perf_analyzer as a -H header and is never written into the report.
-perf_analyzer is looked up as $PERF_ANALYZER, beside the Python that runs this, then on PATH; LD_LIBRARY_PATH gets
-the nvidia-cuda-runtime-cu12 wheel's libcudart.so.12, which it loads even without a GPU. Missing? `make venv` (it
-also installs the system package libb64-0d).
-A point that fails (unstable measurement, server error, past --point-timeout) is listed in the report; the others
-are kept. Regenerate a report from existing CSVs: python -m mnv3kit.perf report DIR [--compare JSON].
-
-Exit status: 0 every point measured; 1 some points failed (the rest are reported);
-             2 bad usage, perf_analyzer missing, server unreachable or a model not ready."""
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--models", type=model_names, metavar="LIST",
-                   help="comma-separated models, keys (pt,onnx,u8,image) or Triton names (default: every READY "
-                        "model on the server)")
-    add_server(p)
-    p.add_argument("-b", "--batch-sizes", metavar="LIST",
-                   help="e.g. 1-8 or 1,2,4,8 (default 1..max_batch_size of the models: 1-8, as the seed)")
-    p.add_argument("-c", "--concurrency", type=concurrency_text, default="1", metavar="RANGE",
-                   help="outstanding requests, START[:END[:STEP]] (default 1, as perf_client's table)")
-    p.add_argument("--shared-memory", choices=("none", "system", "cuda"), default="none", metavar="M",
-                   help="none, system or cuda: pass tensors through system or CUDA shared memory (server on this "
-                        "host; cuda: the GPU that serves, perf_analyzer allocates it)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("-p", "--window", type=positive, metavar="MS",
-                      help="length of each measurement window (default perf_analyzer's 5000)")
-    size.add_argument("--count", type=positive, metavar="N",
-                      help="count windows instead: each window lasts until N requests completed (and >= 1 s)")
-    p.add_argument("--stability", type=positive, metavar="PCT",
-                   help="allowed spread of the last 3 windows before a point counts as stable (default 10)")
-    p.add_argument("--metrics", metavar="URL",
-                   help="also record Triton's GPU metrics (utilization, power, memory) from URL, e.g. "
-                        "localhost:8002/metrics, into the CSVs")
-    p.add_argument("--warmup", type=count_or_zero, default=5, metavar="N",
-                   help="untimed requests per model x batch size before measuring (default 5): TorchScript "
-                        "optimizes on its first calls per input shape, seconds each on a small CPU")
-    p.add_argument("--images", type=existing_dir, metavar="DIR",
-                   help="JPEG/PNG files sent to encoded-image models (mobilenetv3_image), one per batch item, "
-                        "through perf_analyzer --input-data (default: scikit-learn's sample photographs)")
-    p.add_argument("--compare", type=Path, metavar="JSON",
-                   help="engine_latency.json of perf/bench_engine.py -o DIR: adds in-process throughput and the "
-                        "served / in-process ratio per row")
-    p.add_argument("--point-timeout", type=positive, metavar="S",
-                   help="kill a point's perf_analyzer after S seconds and list it as failed (default: "
-                        f"{START_S:g} s + concurrency levels x {MAX_TRIALS} windows x twice the window: "
-                        "the window, or --count x 1 s)")
-    add_output(p, help="output directory (default perf/out/served-YYYYmmdd-HHMMSS)")
-    p.add_argument("--quick", action="store_true",
-                   help="short, rough measurements for CI and the demo (--count 5 --stability 1000)")
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog_name("mnv3kit.perf")
-    if argv[:1] == ["--prog"] and len(argv) > 1:  # a wrapper's name in messages (perf/run_perf.sh)
-        prog, argv = argv[1], argv[2:]
-    perf_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    formatter = lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=26, width=118)  # noqa
-    rn = sub.add_parser("run", prog=f"{prog} run" if prog.startswith(("python -m", "mnv3-")) else prog,
-                        usage="%(prog)s [options] [-- extra perf_analyzer arguments]", description=RUN_DESCRIPTION,
-                        epilog=RUN_EPILOG, formatter_class=formatter,
-                        help="measure every model x batch size of a running server, then report")
-    add_run_arguments(rn)
-    rp = sub.add_parser("report", help="CSV files of a run -> report.md, results.csv, throughput_vs_p99.png")
-    rp.add_argument("dir", type=Path)
-    rp.add_argument("--compare", type=Path, help="perf/bench_engine.py JSON: adds served / in-process throughput")
-    args = p.parse_args(argv)
-    args.perf_args = perf_args
-    with cli_errors(prog):
-        return run(args) if args.command == "run" else report(args.dir, args.compare)
-
-
-if __name__ == "__main__":
     sys.exit(main())

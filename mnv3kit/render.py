@@ -126,6 +126,11 @@ def queue_size(opts: "ConfigOptions") -> int:
     return QUEUE_BATCHES * opts.max_batch_size * opts.instances.count
 
 
+def instance_queue_size(opts: "ConfigOptions") -> int:
+    """The share of queue_size() one python-backend instance keeps (each bounds its own queue)."""
+    return -(-queue_size(opts) // opts.instances.count)
+
+
 def warmup_batches(opts: "ConfigOptions") -> List[int]:
     """The batch sizes model_warmup runs at load: 1 and the max batch."""
     return sorted({1, opts.max_batch_size})
@@ -146,6 +151,8 @@ def _python_parameters(model: ModelSpec, opts: "ConfigOptions") -> dict:
     """What 1/model.py (mnv3kit/backend/model.py) reads: the artifact, how to run it, and for torch its GPU options."""
     runtime = python_runtime(model, opts)
     params = {"artifact": artifact_of(model, opts), "runtime": runtime}
+    if opts.batching.enabled:  # the queue bound, kept by model.py (queue_policy.pbtxt.j2 says why)
+        params.update(max_queue_size=str(instance_queue_size(opts)), queue_timeout_us=str(opts.batching.queue_timeout_us))
     if runtime != "onnxruntime":
         on_gpu = opts.instances.kind == "KIND_GPU"
         params.update(precision=opts.gpu.precision, channels_last=str(opts.gpu.channels_last).lower(),
@@ -209,8 +216,8 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     return _env().get_template(CLASSIFIER_TEMPLATE).render(
         template=CLASSIFIER_TEMPLATE, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy, instance=opts.instances,
-        batching=opts.batching, queue_size=queue_size(opts), warmup_batches=warmup_batches(opts),
-        **serving_blocks(model, opts),
+        batching=opts.batching, queue_size=queue_size(opts), queue_in_model=python_backend(model, opts),
+        warmup_batches=warmup_batches(opts), **serving_blocks(model, opts),
     )
 
 

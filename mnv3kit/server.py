@@ -5,7 +5,8 @@ an environment in which the stub imports this virtualenv's torch/onnxruntime, wa
 stops it cleanly on exit. Safe by default: it listens on 127.0.0.1 only and its admin APIs (shared memory, model
 repository, statistics, trace, logging) answer only requests carrying the per-start key. The server dies with
 the process that started it (PR_SET_PDEATHSIG), and what a killed one leaves behind (its work directory, python
-backend shared-memory regions) is removed by the next start.
+backend shared-memory regions) is removed by the next start. A server that died can be started again in place
+(same ports, key and work directory); each start keeps the previous log as <log>.1 (.2, ... up to LOG_KEEP).
 """
 
 import ctypes
@@ -43,6 +44,10 @@ STOP_CALL_TIMEOUT_S = 10.0  # each call to the server while stopping it
 WORKDIR_PREFIX = "mnv3kit-triton-"  # + owner pid: a dead owner's directory is stale
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "mnv3kit_"  # python-backend regions: mnv3kit_<owner pid>_<n>_<uuid>
+# The python backend creates its regions 0644 whatever the umask (it fchmods each one right after creating it):
+# each start and load makes this server's own regions private once its models are loaded.
+PRIVATE_MODE = 0o600
+LOG_KEEP = 3  # previous server logs kept beside the current one: <log>.1 (newest) to <log>.3
 # Memory given back after large requests. Triton keeps up to --grpc-infer-allocation-pool-size gRPC request objects
 # for reuse, each holding the capacity of the largest message it carried (a refused 200 MB message: 200 MB kept per
 # object), and glibc's malloc keeps what it freed in fragmented arenas. Only both measures together give the memory
@@ -166,6 +171,24 @@ class Ports:
         return cls(free_port(), free_port(), free_port())
 
 
+def keep_log(path: Path) -> Optional[Path]:
+    """Move the log at ``path`` to ``path``.1, shifting older ones (.1 to .2, ...; the one past LOG_KEEP is
+    dropped): where it went, None when there was none."""
+    if not path.is_file():
+        return None
+    for n in range(LOG_KEEP - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    kept = path.with_name(f"{path.name}.1")
+    path.replace(kept)
+    return kept
+
+
+class ServerExited(KitError):
+    """tritonserver exited before it was ready (a repository that failed to load, or a crash)."""
+
+
 def _wait_unloaded(api: Triton, names: set, deadline: float) -> bool:
     """Poll the repository index until none of ``names`` is READY or UNLOADING; False at ``deadline``."""
     while any(m["name"] in names and m.get("state") in ("READY", "UNLOADING") for m in api.index()):
@@ -180,8 +203,9 @@ class LocalTriton:
 
     ``address`` is where all three endpoints listen (127.0.0.1 unless told otherwise); ``admin_key`` guards the
     admin APIs (generated per start when not given). Models run under explicit model control, all loaded at start,
-    so that they can be reloaded one by one and unloaded before the server stops. ``allocator`` and ``grpc_pool``:
-    see GRPC_ALLOCATION_POOL.
+    so that they can be reloaded one by one and unloaded before the server stops. After the server died, ``stop()``
+    then ``start()`` starts it again with the same ports, key and work directory (watchdog.Supervisor does).
+    ``allocator`` and ``grpc_pool``: see GRPC_ALLOCATION_POOL.
     """
 
     def __init__(self, repo: Path, ports: Optional[Ports] = None, log_path: Optional[Path] = None,
@@ -257,13 +281,18 @@ class LocalTriton:
             raise KitError(f"port(s) {busy} already in use (another Triton?): stop it or pass other ports")
         root = pytriton_root()
         remove_stale()
-        prepare_backends(root, self._workdir / "backends")
+        backends = self._workdir / "backends"
+        if not backends.is_dir():  # a start again keeps them: the stubs of the dead server may not be gone yet
+            prepare_backends(root, backends)
+        keep_log(self.log_path)
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(root), stdout=log, stderr=subprocess.STDOUT,
                                      env=server_env(root, self.jemalloc), start_new_session=True,
                                      preexec_fn=_die_with(os.getpid()))
         log.close()
+        self._clients = threading.local()  # connections to a server that died are no use
         self._wait_ready(timeout)
+        self._private_regions()
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -273,8 +302,8 @@ class LocalTriton:
         errors = self.error_lines()
         self.stop()
         if exited:
-            raise KitError(f"tritonserver exited with code {self.proc.returncode} while loading {self.repo}:\n"
-                           + "\n".join(errors[-15:]))
+            raise ServerExited(f"tritonserver exited with code {self.proc.returncode} while loading {self.repo}:\n"
+                               + "\n".join(errors[-15:]))
         raise KitError(f"tritonserver was not ready after {timeout:.0f}s; last log lines:\n" + "\n".join(errors[-15:]))
 
     def index(self) -> List[dict]:
@@ -320,10 +349,12 @@ class LocalTriton:
         config = self.api.model_config_json(model)
         config.setdefault("parameters", {})["reload_stamp"] = {"string_value": str(time.time_ns())}
         self.api.load(model, config)  # returns once loaded
+        self._private_regions()
 
     def load(self, model: str) -> None:
         """Load ``model`` from the repository as it is now. A loaded one keeps serving until the new one is ready."""
         self.api.load(model)  # returns once loaded
+        self._private_regions()
 
     def unload(self, model: str, timeout: float = UNLOAD_TIMEOUT_S) -> None:
         """Unload ``model`` (Triton lets in-flight requests finish first) and wait until it is gone."""
@@ -347,8 +378,16 @@ class LocalTriton:
         finally:
             api.close()
 
-    def _own_regions(self) -> List[Path]:
+    def shm_regions(self) -> List[Path]:
+        """This server's python-backend shared-memory regions (one per model instance)."""
         return sorted(SHM_DIR.glob(self._shm_prefix + "*"))
+
+    def _private_regions(self) -> None:
+        for region in self.shm_regions():
+            try:
+                region.chmod(PRIVATE_MODE)
+            except FileNotFoundError:  # its model was unloaded meanwhile
+                pass
 
     def stop(self) -> bool:
         """Stop the server and its stubs. True when it stopped by itself (exit code 0) and left nothing behind."""
@@ -371,7 +410,7 @@ class LocalTriton:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        leftovers = self._own_regions()
+        leftovers = self.shm_regions()
         for region in leftovers:
             region.unlink(missing_ok=True)
         return clean and not leftovers

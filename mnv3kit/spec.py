@@ -80,4 +80,5 @@ PREPROCESS = "mobilenetv3_preprocess"
 IMAGE_INPUT = "IMAGE"  # ensemble and preprocessing input: the file's bytes
 PREPROCESSED = "PREPROCESSED"  # preprocessing output: the classifier's input (FP32 normalized, or UINT8 pixels)
 ENSEMBLE_OUTPUT = "LOGITS"
+WARMUP_DIR = "warmup"  # <model>/warmup/: where Triton reads model_warmup's input_data_file
 ENSEMBLE_CLASSIFIERS = {"local": (PT, ONNX, U8), "ngc": (PT, ONNX, TRT)}

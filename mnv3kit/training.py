@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ PRECISE_BN_IMAGES = 4096  # training images (eval transform) whose statistics be
 SCRATCH_MIN_PER_CLASS = 500
 
 Sample = Tuple[Path, int]
+Item = TypeVar("Item")  # what split_samples splits: an image path, or a dataset index
 
 
 def best_weights_name(arch: str) -> str:
@@ -125,11 +126,12 @@ def unreadable_images(paths: Sequence[Path], workers: int) -> Dict[Path, str]:
     return problems
 
 
-def split_samples(samples: Sequence[Sample], classes: Sequence[str], fraction: float,
-                  seed: int) -> Tuple[List[Sample], List[Sample]]:
-    """Per-class (stratified) split, the same for the same seed: a resumed run validates on the same images."""
-    train: List[Sample] = []
-    val: List[Sample] = []
+def split_samples(samples: Sequence[Tuple[Item, int]], classes: Sequence[str], fraction: float,
+                  seed: int) -> Tuple[List[Tuple[Item, int]], List[Tuple[Item, int]]]:
+    """Per-class (stratified) split of (item, class index) pairs, the same for the same seed: a resumed run
+    validates on the same images, and the demo's digits (mnv3kit.demo_data) are split by it too."""
+    train: List[Tuple[Item, int]] = []
+    val: List[Tuple[Item, int]] = []
     for index, name in enumerate(classes):
         mine = [s for s in samples if s[1] == index]
         if len(mine) < 2:

@@ -107,9 +107,13 @@ class Triton:
         try:
             return getattr(self.client, method)(*args, headers=self.admin, **kwargs)
         except InferenceServerException as exc:
+            # Triton refuses a restricted API with HTTP 403, and over gRPC with UNAVAILABLE: a code that clients
+            # retry, for a refusal that no retry changes
             if "restricted" in str(exc).lower() or "403" in str(exc.status() or ""):
-                raise Restricted(f"the server restricts its admin APIs ({method}): give its key in "
-                                 f"${ADMIN_KEY_ENV}") from None
+                code = "HTTP 403" if self.protocol == "http" else "gRPC UNAVAILABLE, not worth retrying"
+                fix = (f"the key in ${ADMIN_KEY_ENV} is not the server's" if self.admin
+                       else f"give the server's key in ${ADMIN_KEY_ENV}")
+                raise Restricted(f"the server restricts its admin APIs and refused {method} ({code}): {fix}") from None
             raise
 
     def index(self) -> List[dict]:

@@ -17,8 +17,9 @@ from .render import PlanOptions
 from .spec import INPUT_DIMS, TRT
 
 TRTEXEC_IN_NGC_IMAGE = "/usr/src/tensorrt/bin/trtexec"
-HOW_TO_BUILD = ("build it where Triton runs: `docker compose run --rm trt-build` (NVIDIA's Triton image, "
-                "its trtexec and GPU), or rerun build_repo.py on a machine with the TensorRT Python package or trtexec")
+HOW_TO_BUILD = ("build it where Triton runs: `docker compose run --rm trt-build` (Compose v1: docker-compose; "
+                "NVIDIA's Triton image, its trtexec and GPU), or rerun build_repo.py on a machine with the TensorRT "
+                "Python package or trtexec")
 
 
 def import_tensorrt():

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .build import BuildOptions, build, built_config, render_model, rerender
-from .cli import add_output, model_names
+from .cli import add_output, add_ports, model_names, ports_of
 from .errors import KitError, cli_errors, prog_name
 from .perf import (PointFailed, Settings, concurrency_range, concurrency_text, hardware, hardware_line,
                    markdown_table, measure_point, now, positive)
 from .render import QUEUE_BATCHES, Batching, ConfigOptions, Instances
-from .server import LocalTriton, Ports
+from .server import LocalTriton
 from .spec import ONNX, PROTOCOLS, PT
 
 PRUNE_RUNTIME = 0.8  # a runtime whose default scores below this fraction of the best one's is not refined
@@ -392,6 +392,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_output(p, help="report directory (default perf/out/tune-YYYYmmdd-HHMMSS); the winner repository goes to "
                        f"DIR/{WINNER_DIR} unless --winner")
     p.add_argument("--winner", type=Path, metavar="DIR", help="where the winner repository is written")
+    add_ports(p, free=True)
     args = p.parse_args(argv)
     if args.weights and not args.arch:
         p.error("--weights goes with --arch (a --repo is already built)")
@@ -436,7 +437,7 @@ def tune(args: argparse.Namespace) -> int:
         first = default_candidate(args.runtimes[0])
         render_model(source, work, first.spec, first.config(base, kind, max(concurrency_range(args.concurrency))))
         deadline = started + args.budget_min * 60
-        with LocalTriton(work, Ports.free(), log_path=out / "tritonserver.log") as triton:
+        with LocalTriton(work, ports_of(args), log_path=out / "tritonserver.log") as triton:
             tuner = Tuner(Path(source), out, triton, work, base, kind, args.protocol, settings, args.p99_ms, deadline)
             tuner.loaded = first.spec.name
             best = tuner.search(space)

@@ -14,6 +14,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from .backend import PYTHON_MODEL_FILES
 from .ensemble import IMAGE_MODELS, check_ensemble, check_preprocess
 from .errors import KitError
 from .repository import read_manifest, sha256
@@ -295,9 +296,10 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
     for version in versions:
         vdir = model_dir / str(version)
         path, rel = vdir / artifact, f"{model_dir.name}/{version}/{artifact}"
-        if config.backend == PYTHON_BACKEND and not (vdir / "model.py").is_file():
-            model_py = f"{model_dir.name}/{version}/model.py"
-            report.error(f"{model_py}: missing (python backend)", model_py)
+        for name in PYTHON_MODEL_FILES if config.backend == PYTHON_BACKEND else ():
+            if not (vdir / name).is_file():
+                report.error(f"{model_dir.name}/{version}/{name}: missing (python backend)",
+                             f"{model_dir.name}/{version}/{name}")
         if not path.is_file():
             if artifact == TRT.artifact and manifest.get("tensorrt", {}).get("status") != "built":
                 report.note(f"{rel}: not built yet; {HOW_TO_BUILD}", rel)

@@ -1,12 +1,13 @@
-"""Health that tells the truth, and zero-downtime updates: reload a model whose python-backend stub died, load a
-rebuilt repository.
+"""Keeping the embedded Triton serving: reload a model whose python-backend stub died, load a rebuilt repository
+(Watchdog), start a tritonserver that died again (Supervisor, which runs the Watchdog too).
 
 Triton 2.51's python backend neither restarts a dead stub nor marks its model unready: /v2/health/ready and the
 model's readiness keep answering 200 while every request fails with "Stub process '...' is not healthy" (after a 1 s
-health check each). The watchdog compares, every interval, each READY model's live stub processes with its instance
-count; a model short of stubs twice in a row is loaded anew through the repository API (explicit model control,
-with the admin key; see LocalTriton.reload). Triton keeps reporting the model ready meanwhile: the only way to make it
-say otherwise, unloading, never finishes for a model whose stub died while requests keep coming (measured).
+health check each). The watchdog compares, every interval, each READY python-backend model's live stub processes
+with its instance count (an ensemble, or any model of another backend, runs no stub and is left alone); a model
+short of stubs twice in a row is loaded anew through the repository API (explicit model control, with the admin
+key; see LocalTriton.reload). Triton keeps reporting the model ready meanwhile: the only way to make it say
+otherwise, unloading, never finishes for a model whose stub died while requests keep coming (measured).
 
 A rebuilt repository (build_repo.py swaps the whole directory in with one rename, so its manifest.json is a new
 file) is loaded model by model through the same API: Triton keeps the loaded version serving until the new one is
@@ -15,15 +16,28 @@ loaded and warmed up, then switches, so no request fails.
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Deque, Dict, List, Optional
 
 from tritonclient.utils import InferenceServerException
 
+from .errors import KitError
 from .load import descendants
-from .server import LocalTriton
-from .spec import MANIFEST_FILE
+from .server import READY_TIMEOUT_S, LocalTriton, ServerExited, keep_log
+from .spec import MANIFEST_FILE, PYTHON_BACKEND
 
+RESTART_WINDOW_S = 600.0  # Supervisor's restarts count the deaths within this many seconds
+POLL_S = 0.5  # how often the Supervisor looks whether tritonserver is still running
+
+
+def stub_count(config: dict) -> int:
+    """The stub processes a model's config makes Triton run: one per python-backend instance (instance_group count,
+    per listed GPU for KIND_GPU); 0 for an ensemble or a model of any other backend."""
+    if config.get("backend") != PYTHON_BACKEND:
+        return 0
+    return sum(int(group.get("count", 1)) * max(1, len(group.get("gpus", [])))
+               for group in config.get("instance_group", []))
 
 
 def live_stubs(server: LocalTriton) -> Dict[str, int]:
@@ -63,9 +77,9 @@ class Watchdog(threading.Thread):
         self.join(timeout)  # a reload in progress is left to the server's own shutdown
 
     def instances(self, model: str) -> int:
+        """The stub processes ``model`` runs when healthy (stub_count of the config the server runs)."""
         if model not in self._instances:
-            config = self.server.api.model_config_json(model)
-            self._instances[model] = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+            self._instances[model] = stub_count(self.server.api.model_config_json(model))
         return self._instances[model]
 
     def broken(self) -> List[str]:
@@ -121,3 +135,78 @@ class Watchdog(threading.Thread):
         self.events.append({"model": model, "event": "stub died", "seconds": round(seconds, 2), "ok": ok})
         if ok:
             self.log(f"watchdog: {model}: ready again after {seconds:.1f}s")
+
+
+class Supervisor:
+    """``Supervisor(server).start()``, then ``run()`` until ``stop()``: keeps a LocalTriton serving.
+
+    A Watchdog runs beside the server (``watchdog=False``: none). A tritonserver that dies, while serving or while
+    loading after a restart, is started again in place (same ports, admin key and work directory; the dead one's
+    log kept, see server.keep_log), at most ``restarts`` times within ``window_s`` seconds; one death more raises
+    KitError with its last error lines. A first start that fails raises, as LocalTriton.start does. ``log`` gets
+    one line per event.
+    """
+
+    def __init__(self, server: LocalTriton, restarts: int = 3, window_s: float = RESTART_WINDOW_S,
+                 watchdog: bool = True, timeout: float = READY_TIMEOUT_S, log: Callable[[str], None] = print):
+        self.server, self.restarts, self.window_s, self.timeout, self.log = server, restarts, window_s, timeout, log
+        self.with_watchdog = watchdog
+        self.watchdog: Optional[Watchdog] = None
+        self.deaths: Deque[float] = deque()  # monotonic times of the deaths within window_s
+        self._halt = threading.Event()
+        self._lock = threading.Lock()  # stop() never closes the server in the middle of a restart
+
+    def start(self) -> LocalTriton:
+        self.server.start(self.timeout)
+        self._watch()
+        return self.server
+
+    def run(self) -> None:
+        """Until stop(): start the server again whenever it has died."""
+        while not self._halt.wait(POLL_S):
+            with self._lock:
+                if not self._halt.is_set() and self.server.proc.poll() is not None:
+                    self.restart()
+
+    def restart(self) -> None:
+        """Start the dead server again; one that dies again before it is ready is one more death."""
+        while True:
+            died = f"tritonserver exited with code {self.server.proc.returncode}"
+            errors = self.server.error_lines()
+            now = time.monotonic()
+            self.deaths.append(now)
+            while self.deaths[0] < now - self.window_s:
+                self.deaths.popleft()
+            window = f"{self.window_s / 60:g} minutes"
+            if len(self.deaths) > self.restarts:
+                raise KitError(f"{died}, {len(self.deaths)} time(s) in {window} (--restarts {self.restarts}):\n"
+                               + "\n".join(errors[-15:]))
+            self._unwatch()
+            self.server.stop()
+            kept = keep_log(self.server.log_path)
+            self.log(f"{died}; starting it again ({len(self.deaths)} of --restarts {self.restarts} in {window}). "
+                     f"Its log is kept in {kept}; its last lines:\n" + "\n".join(errors[-5:]))
+            try:
+                self.server.start(self.timeout)
+            except ServerExited:
+                continue
+            self.log(f"tritonserver ready again (log {self.server.log_path})")
+            self._watch()
+            return
+
+    def stop(self) -> bool:
+        """Stop the watchdog and the server (LocalTriton.close): True when it stopped cleanly."""
+        self._halt.set()
+        with self._lock:
+            self._unwatch()
+            return self.server.close()
+
+    def _watch(self) -> None:
+        if self.with_watchdog:
+            self.watchdog = Watchdog(self.server, log=self.log)
+            self.watchdog.start()
+
+    def _unwatch(self) -> None:
+        if self.watchdog:
+            self.watchdog.stop()
+            self.watchdog = None

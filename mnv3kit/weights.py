@@ -1,6 +1,7 @@
 """Checkpoints and labels: load what users actually have, fail with a message that says what is off."""
 
 import json
+import pickle
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -15,6 +16,8 @@ from .repository import sha256
 CLASSIFIER_WEIGHT = "classifier.3.weight"
 INIT_SEED = 0  # deterministic init when no weights are given
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+# How a torch.save file starts: a zip archive (since PyTorch 1.6) or a pickle (the legacy format)
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
 # torchvision's published ImageNet-1k weights (IMAGENET1K_V1), in the layout the kit's model loads; the 8 hex
 # digits in each name are the start of the file's sha256, which torch.hub checks.
 IMAGENET_URLS = {
@@ -31,11 +34,18 @@ def read_checkpoint(path: Path) -> Dict[str, torch.Tensor]:
         raise KitError(f"weights file {path} does not exist (pass --weights PATH to a .pth state dict)")
     if path.stat().st_size == 0:
         raise KitError(f"weights file {path} is empty (0 bytes): re-download or re-save it")
+    with open(path, "rb") as f:
+        if not f.read(4).startswith(CHECKPOINT_MAGIC):
+            raise KitError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive or a pickle): pass "
+                           f"the .pth state dict that train.py or torchvision wrote")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load fails on garbage with arbitrary exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KitError(f"{path} is not a readable PyTorch checkpoint (truncated or not a .pth file?): {first}") from None
+    except pickle.UnpicklingError:  # weights_only refuses pickled objects other than tensors and containers
+        raise KitError(f"{path} holds Python objects besides tensors, which the kit does not unpickle (that could run "
+                       f"code): re-save it as a state dict, torch.save(model.state_dict(), PATH)") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load fails on damaged files with arbitrary exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise KitError(f"{path} is not a readable PyTorch checkpoint (truncated or damaged?): {first}") from None
     for key in _NESTED_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -100,8 +110,14 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor], sou
              for label, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped))
              if items]
     arch = getattr(model, "arch", "?")
+    for other in (a for a in ARCHS if a != arch):
+        shapes = {k: v.shape for k, v in build_model(other, model.num_classes).state_dict().items()
+                  if not k.startswith(skip)}
+        if shapes == given:
+            raise KitError(f"{source} does not fit MobileNetV3-{arch}, wrong --arch: it looks like a "
+                           f"MobileNetV3-{other} checkpoint, pass --arch {other}")
     raise KitError(f"{source} does not fit MobileNetV3-{arch} ({'; '.join(parts)}); "
-                   f"wrong --arch or not a MobileNetV3 checkpoint?")
+                   f"not a MobileNetV3 checkpoint in torchvision's layout?")
 
 
 def load_model(arch: str, weights: Optional[Path], random_classes: int = 5) -> Tuple[MobileNetV3, bool]:

@@ -8,8 +8,8 @@ REPO is a --target local repository built with --ensemble. In-process runs the s
 preprocessing model's Preprocessor and the classifier's backend model, configured from their config.pbtxt) on
 batches of files; served is perf/run_perf.sh (perf_analyzer) on mobilenetv3_image with the same files, one file
 per request at concurrency = --batch (or -c), plus batch 1 / concurrency 1 for latency. Without -u it starts the
-embedded Triton on REPO itself. Writes OUT/image_bench.md and .json: img/s, p50 at batch 1, bytes sent per image and the
-served / in-process ratio. Exit codes: 0 ok, 2 bad input or a failed measurement.
+embedded Triton on REPO itself (on free ports, or --http-port/--grpc-port/--metrics-port). Writes
+OUT/image_bench.md and .json: img/s, p50 at batch 1, bytes sent per image and the served / in-process ratio. Exit codes: 0 ok, 2 bad input or a failed measurement.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 
-from mnv3kit.cli import add_output, add_server, deprecated
+from mnv3kit.cli import PORT_FLAGS, add_output, add_ports, add_server, deprecated, ports_of
 from mnv3kit.errors import KitError, cli_errors
 
 
@@ -34,9 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda:N for the in-process run")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per in-process point (default 10)")
     add_server(p, protocol="grpc")  # given -u: measure that running server instead of starting one
+    add_ports(p, free=True)
     add_output(p, Path("perf/out/image"), help="image_bench.md / .json and the served runs")
     p.add_argument("perf_args", nargs="*", help="after --: more perf/run_perf.sh options (e.g. --shared-memory system)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.url and any(getattr(args, f"{name}_port") for name, _ in PORT_FLAGS):
+        p.error("the port flags place the Triton started here; with -u the running server is measured")
+    return args
 
 
 def main(argv=None) -> int:
@@ -61,7 +65,8 @@ def main(argv=None) -> int:
         else:
             files = image_files(str(args.images) if args.images else None)
         result = run(args.repo, files, args.batch_size, args.device, args.seconds, args.output, args.url, args.protocol,
-                     args.perf_args, args.concurrency, progress=lambda m: print(m, file=sys.stderr, flush=True))
+                     args.perf_args, args.concurrency, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                     ports=ports_of(args))
         print(render(result))
         print(f"wrote {args.output / 'image_bench.md'}, {args.output / 'image_bench.json'}", file=sys.stderr)
         return 0

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Summary of one tools/gpu_run.sh run: the targets against the fastest raw variant, where the time goes.
+"""Summary of one tools/gpu_run.sh or tools/gpu_image.sh run: the soak's verdict first, then the speed.
 
-  python perf/gpu_report.py perf/results/gpu-YYYYmmdd-HHMM      -> REPORT.md in that folder
+  python perf/gpu_report.py perf/results/gpu-YYYYmmdd-HHMM        -> REPORT.md in that folder: the targets against
+                                                                    the fastest raw variant, where the time goes
+  python perf/gpu_report.py perf/results/gpu-image-YYYYmmdd-HHMM  -> REPORT.md: served vs in-process, parity
 """
 
 import argparse
@@ -20,6 +22,46 @@ SWEEPS = {"latency": "batch 1 and 8, concurrency 1, gRPC",
           "batch64-cudashm": "batch-64 requests, CUDA shared memory",
           "dynamic": "batch-1 requests, rising concurrency, dynamic batching up to 64, system shared memory"}
 U8_TARGET, CUDA_SHM_TARGET, P50_TARGET_MS = 0.8, 0.6, 1.0
+
+
+def soak_section(res: Path) -> list:
+    """The soak's verdict and table (res/soak: python -m mnv3kit.perf soak, run before any speed was measured)."""
+    folder = res / "soak"
+    status = (folder / "exit_status").read_text().strip() if (folder / "exit_status").is_file() else None
+    lines = ["## Load truth: every answer checked under sustained load (the soak, before the speed runs)", ""]
+    if not (folder / "soak.json").is_file():
+        return lines + [f"**Not run or broke before writing its result** (exit status {status or 'not recorded'}): "
+                        "no speed below has its answers checked.", ""]
+    result = json.loads((folder / "soak.json").read_text())
+    rows = result["rows"]
+    opts = result.get("options", {})
+    checked = sum(r["ok"] + r["wrong"] for r in rows)
+    verdict = ("every answer right" if status == "0" else
+               "FAILED: the speed below was measured on a server that answered wrongly or failed requests")
+    lines += [f"**{result['wrong']} wrong answers, {result['failed']} failed requests** in {checked:,} checked "
+              f"answers ({', '.join(sorted({r['model'] for r in rows}))}; concurrency "
+              f"{', '.join(map(str, opts.get('concurrency', [])))}, {opts.get('seconds', '?')} s each; exit status "
+              f"{status}: {verdict}). Rejected = shed by the queue bound (UNAVAILABLE), not a failure.", "",
+              (folder / "soak.md").read_text().strip(), ""]
+    return lines
+
+
+def image_report(res: Path) -> list:
+    """A tools/gpu_image.sh folder: the soak, perf/bench_image.py's speed, perf/gpu_image_parity.py's parity."""
+    bench = res / "bench" / "image_bench.json"
+    info = json.loads(bench.read_text()) if bench.is_file() else {}
+    gpus = ", ".join(info.get("hardware", {}).get("gpus", [])) or "GPU not recorded"
+    lines = [f"# The image ensemble served by Triton on {gpus}", "", f"- Date: {info.get('date', 'not recorded')}",
+             "- Served classifier vs the build's eager FP32 logits (perf/served_parity.py): " + (
+                 "; ".join((res / "served_parity.txt").read_text().splitlines())
+                 if (res / "served_parity.txt").is_file() else "not checked in this run"), ""]
+    lines += soak_section(res)
+    for title, path in (("Speed: served vs in-process (perf/bench_image.py)", res / "bench" / "image_bench.md"),
+                        ("Parity: nvJPEG path vs client-side preprocessing (perf/gpu_image_parity.py)",
+                         res / "parity" / "gpu_image_parity.md")):
+        body = path.read_text().split("\n", 1)[1].strip() if path.is_file() else "not run in this run"
+        lines += [f"## {title}", "", body, ""]
+    return lines
 
 
 def load(res: Path):
@@ -47,10 +89,16 @@ def best(rows, **where):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", type=Path, help="a tools/gpu_run.sh result folder; REPORT.md is written there")
+    p.add_argument("results", type=Path,
+                   help="a tools/gpu_run.sh or tools/gpu_image.sh result folder; REPORT.md is written there")
     args = p.parse_args(argv)
     with cli_errors("gpu_report.py"):
         res = args.results
+        if not (res / "raw_gpu.json").is_file() and any((res / d).is_dir() for d in ("bench", "parity", "soak")):
+            lines = image_report(res)
+            (res / "REPORT.md").write_text("\n".join(lines))
+            print("\n".join(lines))
+            return 0
         raw, served = load(res)
         manifest = json.loads((res / "manifest.json").read_text()) if (res / "manifest.json").is_file() else {}
         batches = sorted({r["batch"] for r in raw["rows"]})
@@ -73,6 +121,7 @@ def main(argv=None) -> int:
                      if (res / "served_parity.txt").is_file() else "not checked in this run"),
                  f"- Fastest raw at batch {top}: **{fastest['variant']}**, {fastest['replay_img_s']:,.0f} img/s "
                  f"(CUDA graph replay); every ratio below is against it", ""]
+        lines += soak_section(res)
         lines += ["## Raw variants (ms per CUDA graph replay)", ""]
         lines.append(markdown_table(
             ["Variant", *[f"b{b} ms" for b in batches], f"b{top} img/s", "start (s)"],

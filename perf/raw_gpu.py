@@ -89,7 +89,7 @@ def measure_variant(name: str, source, uint8: bool, batches, opts: dict, iters: 
                      "paced_ms": float(np.median(measure(lambda: runner(host), 0, min(iters, 50), sync=sync,
                                                          gap_s=0.002))),
                      "device": f"raw {name}"})
-    del runner
+    runner = None  # its CUDA graphs and buffers go before the next variant is captured
     torch.cuda.empty_cache()
     return rows
 

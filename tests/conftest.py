@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +67,19 @@ def built_repo(tmp_path_factory):
         return _BUILT[key]
 
     return get
+
+
+def queue_bound(config):
+    """(max_queue_size, timeout µs) of a config: Triton's queue policy for native backends, the parameters the kit's
+    python-backend models keep it in (mnv3kit/backend/serving.py says why), never both."""
+    policy = config.dynamic_batching.default_queue_policy
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    if config.backend == "python":
+        assert not config.dynamic_batching.HasField("default_queue_policy")
+        return int(params["max_queue_size"]), int(params["queue_timeout_us"])
+    assert "max_queue_size" not in params
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    return policy.max_queue_size, policy.default_timeout_microseconds
 
 
 def markdown_table(markdown, first_header):

@@ -15,7 +15,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, queue_bound, run_cli
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
 from mnv3kit.model import build_model
@@ -47,10 +47,7 @@ def test_built_repository_layout_and_configs(built_repo, arch, target):
         assert (repo / spec.name / "labels.txt").read_text().split() == manifest["labels"]
         assert config.dynamic_batching.max_queue_delay_microseconds == 100
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
-        policy = config.dynamic_batching.default_queue_policy  # overload refused, not queued forever
-        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
-        assert policy.max_queue_size == 4 * 8 and policy.default_timeout_microseconds == 5_000_000
-        assert policy.allow_timeout_override
+        assert queue_bound(config) == (4 * 8, 5_000_000)  # overload refused, not queued forever
         warmup = [(w.batch_size, w.inputs[spec.input_name].data_type, list(w.inputs[spec.input_name].dims))
                   for w in config.model_warmup]
         assert warmup == [(1, config.input[0].data_type, [3, 224, 224]), (8, config.input[0].data_type, [3, 224, 224])]
@@ -173,6 +170,18 @@ def test_trt_require_fails_here_and_auto_explains(tmp_path, built_repo):
     assert "trt-build" in manifest["tensorrt"]["reason"]
 
 
+def test_weights_without_labels_warn_and_the_tensorrt_note_comes_once(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save(build_model("small", 3, seed=1).state_dict(), weights)
+    proc = run_cli("build_repo.py", "--arch", "small", "--weights", weights, "-o", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "--weights without --labels" in line]
+    assert len(warnings) == 1 and "class_0..class_2" in warnings[0] and "--labels" in warnings[0], proc.stderr
+    assert (tmp_path / "r" / PT.name / "labels.txt").read_text() == "class_0\nclass_1\nclass_2\n"
+    assert proc.stderr.count("trt-build") == 1, proc.stderr  # how to build the plan, said once
+    assert "TensorRT: skipped" in proc.stderr
+
+
 @pytest.mark.parametrize("models", ["pt,onnx", "onnx"])
 def test_ngc_subset_without_trt_builds_and_checks(tmp_path, models):
     out = tmp_path / "repo"
@@ -235,12 +244,15 @@ def test_template_options_render_valid_configs():
         VersionPolicy.parse("newest")
     with pytest.raises(KitError, match="preferred batch sizes"):
         render_config(PT, ConfigOptions(batching=Batching(True, (4, 16))))
-    queued = ConfigOptions(max_batch_size=16, instances=Instances("KIND_GPU", 2))
-    policy = text_format.Parse(render_config(PT, queued), model_config_pb2.ModelConfig()).dynamic_batching
-    assert policy.default_queue_policy.max_queue_size == 4 * 16 * 2  # the default rule: 4 batches per instance
-    given = ConfigOptions(batching=Batching(True, (4, 8), 100, max_queue_size=5, queue_timeout_us=0))
-    policy = text_format.Parse(render_config(PT, given), model_config_pb2.ModelConfig()).dynamic_batching
-    assert (policy.default_queue_policy.max_queue_size, policy.default_queue_policy.default_timeout_microseconds) == (5, 0)
+    def bound(opts):
+        return queue_bound(text_format.Parse(render_config(PT, opts), model_config_pb2.ModelConfig()))
+
+    # the default rule: 4 batches per instance; the python backend's instances share the bound out
+    assert bound(ConfigOptions(max_batch_size=16, instances=Instances("KIND_GPU", 2))) == (4 * 16 * 2, 5_000_000)
+    assert bound(ConfigOptions(target="local", max_batch_size=16, instances=Instances("KIND_CPU", 2))) == (4 * 16, 5_000_000)
+    given = Batching(True, (4, 8), 100, max_queue_size=5, queue_timeout_us=0)
+    assert bound(ConfigOptions(batching=given)) == (5, 0)
+    assert bound(ConfigOptions(target="local", batching=given, instances=Instances("KIND_CPU"))) == (5, 0)
 
 
 # What serves each model on each target, written out as Triton names it (not read from spec.py): one template renders

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, markdown_table
+from conftest import ROOT, markdown_table, run_cli, start_serve_py
 
 README = (ROOT / "README.md").read_text()
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -97,3 +97,56 @@ def test_build_flags_table_names_real_options():
     documented |= {flag for row in markdown_table(section, "flag")
                    for flag in re.findall(r"(?<=[ ,`])(--[a-z][a-z0-9-]*)", row[0])}
     assert documented and documented <= offered, documented - offered
+
+
+def test_train_hint_builds_what_serve_py_serves(tmp_path, photos):
+    """The closing hint's first command builds a repository the embedded Triton serves, on a machine without a GPU."""
+    from mnv3kit.server import Ports
+    from test_train import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", photos, 2, 1)
+    proc = run_cli("train.py", "--data", data, "--arch", "small", "--epochs", 1, "--batch-size", 2, "--workers", 0,
+                   "-o", tmp_path / "weights")
+    assert proc.returncode == 0, proc.stderr
+    local, gpu = (line for line in proc.stdout.splitlines() if line.startswith("deploy "))
+    build_cmd, serve_cmd = local.split(": ", 1)[1].split(" && ")
+    assert gpu.split(": ", 1)[1].startswith("python build_repo.py --arch small --weights ")
+    build_args = build_cmd.split()
+    assert build_args[:2] == ["python", "build_repo.py"]
+    built = run_cli("build_repo.py", *build_args[2:], cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    serve_args = serve_cmd.split()
+    assert serve_args[:2] == ["python", "serve.py"] and serve_args[2] == "--repo"
+    server = start_serve_py(tmp_path / serve_args[3], Ports.free())  # ready, or the test fails with its stderr
+    server.terminate()
+    assert server.wait(timeout=60) == 0
+
+
+def test_bench_says_why_the_image_models_are_not_timed(tmp_path):
+    from mnv3kit.bench import discover
+    from mnv3kit.build import BuildOptions, build
+    from mnv3kit.render import ConfigOptions, Instances
+    from mnv3kit.spec import ENSEMBLE, PREPROCESS
+
+    repo = build(BuildOptions(arch="small", output=tmp_path / "repo", models=("pt",), ensemble="pt",
+                              config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
+    _, artifacts, skipped = discover(repo)
+    assert [a.model for a in artifacts] == ["mobilenetv3_pt"]
+    assert skipped == [f"{ENSEMBLE}: an ensemble without a classifier artifact, not timed in-process "
+                       f"(perf/bench_image.py measures the image path)",
+                       f"{PREPROCESS}: a python backend model without a classifier artifact, not timed in-process "
+                       f"(perf/bench_image.py measures the image path)"]
+
+
+def test_deploy_counts_one_manifest_in_the_singular(built_repo, tmp_path):
+    from mnv3kit.deploy import helm_binary
+    from mnv3kit.errors import KitError
+
+    try:
+        helm_binary()
+    except KitError:
+        pytest.skip("helm missing: `make venv` installs it (scripts/install_helm.sh)")
+    proc = run_cli("deploy.py", "--repo", built_repo("small", "ngc", ("pt", "onnx")), "--kserve",
+                   "--set", "triton.restrictedApi.existingSecret=triton-key", "-o", tmp_path / "isvc.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("1 manifest (1 InferenceService) valid for Kubernetes"), proc.stderr

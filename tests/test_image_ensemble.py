@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, queue_bound, run_cli
 from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.backend import KIT_DIR, VENDORED
 from mnv3kit.backend.preprocess_model import cpu_preprocess, gpu_decodable
@@ -78,9 +78,7 @@ def test_build_writes_ensemble_and_self_contained_preprocessing(repo):
     assert pre.input[0].data_type == model_config_pb2.TYPE_UINT8
     assert pre.output[0].data_type == model_config_pb2.TYPE_FP32
     # overload refused as for the classifiers; warmup decodes a real JPEG at batch 1 and max batch
-    policy = pre.dynamic_batching.default_queue_policy
-    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
-    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (32, 5_000_000)
+    assert queue_bound(pre) == (32, 5_000_000)
     warmup_jpeg = (repo / PREPROCESS / WARMUP_DIR / WARMUP_FILE).read_bytes()
     assert warmup_jpeg[:3] == b"\xff\xd8\xff"
     assert [w.batch_size for w in pre.model_warmup] == [1, 8]
@@ -153,19 +151,24 @@ def test_check_finds_a_warmup_file_of_another_size(repo, tmp_path):
     assert any("model_warmup 'jpeg_batch_1'" in p and "has 103 bytes" in p for p in problems), problems
 
 
-def test_warmup_runs_the_decoder_at_load(repo, tmp_path):
-    """Triton runs the warmup through the python backend while loading: a warmup file Pillow cannot read fails the
-    load (the served repository's real JPEG is decoded at every start, see the served tests below)."""
+def test_an_unreadable_warmup_file_fails_the_load_cleanly(repo, tmp_path):
+    """A warmup file Pillow cannot read fails the load with the sample's name, and only that: tritonserver exits 1,
+    every time. Left to Triton's warmup, 2.51 aborted in 2 of 5 starts (boost::interprocess::lock_exception while it
+    tore the failed instance down); the model checks its warmup files itself first. (The served repository's real
+    JPEG is decoded at every start, see the served tests below.)"""
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy)
     warmup = copy / PREPROCESS / WARMUP_DIR / WARMUP_FILE
-    warmup.write_bytes(os.urandom(warmup.stat().st_size))
-    server = LocalTriton(copy, Ports.free())
-    try:
-        with pytest.raises(KitError, match="failed to run warmup sample 'jpeg_batch_1'.*not an image"):
-            server.start()
-    finally:
-        server.close()
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        warmup.write_bytes(rng.integers(0, 256, warmup.stat().st_size, dtype=np.uint8).tobytes())
+        server = LocalTriton(copy, Ports.free())
+        try:
+            with pytest.raises(KitError, match=r"warmup sample 'jpeg_batch_1' \(warmup/image.jpg\): .*not an image"):
+                server.start()
+            assert server.proc.poll() == 1
+        finally:
+            server.close()
 
 
 def test_gpu_path_takes_only_what_nvjpeg_decodes_like_pillow(photos, edge):

@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 
 from mnv3kit.errors import KitError
 from mnv3kit.parity import allowed_difference, parity_batch
-from mnv3kit.server import LocalTriton, Ports
+from mnv3kit.server import LOG_KEEP, LocalTriton, Ports, keep_log
 from mnv3kit.spec import LOCAL_MODELS, ONNX, PT
 
 
@@ -55,3 +55,14 @@ def test_broken_repository_reports_server_errors(built_repo, tmp_path):
     assert PT.name in str(err.value)
     for noise in ("CudaDriverHelper", "NVML"):  # what a machine without a GPU logs at every start
         assert noise not in str(err.value)
+
+
+def test_each_start_keeps_the_previous_logs_up_to_log_keep(tmp_path):
+    log = tmp_path / "triton.log"
+    assert keep_log(log) is None  # nothing to keep
+    for n in range(LOG_KEEP + 2):
+        log.write_text(f"server {n}\n")
+        assert keep_log(log) == tmp_path / "triton.log.1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"triton.log.{k}" for k in range(1, LOG_KEEP + 1)]
+    for k in range(1, LOG_KEEP + 1):  # newest first
+        assert (tmp_path / f"triton.log.{k}").read_text() == f"server {LOG_KEEP + 2 - k}\n"

@@ -1,6 +1,7 @@
 """Safe by default, overload shed, faults recovered: the real tritonserver under real signals and bounded load."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,11 +18,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
+from mnv3kit.build import BuildOptions, build
 from mnv3kit.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
 from mnv3kit.parity import allowed_difference, parity_batch
+from mnv3kit.render import ConfigOptions, Instances
 from mnv3kit.server import LocalTriton, Ports
-from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, PT
+from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT
+from mnv3kit.triton import Restricted, Triton
 from mnv3kit.weights import load_model
 
 
@@ -32,13 +36,20 @@ def server(built_repo):
 
 
 def http_status(server, method, path, body=None, key=None):
+    return http_status_at(server.ports.http, path, method, body, key)
+
+
+def http_status_at(port, path, method="GET", body=None, key=None):
+    """The HTTP status of one request to 127.0.0.1:`port`; None when nothing answers."""
     headers = {ADMIN_HEADER: key} if key else {}
-    request = urllib.request.Request(f"http://{server.http_url}{path}", data=body, headers=headers, method=method)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+    except OSError:
+        return None
 
 
 # every admin API group Triton can restrict, one call each
@@ -56,8 +67,9 @@ def test_admin_apis_need_the_key(server, method, path, body):
 
 def test_grpc_admin_protocols_need_the_key_and_inference_does_not(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    with pytest.raises(InferenceServerException, match="restricted"):
+    with pytest.raises(InferenceServerException, match="restricted") as refused:
         client.get_model_repository_index()
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"  # Triton's code for it, one that clients retry
     with pytest.raises(InferenceServerException, match="restricted"):
         client.update_log_settings({"log_verbose_level": 1})
     index = client.get_model_repository_index(headers=server.headers("grpc"), as_json=True)
@@ -65,6 +77,36 @@ def test_grpc_admin_protocols_need_the_key_and_inference_does_not(server):
     inp = grpcclient.InferInput(PT.input_name, [1, 3, 224, 224], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float32))
     assert client.infer(PT.name, [inp]).as_numpy(PT.output_name).shape == (1, 5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_refused_admin_call_says_so_in_one_line_naming_the_key_variable(server, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    code = "HTTP 403" if protocol == "http" else "gRPC UNAVAILABLE, not worth retrying"
+    for key, fix in ((None, f"give the server's key in ${ADMIN_KEY_ENV}"),
+                     ("not-the-key", f"the key in ${ADMIN_KEY_ENV} is not the server's")):
+        api = Triton(url, protocol, key, timeout=30)
+        with pytest.raises(Restricted) as refused:
+            api.index()
+        api.close()
+        message = str(refused.value)
+        assert code in message and fix in message and "\n" not in message, message
+
+
+def test_backend_shared_memory_is_private_to_the_server(server):
+    """Triton's python backend creates its regions 0644 whatever the umask (it chmods them itself): the server makes
+    its own 0600 once models are loaded, at start and at each (re)load."""
+    def modes():
+        return {region.name: region.stat().st_mode & 0o777 for region in server.shm_regions()}
+
+    at_start = modes()
+    assert len(at_start) == 2 and set(at_start.values()) == {0o600}, at_start  # one region per model instance
+    server.reload(PT.name)
+    reloaded = modes()
+    assert set(reloaded) - set(at_start) and set(reloaded.values()) == {0o600}, reloaded  # the new instance's too
+    inp = grpc_input(PT, np.zeros((1, 3, 224, 224), np.float32))
+    assert grpcclient.InferenceServerClient(server.grpc_url).infer(PT.name, [inp]).as_numpy(PT.output_name).shape \
+        == (1, 5)
 
 
 def test_listens_on_loopback_only(server):
@@ -171,15 +213,15 @@ def test_overload_is_refused_fast_and_memory_stays_bounded(server):
     assert rss_mb(server.proc.pid) < before + 500, summary
 
 
-def stub_pids(server, model):
-    """The python-backend stub processes serving `model` (children of tritonserver)."""
+def stub_pids(root, model):
+    """The python-backend stub processes serving `model` under process `root` (serve.py or tritonserver)."""
     pids = []
-    for pid in descendants(server.proc.pid)[1:]:
+    for pid in descendants(root)[1:]:
         try:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
         except OSError:
             continue
-        if f"/{model}/" in cmdline:
+        if "triton_python_backend_stub" in cmdline and f"/{model}/" in cmdline:
             pids.append(pid)
     return pids
 
@@ -244,14 +286,15 @@ def stderr_lines(proc):
     return lines
 
 
-def wait_for(lines, fragment, timeout):
+def wait_for(lines, fragment, timeout, count=1):
+    """The `count`th line with `fragment`, once it came."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         hits = [line for line in lines if fragment in line]
-        if hits:
-            return hits[0]
+        if len(hits) >= count:
+            return hits[count - 1]
         time.sleep(0.1)
-    pytest.fail(f"no {fragment!r} within {timeout}s; serve.py said: {''.join(lines)}")
+    pytest.fail(f"no {fragment!r} (x{count}) within {timeout}s; serve.py said: {''.join(lines)}")
 
 
 def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
@@ -264,8 +307,7 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
     try:
         with background_load(f"127.0.0.1:{ports.grpc}", PT, rate=1) as outcomes:
             time.sleep(3)
-            (stub,) = [pid for pid in descendants(proc.pid) if f"/{PT.name}/".encode()
-                       in open(f"/proc/{pid}/cmdline", "rb").read() and pid != proc.pid]
+            (stub,) = stub_pids(proc.pid, PT.name)
             killed = time.monotonic()
             os.kill(stub, signal.SIGKILL)
             wait_for(said, "ready again", 120)
@@ -280,6 +322,52 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
     assert before and all(o.error is None for o in before)
     assert after and all(o.error is None for o in after), [o.error for o in after]
     assert recovered - killed < 60
+
+
+@pytest.fixture(scope="module")
+def ensemble_repo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ensemble") / "repo"
+    build(BuildOptions(arch="small", output=out, ensemble="pt",
+                       config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
+    return out
+
+
+def image_requests(url, photo, seconds):
+    """Encoded-image requests to the ensemble, one after another for `seconds`: the errors (none when all served)."""
+    client = grpcclient.InferenceServerClient(url)
+    data = np.frombuffer(photo.read_bytes(), np.uint8).reshape(1, -1)
+    inp = grpcclient.InferInput(IMAGE_INPUT, list(data.shape), "UINT8")
+    inp.set_data_from_numpy(data)
+    errors, sent, deadline = [], 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            assert client.infer(ENSEMBLE, [inp]).as_numpy(ENSEMBLE_OUTPUT).shape == (1, 5)
+        except InferenceServerException as exc:
+            errors.append(str(exc))
+        sent += 1
+    client.close()
+    assert sent > 3
+    return errors
+
+
+def test_watchdog_leaves_an_ensemble_alone_and_reloads_a_dead_stub_under_it(ensemble_repo, photos):
+    """An ensemble runs no backend process of its own: the watchdog must not take it for a model whose process died
+    and reload it. A dead stub of the preprocessing model under it is reloaded."""
+    ports = Ports.free()
+    proc = start_serve_py(ensemble_repo, ports)
+    said = stderr_lines(proc)
+    url = f"127.0.0.1:{ports.grpc}"
+    try:
+        assert image_requests(url, photos[0], 5) == []
+        assert [line for line in said if "watchdog" in line] == []
+        (stub,) = stub_pids(proc.pid, PREPROCESS)
+        os.kill(stub, signal.SIGKILL)
+        wait_for(said, f"{PREPROCESS}: ready again", 120)
+        assert image_requests(url, photos[0], 2) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) in (0, 1)  # 1: Triton gives up on the instance whose stub died after its exit timeout
+    assert [line for line in said if "watchdog" in line and ENSEMBLE in line] == [], "".join(said)
 
 
 def test_a_dead_tritonserver_is_started_again(built_repo, tmp_path, photos, monkeypatch):
@@ -315,6 +403,59 @@ def test_a_dead_tritonserver_is_started_again(built_repo, tmp_path, photos, monk
     errors = [line for line in said if "serve.py: error:" in line]
     assert len(errors) == 1 and "2 time(s) in 10 minutes (--restarts 1)" in errors[0], "".join(said)
     assert "Traceback" not in "".join(said)
+
+
+def tritonserver_pid(serve_py, not_pid=None, timeout=60):
+    """The pid of the tritonserver serve.py runs (other than `not_pid`), once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in descendants(serve_py)[1:]:
+            try:
+                exe = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]
+            except OSError:
+                continue
+            if exe.endswith(b"/tritonserver") and pid != not_pid:
+                return pid
+        time.sleep(0.01)
+    pytest.fail("serve.py started no tritonserver")
+
+
+def test_a_tritonserver_dying_right_after_it_is_ready_is_started_again_and_each_log_kept(built_repo, tmp_path,
+                                                                                          photos):
+    """The restarted server is killed the moment it answers ready, before serve.py's own readiness poll sees it:
+    that is one more death to restart from, not a repository that failed to load. Every dead server's log is kept
+    beside the current one."""
+    repo = tmp_path / "repo"
+    shutil.copytree(built_repo("small", "local"), repo)
+    log = tmp_path / "triton.log"
+    ports = Ports.free()
+    proc = start_serve_py(repo, ports, "--restarts", "2", "--log-file", log)
+    said = stderr_lines(proc)
+    x = parity_batch(photos, 1)
+    try:
+        first = tritonserver_pid(proc.pid)
+        send_http("127.0.0.1", ports.http, *nested_json_request(PT.name))  # no answer: it kills the server
+        second = tritonserver_pid(proc.pid, not_pid=first)
+        while http_status_at(ports.http, "/v2/health/ready") != 200:
+            time.sleep(0.005)
+        os.kill(second, signal.SIGKILL)
+        again = wait_for(said, "starting it again (2 of --restarts 2 in 10 minutes)", 60)
+        # the killed server may or may not have been seen ready: a third one serves after the second restart line
+        wait_for(said, "ready again", 180, count=1 + sum("ready again" in line for line in said[:said.index(again)]))
+        served = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}").infer(
+            PT.name, [grpc_input(PT, x)]).as_numpy(PT.output_name)
+        assert served.shape == (1, 5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0, "".join(said)
+    restarts = [line for line in said if "starting it again" in line]
+    assert len(restarts) == 2, "".join(said)
+    assert all(f"Its log is kept in {log}.1;" in line for line in restarts), "".join(said)
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in restarts), restarts
+    # the current log and both dead servers' (each was ready once), newest first
+    assert sorted(p.name for p in tmp_path.glob("triton.log*")) == ["triton.log", "triton.log.1", "triton.log.2"]
+    for path in (log, log.with_name("triton.log.1"), log.with_name("triton.log.2")):
+        assert "Started GRPCInferenceService" in path.read_text(), path
 
 
 def test_rebuilt_repository_is_served_without_a_failed_request(built_repo, tmp_path, photos):

@@ -15,13 +15,17 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli, start_serve_py
+from mnv3kit.build import BuildOptions, build
 from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
+from mnv3kit.model import build_model
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
+from mnv3kit.render import Batching, ConfigOptions, Instances
 from mnv3kit.server import LocalTriton, Ports, free_port
-from mnv3kit.spec import ADMIN_KEY_ENV, ONNX, PT
+from mnv3kit.spec import ADMIN_KEY_ENV, ENSEMBLE, ONNX, PT
 
 WRONG = "mobilenetv3_wrongshape"  # a copy of the ONNX model whose config promises 299x299 inputs
+SHARP = "mobilenetv3_sharp"  # an ONNX model whose logits lie thousands apart: most probabilities are 0.0
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,15 @@ def server(built_repo, tmp_path_factory):
     text = cfg.read_text().replace(ONNX.name, WRONG)
     text = text[:text.index("model_warmup")] + text[text.index("parameters"):]  # a 299 warmup would fail the load
     cfg.write_text(text.replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 299, 299 ]"))
+    sharp = tmp_path_factory.mktemp("sharp")
+    state = build_model("small", 5, seed=3).state_dict()
+    state["classifier.3.weight"] *= 1000
+    torch.save(state, sharp / "sharp.pth")
+    build(BuildOptions(arch="small", weights=sharp / "sharp.pth", output=sharp / "repo", models=("onnx",),
+                       config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
+    shutil.copytree(sharp / "repo" / ONNX.name, repo / SHARP)
+    cfg = repo / SHARP / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(ONNX.name, SHARP))
     with LocalTriton(repo, Ports.free()) as srv:
         srv.repo_path = repo
         yield srv
@@ -113,6 +126,68 @@ def test_server_unreachable(photos):
     proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_port()}", "-i", "grpc", "--timeout", "5")
     assert proc.returncode == 3
     assert_one_line_error(proc, "unreachable")
+
+
+def test_url_may_carry_the_scheme(server, photos):
+    for args in (["-u", f"http://{server.http_url}"], ["-u", f"http://{server.http_url}/", "-i", "http"],
+                 ["-u", f"grpc://{server.grpc_url}", "-i", "grpc"]):
+        proc = run_cli("client/classify.py", photos[0], *args)
+        assert proc.returncode == 0 and proc.stderr == "", (args, proc.stderr)
+    proc = run_cli("client/classify.py", photos[0], "-u", f"grpc://{server.grpc_url}")  # -i http by default
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "is a grpc address but -i is http", "pass -i grpc")
+    proc = run_cli("client/classify.py", photos[0], "-u", f"https://{server.http_url}")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "https:// is not supported", "no TLS")
+    proc = run_cli("client/classify.py", photos[0], "-u", "localhost:http")
+    assert proc.returncode == 2 and "_closed" not in proc.stderr  # tritonclient's half-built client stays unbuilt
+    assert_one_line_error(proc, "expected HOST:PORT")
+
+
+def test_the_other_protocols_port_is_named(server, photos):
+    grpc_port, http_port = server.grpc_url.rpartition(":")[2], server.http_url.rpartition(":")[2]
+    proc = run_cli("client/classify.py", photos[0], "-u", server.grpc_url, "-i", "http")
+    assert proc.returncode == 3
+    assert_one_line_error(proc, f"is {grpc_port} Triton's grpc port? use -i grpc")
+    proc = run_cli("client/classify.py", photos[0], "-u", server.http_url, "-i", "grpc", "--timeout", "10")
+    assert proc.returncode == 3
+    assert_one_line_error(proc, f"is {http_port} Triton's http port? use -i http")
+
+
+def test_top_classes_are_ranked_by_logit_when_probabilities_underflow(server, photos, edge):
+    images = [*photos, *(edge[name] for name in GOOD)]
+    proc, records = classify_json(*images, "-u", server.http_url, "-m", SHARP, "-k", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert any(sum(t["prob"] == 0.0 for t in r["top"]) >= 2 for r in records)  # ties by probability
+    for record in records:
+        logits = [t["logit"] for t in record["top"]]
+        assert logits == sorted(record["logits"], reverse=True), record
+
+
+def test_async_keeps_a_folder_within_the_models_queue(server, photos, tmp_path):
+    """400 single-image requests with --async: more than the model's queue (32) admits at once."""
+    for i in range(400):
+        shutil.copyfile(photos[i % len(photos)], tmp_path / f"{i:03d}.jpg")
+    for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+        proc = run_cli("client/classify.py", tmp_path, "-u", url, "-i", protocol, "-b", "1", "--async")
+        assert proc.returncode == 0, proc.stderr
+        assert len(proc.stdout.splitlines()) == 400
+
+
+def test_an_overloaded_image_ensemble_is_exit_6_not_unreadable_files(photos, tmp_path):
+    repo = tmp_path / "repo"
+    # a queue of 4 (the warmup's batch must fit in it): 16 requests in flight overflow it
+    build(BuildOptions(arch="small", output=repo, models=("pt",), ensemble="pt",
+                       config=ConfigOptions(target="local", instances=Instances("KIND_CPU"), max_batch_size=4,
+                                            batching=Batching(preferred=(4,), max_queue_size=4))))
+    for i in range(64):
+        shutil.copyfile(photos[i % len(photos)], tmp_path / f"{i:02d}.jpg")
+    with LocalTriton(repo, Ports.free()) as srv:
+        proc = run_cli("client/classify.py", *sorted(tmp_path.glob("*.jpg")), "-u", srv.grpc_url, "-i", "grpc",
+                       "-m", ENSEMBLE, "--async")
+    assert proc.returncode == 6, proc.stderr
+    assert "skipped" not in proc.stderr and "could not be read" not in proc.stderr
+    assert_one_line_error(proc, "overloaded", "--max-in-flight")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -13,6 +13,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 
 from conftest import ROOT, assert_one_line_error, run_cli
+from mnv3kit.demo_data import SPLITS, TEST_FRACTION, VAL_FRACTION, digit_split, write as write_digits
 from mnv3kit.model import MobileNetV3, build_model, recompute_batchnorm
 from mnv3kit.parity import allowed_difference, constant_logits, parity_batch
 from mnv3kit.preprocess import eval_transform, load_image
@@ -294,7 +295,7 @@ BROKEN = {  # case -> what the one error line must say
     "bad_val_split": ("--val-split must be between 0 and 1",),
     "val_split_of_split_layout": ("has a train/ folder",),
     "missing_pretrained": ("--pretrained file", "does not exist"),
-    "garbage_pretrained": ("not a readable PyTorch checkpoint",),
+    "garbage_pretrained": ("is not a PyTorch checkpoint",),
     "freeze_without_pretrained": ("--freeze-features needs --pretrained",),
     "resume_weights_only": ("holds weights only", "--pretrained"),
     "bad_batch_size": ("--batch-size must be >= 1",),
@@ -388,3 +389,60 @@ def test_help_explains_layout_and_outputs():
                  "--amp", "--workers", "--seed", "--lr", "--batch-size", "--epochs", "DATA/train/CLASS/*.jpg",
                  "class_indices.json", "MobileNetV3_Small.pth", "last_small.pth", "build_repo.py"):
         assert text in proc.stdout, text
+
+
+# ------------------------------------------------------------------------------------ the demo's digits (make demo)
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
+def test_digit_split_is_disjoint_stratified_and_seeded(digits):
+    split = digit_split(digits.target, seed=0)
+    assert list(split) == list(SPLITS)
+    parts = [set(split[name]) for name in SPLITS]
+    assert sum(map(len, parts)) == len(digits.target)  # with the union below: every image in exactly one part
+    assert set().union(*parts) == set(range(len(digits.target)))
+    assert digit_split(digits.target, seed=0) == split
+    assert set(digit_split(digits.target, seed=1)["test"]) != parts[2]
+    for digit in range(10):
+        n = int((digits.target == digit).sum())
+        counts = {name: int((digits.target[split[name]] == digit).sum()) for name in SPLITS}
+        assert abs(counts["test"] - TEST_FRACTION * n) <= 1 and abs(counts["val"] - VAL_FRACTION * n) <= 1, counts
+
+
+def test_written_digits_are_the_split(digits, tmp_path):
+    """DIR/PART/DIGIT/NNNN.png: NNNN in PART's indices, DIGIT its label, the 8×8 pixels enlarged, ink dark."""
+    counts = write_digits(tmp_path / "digits")
+    split = digit_split(digits.target)
+    assert counts == {name: len(split[name]) for name in SPLITS}
+    for name in SPLITS:
+        files = sorted((tmp_path / "digits" / name).rglob("*.png"))
+        assert sorted(int(f.stem) for f in files) == sorted(split[name])
+        assert all(int(f.parent.name) == digits.target[int(f.stem)] for f in files)
+    one = tmp_path / "digits" / "test" / str(digits.target[split["test"][0]]) / f"{split['test'][0]:04d}.png"
+    pixels = np.asarray(load_image(one).convert("L"))
+    assert pixels.shape == (64, 64)
+    expected = np.round(255 - digits.images[split["test"][0]] * 255 / 16)
+    np.testing.assert_array_equal(pixels[::8, ::8], expected)
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.demo_data", "write", tmp_path / "digits"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, "python -m mnv3kit.demo_data: error:", "is not empty")
+
+
+def test_shipped_demo_weights_classify_held_out_digits(tmp_path):
+    """demo/weights (train.py on DIR/train, see demo/README.md) in-process on the held-out digits it never saw."""
+    write_digits(tmp_path / "digits")
+    labels = json.loads((ROOT / "demo" / "weights" / "class_indices.json").read_text())
+    assert labels == {str(d): str(d) for d in range(10)}
+    model, trained_weights = load_model("small", ROOT / "demo" / "weights" / "MobileNetV3_Small.pth")
+    assert trained_weights
+    paths = sorted((tmp_path / "digits" / "test").rglob("*.png"))
+    truth = np.array([int(p.parent.name) for p in paths])
+    x = torch.from_numpy(np.stack([eval_transform(load_image(p)) for p in paths]))
+    with torch.no_grad():
+        predicted = np.concatenate([model(x[i:i + 64]).argmax(1).numpy() for i in range(0, len(x), 64)])
+    assert (predicted == truth).mean() >= 0.9

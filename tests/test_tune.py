@@ -2,6 +2,7 @@
 Triton with perf_analyzer; the winner is a valid repository that loads in a real Triton. Correctness only."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -24,15 +25,26 @@ def tune(*args):
 @pytest.fixture(scope="module")
 def search(built_repo, tmp_path_factory):
     out = tmp_path_factory.mktemp("tune")
+    ports = Ports.free()
     # the kit's default (max batch 8, preferred 4,8) and one refinement: max batch 4, preferred 2,4
     proc = tune("--repo", built_repo("small", "local"), "--p99-ms", 10000, "-m", "onnx", "-c", "1:2",
                 "--instances", 1, "--max-batch-sizes", 4, "--queue-delays-us", Batching().queue_delay_us,
-                "--preferred", "both", "--count", 5, "--stability", 1000, "--budget-min", 5, "--confirm", 1, "-o", out)
-    return proc, out
+                "--preferred", "both", "--count", 5, "--stability", 1000, "--budget-min", 5, "--confirm", 1, "-o", out,
+                "--http-port", ports.http, "--grpc-port", ports.grpc, "--metrics-port", ports.metrics)
+    return proc, out, ports
+
+
+def test_the_server_listens_on_the_ports_given(search):
+    proc, out, ports = search
+    assert proc.returncode == 0, proc.stderr
+    log = (out / "tritonserver.log").read_text()
+    for service, port in (("HTTPService", ports.http), ("GRPCInferenceService", ports.grpc),
+                          ("Metrics Service", ports.metrics)):
+        assert re.search(rf"Started {service} at [0-9.]+:{port}\b", log), (service, port)
 
 
 def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
-    proc, out = search
+    proc, out, _ = search
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "tune.json").read_text())
     labels = [c["label"] for c in result["candidates"]]

@@ -5,8 +5,8 @@
 # The python-backend stub of nvidia-pytriton 0.7.0 is built against numpy 1.x: under numpy 2 a model's input tensors
 # arrive as zeros and its outputs leave empty (seen on the GPU host, numpy 2.5, and here with a Python 3.12 venv).
 # The stub ignores PYTHONPATH; it imports from the virtualenv whose bin comes first on PATH (serve.py puts its own
-# interpreter's there). So the server runs under SERVER_PY: a virtualenv with the numpy<2 wheel beside the archive
-# (server-wheels/) in its own site-packages, layered over this host's Python packages (torch) by a .pth file.
+# interpreter's there). So the server runs under SERVER_PY: a virtualenv with the archive's numpy<2 (server-site/)
+# in its own site-packages, layered over this host's Python packages (torch) by a .pth file.
 carry_dir=/tmp/mnv3kit-carry
 if [ ! -d "$carry_dir/site" ]; then
   mkdir -p "$carry_dir" && tar -C "$carry_dir" -xJf "$1"
@@ -15,7 +15,7 @@ if [ ! -x "$carry_dir/server-venv/bin/python3" ]; then
   host_python=${PY:-$(command -v python3)}
   "$host_python" -m venv --without-pip "$carry_dir/server-venv"
   server_site=$("$carry_dir/server-venv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
-  "$host_python" -m pip install -q --no-index --no-deps --target "$server_site" "$(dirname "$1")"/server-wheels/*.whl
+  cp -r "$carry_dir"/server-site/. "$server_site"/
   "$host_python" -c 'import sysconfig; print("import site; site.addsitedir(%r)" % sysconfig.get_path("purelib"))' \
     > "$server_site/host-packages.pth"
 fi

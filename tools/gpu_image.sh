@@ -2,12 +2,13 @@
 # The image ensemble on one GPU host, in one run: build a local-target repository with mobilenetv3_image on
 # KIND_GPU (Large, FP16, --runtime compiled with tools/gpu_run.sh's kernel cache and batch sizes), serve it, then
 #   1. parity: nvJPEG preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
-#   2. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
+#   2. the soak: the ensemble and its classifier under sustained load at SOAK_LEVELS, every answer checked;
+#   3. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
-# Reports under perf/results/gpu-image-<date>/.
+# Reports under perf/results/gpu-image-<date>/ (REPORT.md: perf/gpu_report.py). Exit status: the soak's.
 #   bash tools/gpu_image.sh        (after installing the kit on the GPU host; see README "GPU")
 # Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s),
-# GRAPHS, CACHE and CARRY as in tools/gpu_run.sh.
+# SOAK_LEVELS (1,8,128,256), GRAPHS, CACHE, SOAK_SECONDS and CARRY as in tools/gpu_run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}
@@ -36,6 +37,8 @@ echo "== served classifier vs the build's eager FP32 logits"
 "$PY" perf/served_parity.py --repo "$REPO" -u localhost:8001 | tee "$RES/served_parity.txt" || true
 echo "== parity: nvJPEG path vs client-side preprocessing"
 "$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 -o "$RES/parity" || true
+echo "== soak: every answer checked under sustained load, before any speed is measured"
+soak "$RES/soak" "$REPO" image,pt "${SOAK_LEVELS:-1,8,128,256}"
 
 echo "== served JPEG -> logits vs in-process (500x375 JPEGs, batch 64, p50 at batch 1)"
 "$PY" perf/bench_image.py --repo "$REPO" --device cuda:0 -b 64 -c "${CONCURRENCY:-128}" --jpeg-size 500x375 \
@@ -43,7 +46,9 @@ echo "== served JPEG -> logits vs in-process (500x375 JPEGs, batch 64, p50 at ba
 curl -s localhost:8002/metrics > "$RES/metrics.txt" || true
 
 kill -TERM $server; wait $server || true; trap - EXIT
+"$PY" perf/gpu_report.py "$RES" || true
 if [ -n "${OUT:-}" ]; then
   tar -C perf/results -czf "$OUT/gpu-image-results.tar.gz" "gpu-image-$STAMP"
-  cp "$RES"/*/*.md "$OUT/" 2>/dev/null || true
+  cp "$RES"/REPORT.md "$OUT/" 2>/dev/null || true
 fi
+exit $soak_status

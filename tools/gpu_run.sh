@@ -3,11 +3,13 @@
 # compiles on this GPU during the build: the cold start, recorded in the manifest), measure the raw variants
 # in-process (perf/raw_gpu.py: torchvision's eager model as the anchor, the kit's TorchScript and compiled
 # artifacts), serve the repository with the embedded Triton (the warm start, from the compile cache), check the
-# served answers against the build's eager FP32 logits (perf/served_parity.py), run perf_analyzer over gRPC
-# (batch 1 latency, batch 64 with system and CUDA shared memory, dynamic batching), and write
-# perf/results/gpu-<date>/REPORT.md with every ratio taken against the fastest raw variant.
+# served answers against the build's eager FP32 logits (perf/served_parity.py) and under sustained load (the soak,
+# every answer checked, at SOAK_LEVELS), then run perf_analyzer over gRPC (batch 1 latency, batch 64 with system and
+# CUDA shared memory, dynamic batching), and write perf/results/gpu-<date>/REPORT.md with every ratio taken against
+# the fastest raw variant. Exit status: the soak's (nonzero when an answer was wrong or a request failed).
 #   bash tools/gpu_run.sh            (after installing the kit's requirements on the GPU host; see README "GPU")
-# Env: ARCH (large), INSTANCES (2), GRAPHS (1,4,8,16,32,64), WINDOW_MS (1000), PY (python3),
+# Env: ARCH (large), INSTANCES (2), GRAPHS (1,4,8,16,32,64), WINDOW_MS (1000), SOAK_LEVELS (1,8,64,256),
+# SOAK_SECONDS (10 per level), PY (python3),
 # CARRY (an archive made by tools/make_gpu_carry.sh, unpacked first when given: server, perf_analyzer, client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,8 @@ for model in mobilenetv3_pt mobilenetv3_u8; do  # served answers, not only speed
   "$PY" client/classify.py $photos -m $model -i grpc -u localhost:8001 -k 2 | tee -a "$RES/classify.txt"
 done
 "$PY" perf/served_parity.py --repo "$REPO" -u localhost:8001 | tee "$RES/served_parity.txt" || true
+echo "== soak: every answer checked under sustained load, before any speed is measured"
+soak "$RES/soak" "$REPO" pt,u8 "${SOAK_LEVELS:-1,8,64,256}"
 
 perf() { bash perf/run_perf.sh -u localhost:8001 -i grpc -p "$WINDOW_MS" --compare "$RES/raw_gpu.json" \
   --metrics localhost:8002/metrics "$@" || true; }
@@ -63,3 +67,4 @@ if [ -n "${OUT:-}" ]; then
   tar -C "$(dirname "$RES")" -czf "$OUT/gpu-results.tar.gz" "$(basename "$RES")"
   cp "$RES"/REPORT.md "$OUT/" 2>/dev/null || true
 fi
+exit $soak_status

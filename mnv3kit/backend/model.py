@@ -3,8 +3,8 @@
 Copied verbatim into <model>/<version>/model.py. It serves the same contract as the native backends
 (input [N,3,224,224] -> logits [N,classes] FP32) by running the artifact beside it (config parameters `artifact`
 and `runtime`): model.pt with TorchScript, model.pt2 (a torch.export program) compiled by TorchInductor, or
-model.onnx with ONNX Runtime. Triton's dynamic batcher hands execute() several requests; they run as ONE forward
-pass and the result is split back. A UINT8 input (raw pixels) is normalized on the serving device with the
+model.onnx with ONNX Runtime. execute() hands the requests to the model's queue (mnv3kit_serving.py beside this file) and
+returns at once; its worker runs the waiting requests as ONE forward pass and splits the result back. A UINT8 input (raw pixels) is normalized on the serving device with the
 config's `mean`/`std`.
 On GPU instances the torch runner can compute in FP16, use channels_last, and replay one CUDA graph per batch size
 in `cuda_graph_batches` (a batch runs padded to the next captured size): eager PyTorch is launch-bound at ~2.7 ms
@@ -27,6 +27,11 @@ try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton by the kit's benchmarks
     pb_utils = None
+
+try:  # in a model repository: the copy beside this file (the stub puts the version directory on sys.path)
+    from mnv3kit_serving import RequestQueue
+except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks)
+    from mnv3kit.backend.serving import RequestQueue
 
 PARITY_FILE = "parity.npz"  # pixels (uint8 NCHW), mean, std, logits (eager FP32 at build time)
 COMPILED_SUFFIX = ".pt2"
@@ -241,8 +246,24 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        uint8_input = config["input"][0]["data_type"] == "TYPE_UINT8"
-        self.input_dtype = np.uint8 if uint8_input else np.float32
+        self.input_dtype = np.uint8 if config["input"][0]["data_type"] == "TYPE_UINT8" else np.float32
+        if pb_utils is None:  # in-process benchmarks: the runner alone, on this thread
+            self.forward = self._runner(args, config, params)
+            return
+
+        def setup():
+            self.forward = self._runner(args, config, params)
+
+        # Torch keeps an OpenMP thread team per thread that calls it, and two teams on a 2-core CPU doubled a
+        # batch-1 forward pass (13 -> 25 ms, Large): the runner is made, checked and run on the worker thread alone.
+        self.queue = RequestQueue(
+            args.get("model_instance_name", config["name"]), self._respond, self._take,
+            int(config.get("max_batch_size", 0)) or 1, int(params.get("max_queue_size", "0") or 0),
+            int(params.get("queue_timeout_us", "0") or 0), setup, _log)
+
+    def _runner(self, args, config, params):
+        """TorchRunner (checked against the build's logits) or OnnxRunner, as the config's parameters say."""
+        uint8_input = self.input_dtype == np.uint8
         version_dir = Path(args["model_repository"]) / args["model_version"]
         artifact = str(version_dir / params["artifact"])
         on_gpu = args["model_instance_kind"] == "GPU"
@@ -251,37 +272,40 @@ class TritonPythonModel:
         error = pb_utils.TritonModelException if pb_utils else RuntimeError
         if runtime in ("torch", "compiled"):
             try:
-                self.forward = TorchRunner(
+                runner = TorchRunner(
                     artifact, f"cuda:{device_id}" if on_gpu else "cpu", params.get("precision", "fp32"),
                     params.get("channels_last") == "true",
                     [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
                     _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input,
                     params.get("compile_cache") or None)
                 if (version_dir / PARITY_FILE).is_file():
-                    summary = self.forward.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
+                    summary = runner.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
                     _log(f"{args.get('model_instance_name', config['name'])}: {summary}")
+                return runner
             except RunnerError as exc:
                 raise error(f"{config['name']}: {exc}") from None
-        elif runtime == "onnxruntime" and not uint8_input:
-            self.forward = OnnxRunner(artifact, self.input_name, device_id if on_gpu else None)
-        else:
-            raise error(f"unsupported runtime {runtime!r} for a {self.input_dtype} input")
+        if runtime == "onnxruntime" and not uint8_input:
+            return OnnxRunner(artifact, self.input_name, device_id if on_gpu else None)
+        raise error(f"unsupported runtime {runtime!r} for a {self.input_dtype} input")
 
-    def _input(self, request):
+    def _take(self, request):
+        """This request's input, copied: Triton frees the request's tensors when execute() returns."""
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
         if tensor.is_cpu():
-            return np.ascontiguousarray(tensor.as_numpy(), dtype=self.input_dtype)
+            x = np.array(tensor.as_numpy(), dtype=self.input_dtype)
+            return x, x.shape[0]
+        import torch
         from torch.utils.dlpack import from_dlpack  # in GPU memory already: no copy through the host
 
-        return from_dlpack(tensor.to_dlpack())
+        x = from_dlpack(tensor.to_dlpack()).clone()
+        torch.cuda.current_stream(x.device).synchronize()  # the copy is done before Triton frees the source
+        return x, x.shape[0]
 
     def execute(self, requests):
-        parts = [self._input(r) for r in requests]
-        try:
-            logits = self.forward(*parts)
-        except Exception as exc:  # noqa: BLE001 - the error goes back to every client in the batch
-            error = pb_utils.TritonError(f"inference failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender
+
+    def _respond(self, parts):
+        logits = self.forward(*parts)
         bounds = np.cumsum([0] + [p.shape[0] for p in parts])
         # NaN/Inf in a request's input come back as non-finite logits, which Triton would label as a class: that
         # request alone gets an error. Checking the few logits costs nothing; the inputs are 4-38 MB a batch.
@@ -290,3 +314,6 @@ class TritonPythonModel:
                     pb_utils.TritonError("input contains NaN or Inf values (its logits are not finite)",
                                          pb_utils.TritonError.INVALID_ARG)))  # the client's input: 400
                 for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def finalize(self):
+        self.queue.close()

@@ -15,6 +15,7 @@ import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -23,12 +24,14 @@ try:
 except ImportError:  # imported outside Triton by the kit's benchmarks
     pb_utils = None
 
-try:  # in a model repository: the copy beside this file (the stub puts the version directory on sys.path)
+try:  # in a model repository: the copies beside this file (the stub puts the version directory on sys.path)
     from mnv3kit_preprocess.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize
-    from mnv3kit_preprocess.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD
+    from mnv3kit_preprocess.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD, WARMUP_DIR
+    from mnv3kit_serving import RequestQueue
 except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks)
+    from mnv3kit.backend.serving import RequestQueue
     from mnv3kit.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize
-    from mnv3kit.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD
+    from mnv3kit.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD, WARMUP_DIR
 
 JPEG_EOI = b"\xff\xd9"
 
@@ -137,11 +140,19 @@ class Preprocessor:
         return results
 
     def stack(self, items):
-        """Good items of one request -> its output batch (a numpy array, or a tensor on the GPU)."""
+        """Good items of one request -> its output batch (a numpy array, or a tensor on the GPU, computed: the
+        stream that made it is synchronized, so whoever reads it next sees the finished values)."""
         if self.gpu is None:
             return np.stack(items)
         batch = self.gpu.torch.stack(items)
-        return batch if self.pixels else self.gpu.normalize(batch)
+        batch = batch if self.pixels else self.gpu.normalize(batch)
+        self.gpu.torch.cuda.current_stream(self.gpu.device).synchronize()
+        return batch
+
+    def bind_thread(self) -> None:
+        """Make the decode GPU the current device of the calling thread (CUDA's current device is per thread)."""
+        if self.gpu is not None:
+            self.gpu.torch.cuda.set_device(self.gpu.device)
 
     def close(self):
         self.pool.shutdown(wait=False)
@@ -154,17 +165,42 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         on_gpu = args["model_instance_kind"] == "GPU"
+        name = args["model_instance_name"]
         self.preprocess = Preprocessor(
             config["output"][0]["data_type"] == "TYPE_UINT8", int(params.get("decode_threads", "0") or 0),
             f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu",
-            lambda message: pb_utils.Logger.log_info(f"{args['model_instance_name']}: {message}"),
-            lambda message: pb_utils.Logger.log_warn(f"{args['model_instance_name']}: {message}"))
+            lambda message: pb_utils.Logger.log_info(f"{name}: {message}"),
+            lambda message: pb_utils.Logger.log_warn(f"{name}: {message}"))
+        self._check_warmup(config, Path(args["model_repository"]))
+        self.queue = RequestQueue(name, self._respond, self._take, int(config.get("max_batch_size", 0)) or 1,
+                                  int(params.get("max_queue_size", "0") or 0),
+                                  int(params.get("queue_timeout_us", "0") or 0), self.preprocess.bind_thread,
+                                  pb_utils.Logger.log_warn)
+
+    def _check_warmup(self, config, model_dir: Path) -> None:
+        """Decode every model_warmup file here, before Triton runs the samples: an unreadable one fails the load
+        with its name. Triton 2.51 left to find it aborted now and then (boost::interprocess::lock_exception in the
+        server process while it tore the failed instance down: 2 of 5 starts here)."""
+        for sample in config.get("model_warmup", []):
+            for tensor in sample.get("inputs", {}).values():
+                if tensor.get("input_data_file"):
+                    path = model_dir / WARMUP_DIR / tensor["input_data_file"]
+                    try:
+                        cpu_preprocess(path.read_bytes(), self.preprocess.pixels)
+                    except (OSError, ImageError) as exc:
+                        raise pb_utils.TritonModelException(
+                            f"warmup sample {sample.get('name')!r} ({WARMUP_DIR}/{path.name}): {exc}") from None
+
+    def _take(self, request):
+        """The bytes of each image of the request: one per batch row (trailing zeros allowed), copied."""
+        rows = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        datas = [row.tobytes() for row in rows.reshape(rows.shape[0], -1)]
+        return datas, len(datas)
 
     def execute(self, requests):
-        per_request = []  # the bytes of each image of each request: one per batch row (trailing zeros allowed)
-        for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            per_request.append([row.tobytes() for row in rows.reshape(rows.shape[0], -1)])
+        self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender
+
+    def _respond(self, per_request):
         results = self.preprocess([d for datas in per_request for d in datas])
         responses, start = [], 0
         for datas in per_request:
@@ -177,14 +213,13 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             batch = self.preprocess.stack(mine)
-            if isinstance(batch, np.ndarray):
-                tensor = pb_utils.Tensor(self.output_name, batch)
-            else:  # stays on the GPU: the classifier takes it from there
-                from torch.utils.dlpack import to_dlpack
-
-                tensor = pb_utils.Tensor.from_dlpack(self.output_name, to_dlpack(batch))
+            # a GPU batch stays on the GPU (the classifier takes it from there); handed over as the tensor itself,
+            # not a DLPack capsule, so the backend also synchronizes with the stream that computed it
+            tensor = (pb_utils.Tensor(self.output_name, batch) if isinstance(batch, np.ndarray)
+                      else pb_utils.Tensor.from_dlpack(self.output_name, batch))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
     def finalize(self):
+        self.queue.close()
         self.preprocess.close()

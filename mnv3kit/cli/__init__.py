@@ -1,4 +1,5 @@
-"""The flags every CLI shares, defined once: output directory, repository, model selection, server URL and protocol.
+"""The flags every CLI shares, defined once: output directory, repository, model selection, server URL and protocol,
+the ports of an embedded Triton a command starts.
 
 README's "Flags every command shares" table documents them; tests/test_cli.py checks each CLI's --help against it.
 """
@@ -68,6 +69,34 @@ def add_repo(parser, default: Optional[Path] = DEFAULT_REPO, help: str = "", req
         help = f"{help} (default: {default})" if help else f"model repository (default: {default})"
     parser.add_argument("--repo", type=Path, default=None if required else default, required=required,
                         metavar="DIR", help=help or "model repository")
+
+
+PORT_FLAGS = (("http", "HTTP"), ("grpc", "gRPC"), ("metrics", "metrics"))  # Ports' fields, as Triton names them
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return int(text)
+
+
+def add_ports(parser, free: bool = False) -> None:
+    """--http-port, --grpc-port, --metrics-port: where the embedded Triton that the command starts listens.
+    Defaults: Triton's own ports, or with ``free`` a free port for each one not given (ports_of)."""
+    from ..server import Ports
+
+    for name, label in PORT_FLAGS:
+        default = None if free else getattr(Ports(), name)
+        parser.add_argument(f"--{name}-port", type=port_number, default=default, metavar="PORT",
+                            help=f"the embedded Triton's {label} port "
+                                 f"({f'default {default}' if default else 'default: a free port'})")
+
+
+def ports_of(args: argparse.Namespace):
+    """The server.Ports of add_ports' flags, a free port for each one left unset."""
+    from ..server import Ports, free_port
+
+    return Ports(*(getattr(args, f"{name}_port") or free_port() for name, _ in PORT_FLAGS))
 
 
 def add_server(parser, protocol: str = "http") -> None:

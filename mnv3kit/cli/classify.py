@@ -20,7 +20,7 @@ import sys
 
 
 from mnv3kit.cli import add_server, model_name
-from mnv3kit.client import (EXIT_CODES, SEND_MODES, Classified, TritonClassifier,
+from mnv3kit.client import (EXIT_CODES, MAX_IN_FLIGHT, SEND_MODES, Classified, TritonClassifier,
                             classify, expand_inputs)
 from mnv3kit.errors import KitError, cli_errors, prog_name
 from mnv3kit.spec import ADMIN_KEY_ENV, PT
@@ -38,7 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-b", "--batch-size", type=int, default=1,
                    help="images per request, at most the model's max_batch_size (default 1)")
     p.add_argument("--async", dest="use_async", action="store_true",
-                   help="send all requests at once and collect the answers as they come")
+                   help="keep up to --max-in-flight requests in flight and collect the answers as they come")
+    p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, metavar="N",
+                   help=f"with --async: requests in flight at once (default {MAX_IN_FLIGHT}; more than the model's "
+                        f"max_queue_size, 32 by default, can be refused as overload)")
     p.add_argument("--json", action="store_true", help="one JSON record per image on stdout (errors included)")
     p.add_argument("--send", choices=SEND_MODES, default="auto",
                    help="auto: what the model's input takes (default); bytes: the image files themselves; tensor: "
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         if not paths:
             raise KitError(f"no images found in {', '.join(args.images)}")
         classifier = TritonClassifier(args.url, args.protocol, args.model, args.timeout,
-                                      concurrency=len(paths) if args.use_async else args.batch_size,
+                                      concurrency=args.max_in_flight if args.use_async else args.batch_size,
                                       send=args.send, admin_key=os.environ.get(ADMIN_KEY_ENV))
         if args.topk > classifier.num_classes:
             print(f"{prog_name()}: note: -k {args.topk} is above the {classifier.num_classes} classes of {args.model}: "
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
         failed = total = 0
         try:
             # each record printed as soon as its batch is answered: a failure midway keeps what came before
-            for record in classify(classifier, paths, args.batch_size, args.topk, args.use_async):
+            for record in classify(classifier, paths, args.batch_size, args.topk, args.use_async,
+                                   args.max_in_flight):
                 total += 1
                 if isinstance(record, Classified):
                     if args.json:

@@ -55,7 +55,8 @@ def main(argv=None) -> int:
         else:
             sys.stdout.write(text)
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(Counter(d["kind"] for d in docs).items()))
-        print(f"{len(docs)} manifests ({kinds}) valid for Kubernetes {' and '.join(KUBE_VERSIONS)}"
+        manifests = f"{len(docs)} manifest{'' if len(docs) == 1 else 's'}"
+        print(f"{manifests} ({kinds}) valid for Kubernetes {' and '.join(KUBE_VERSIONS)}"
               + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
         return 0
 

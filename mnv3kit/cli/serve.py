@@ -6,11 +6,15 @@ Starts the real tritonserver 2.51.0 bundled in the nvidia-pytriton wheel (python
 /v2/health/ready answers, prints the endpoints and ready models, and runs until Ctrl-C, SIGTERM or SIGHUP, then
 stops the server and its backend processes. The server listens on 127.0.0.1 unless --address says otherwise; its
 admin APIs (shared memory, model repository, statistics, trace, logging) need the header `admin-key: KEY`, with KEY
-from $TRITON_ADMIN_KEY or generated per start and written to a file only you can read. A watchdog reloads a model
-whose backend process died (Triton itself keeps reporting it ready) and loads the repository again when build_repo.py
-rebuilds it (the old models serve until the new ones are ready). A tritonserver that dies (a crash, a request that
-kills it, kill -9) is started again on the same ports with the same admin key, at most --restarts times in 10 minutes.
-Repositories for NVIDIA's image (--target ngc) need `docker compose up triton` instead.
+from $TRITON_ADMIN_KEY or generated per start and written to a file only you can read. The key keeps other hosts'
+clients out, not this host's users: Triton 2.51 takes it only on its command line, which any local user reads with
+ps unless /proc is mounted with hidepid=2. A watchdog reloads a model whose backend process died (Triton itself
+keeps reporting it ready) and loads the repository again when build_repo.py rebuilds it (the old models serve until
+the new ones are ready). A tritonserver that dies (a crash, a request that kills it, kill -9), serving or loading
+after a restart, is started again on the same ports with the same admin key, at most --restarts times in 10
+minutes; the dead server's log is kept as LOG.1 (older ones .2, .3) and the restart line says where. Status lines
+on stderr start with the local time. Repositories for NVIDIA's image (--target ngc) need `docker compose up triton`
+instead.
 
 exit codes: 0 stopped cleanly, 1 stopped but the server had to be killed or left something behind,
             2 bad input, the repository failed to load, or the server died more than --restarts times in 10 minutes
@@ -21,10 +25,9 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
-from mnv3kit.cli import add_repo
+from mnv3kit.cli import add_ports, add_repo, ports_of
 from mnv3kit.errors import KitError, cli_errors, prog_name
 from mnv3kit.server import ALLOCATORS
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV
@@ -40,9 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--admin-key-file", type=Path,
                    help=f"write the generated admin key here, mode 0600 (default: the server's temporary directory; "
                    f"ignored when ${ADMIN_KEY_ENV} gives the key)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    add_ports(p)
     p.add_argument("--log-file", type=Path, help="server log (default: a temporary file, printed at start)")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)")
@@ -58,19 +59,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-RESTART_WINDOW_S = 600  # --restarts counts the deaths within this many seconds
-
-
 def _stop_on_signal(*_):
     raise KeyboardInterrupt
+
+
+def say(line: str) -> None:
+    """A status line on stderr, stamped with the local time (when a reload or restart happened)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     with cli_errors():
         from mnv3kit.repository import read_manifest
-        from mnv3kit.server import LocalTriton, Ports
-        from mnv3kit.watchdog import Watchdog
+        from mnv3kit.server import LocalTriton
+        from mnv3kit.watchdog import Supervisor
 
         manifest = read_manifest(args.repo) if args.repo.is_dir() else {}
         if manifest.get("target") == "ngc":
@@ -83,64 +86,37 @@ def main(argv=None) -> int:
         if args.restarts < 0:
             raise KitError(f"--restarts {args.restarts}: give 0 or more")
 
-        def new_server(admin_key):
-            return LocalTriton(args.repo, Ports(args.http_port, args.grpc_port, args.metrics_port),
-                               log_path=args.log_file, verbose=args.log_verbose, address=args.address,
-                               admin_key=admin_key, allocator=args.allocator)
-
-        def new_watchdog(server):
-            if args.no_watchdog:
-                return None
-            watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
-            watchdog.start()
-            return watchdog
-
-        server = new_server(os.environ.get(ADMIN_KEY_ENV))
-        stopping, watchdog, deaths = False, None, deque()
+        server = LocalTriton(args.repo, ports_of(args),
+                             log_path=args.log_file, verbose=args.log_verbose, address=args.address,
+                             admin_key=os.environ.get(ADMIN_KEY_ENV), allocator=args.allocator)
+        supervisor = Supervisor(server, restarts=args.restarts, watchdog=not args.no_watchdog, timeout=args.timeout,
+                                log=say)
+        stopping = False
         try:
-            server.start(timeout=args.timeout)
+            supervisor.start()
+            try:
+                version, models = server.version(), server.ready_models()
+            except Exception as exc:  # noqa: BLE001 - any failure of these two calls, in one line
+                raise KitError(f"tritonserver stopped answering right after it was ready ({exc})") from None
             if os.environ.get(ADMIN_KEY_ENV):
                 key_line = f"from ${ADMIN_KEY_ENV}"
             else:
                 key_line = f"in {server.write_admin_key(args.admin_key_file)}"
-            print(f"Triton {server.version()} ready: {', '.join(server.ready_models())}")
+            print(f"Triton {version} ready: {', '.join(models)}")
             print(f"  HTTP    http://{server.http_url}   gRPC  {server.grpc_url}   "
                   f"metrics http://{server.host}:{server.ports.metrics}/metrics")
             print(f"  admin   header '{ADMIN_HEADER}', key {key_line}")
             print(f"  log     {server.log_path}")
             print(f"  malloc  {server.jemalloc or 'glibc'}")
             print("Ctrl-C stops it.", flush=True)
-            watchdog = new_watchdog(server)
-            while True:
-                while server.proc.poll() is None:
-                    time.sleep(0.5)
-                died = f"tritonserver exited with code {server.proc.returncode}"
-                deaths.append(time.monotonic())
-                while deaths[0] < deaths[-1] - RESTART_WINDOW_S:
-                    deaths.popleft()
-                if len(deaths) > args.restarts:
-                    raise KitError(f"{died}, {len(deaths)} time(s) in 10 minutes (--restarts {args.restarts}):\n"
-                                   + "\n".join(server.error_lines()[-15:]))
-                print(f"{prog_name()}: {died}; starting it again ({len(deaths)} of --restarts {args.restarts} in 10 "
-                      f"minutes). Its last log lines:\n" + "\n".join(server.error_lines()[-5:]), file=sys.stderr,
-                      flush=True)
-                if watchdog:
-                    watchdog.stop()
-                server.close()
-                server = new_server(server.admin_key)  # the same key: clients and the key file stay valid
-                server.start(timeout=args.timeout)
-                print(f"tritonserver ready again: {', '.join(server.ready_models())} (log {server.log_path})",
-                      file=sys.stderr, flush=True)
-                watchdog = new_watchdog(server)
+            supervisor.run()
         except KeyboardInterrupt:
-            print("stopping Triton...", file=sys.stderr, flush=True)
+            say("stopping Triton...")
             stopping = True
         finally:
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # a second signal must not cut the cleanup
                 signal.signal(sig, signal.SIG_IGN)
-            if watchdog:
-                watchdog.stop()
-            clean = server.close()
+            clean = supervisor.stop()
         if not clean:
             print(f"{prog_name()}: error: tritonserver did not stop cleanly (killed after its exit timeout, or it left "
                   "shared memory behind)", file=sys.stderr)

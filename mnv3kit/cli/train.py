@@ -1,7 +1,9 @@
 """Train MobileNetV3 on an ImageFolder dataset (the original project's train.py), for build_repo.py to deploy.
 
   python train.py --data flower_data --arch small --epochs 50 --pretrained imagenet
-  python build_repo.py --arch small --weights weights/MobileNetV3_Small.pth --labels weights/class_indices.json
+  python build_repo.py --target local --arch small --weights weights/MobileNetV3_Small.pth \
+      --labels weights/class_indices.json -o model_repository_local && python serve.py
+(on a GPU host, for NVIDIA's Triton image: the same build without --target local and -o)
 
 Data: DATA/train/CLASS/*.jpg and DATA/val/CLASS/*.jpg (the original project's layout; both with the same class folders),
 or DATA/CLASS/*.jpg with --val-split 0.2. Classes are the sorted folder names; images are found recursively
@@ -29,7 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnv3kit.cli import add_output
+from mnv3kit.cli import DEFAULT_REPO, add_output
 from mnv3kit.errors import cli_errors
 
 
@@ -85,8 +87,11 @@ def main(argv=None) -> int:
             lr=args.lr, workers=args.workers, seed=args.seed, val_split=args.val_split, pretrained=args.pretrained,
             freeze_features=args.freeze_features, resume=args.resume, device=args.device, amp=args.amp))
         print(f"best val accuracy {result.best_acc:.4f} (epoch {result.best_epoch}): {result.best_path}")
-        print(f"deploy: python build_repo.py --arch {result.arch} --weights {result.best_path} "
-              f"--labels {result.labels_path}")
+        built = f"--arch {result.arch} --weights {result.best_path} --labels {result.labels_path}"
+        # serve.py (the embedded Triton) serves --target local repositories; build_repo.py's default is ngc
+        print(f"deploy here, CPU and the embedded Triton: python build_repo.py --target local {built} -o {DEFAULT_REPO}"
+              f" && python serve.py --repo {DEFAULT_REPO}")
+        print(f"deploy on a GPU host, NVIDIA's Triton image: python build_repo.py {built} (then README, Serve it)")
         return 0
 
 

@@ -1,0 +1,146 @@
+"""The request queue of the kit's python-backend models: execute() takes the requests' inputs and returns at once;
+one worker thread runs them in batches and sends each answer through the request's response sender (the python
+backend's default mode allows that since Triton 24.06; the embedded server is 24.10).
+
+Why not Triton's queue policy: in Triton 2.51's dynamic batcher (core: dynamic_batch_scheduler.cc, rate_limiter.cc)
+any `default_queue_policy` turns payload prefetching off. A new request then wakes the batcher only if an instance
+is waiting for work at that instant, and a request the policy refuses wakes nothing. An instance is not waiting
+between sending its last answer (inside execute()) and asking for the next payload, so a client's next request that
+lands in that gap, or a refusal while the batcher waits for a free instance, leaves the batcher asleep for its fixed
+500 ms idle wait: periodic half-second stalls at low load, an idle instance under overload. Without a policy the
+batcher prefetches and wakes reliably; the bound and the timeout the policy gave are kept here, answered with
+Triton's own words ("Exceeds maximum queue size", "Request timeout expired") and status UNAVAILABLE, so clients
+tell them apart as before. Returning from execute() at once also lets the instance take the next requests while a
+batch computes, and several of them run as one batch (up to max_batch_size rows).
+
+Copied beside model.py as mnv3kit_serving.py (the stub puts the version directory on sys.path).
+"""
+
+import threading
+import time
+from collections import deque
+from typing import Callable, List, Optional
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside Triton by the kit's tests and benchmarks
+    pb_utils = None
+
+QUEUE_FULL = "Exceeds maximum queue size"  # Triton's own message for a queue policy's refusal
+TIMED_OUT = "Request timeout expired"  # and for a request that waited past its timeout
+
+
+def error_response(message: str, code: Optional[int] = None):
+    code = pb_utils.TritonError.INTERNAL if code is None else code
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+class _Item:
+    __slots__ = ("inputs", "rows", "sender", "deadline")
+
+    def __init__(self, inputs, rows: int, sender, deadline: float):
+        self.inputs, self.rows, self.sender, self.deadline = inputs, rows, sender, deadline
+
+
+class RequestQueue:
+    """``submit(requests)`` from execute(); answers come from ``run(list of inputs) -> list of responses``.
+
+    ``take(request) -> (inputs, rows)`` copies what the worker needs out of a request: Triton frees a request's
+    tensors when execute() returns. ``max_queue``: requests waiting (not counting the batch that runs), 0 for no
+    bound; ``timeout_us``: how long one may wait, 0 for no limit, or the request's own timeout when it sets one.
+    """
+
+    def __init__(self, name: str, run: Callable[[list], list], take: Callable, max_batch: int, max_queue: int,
+                 timeout_us: int, setup: Optional[Callable[[], None]] = None,
+                 log: Callable[[str], None] = print):
+        """``setup`` runs first, on the worker thread (what ``run`` needs made there); its exception is raised
+        here."""
+        self.name, self.run, self.take, self.log = name, run, take, log
+        self.max_batch, self.max_queue, self.timeout_us = max(1, max_batch), max_queue, timeout_us
+        self._items: deque = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._set_up = threading.Event()
+        self._setup_error: Optional[BaseException] = None
+        self._worker = threading.Thread(target=self._loop, args=(setup,), name=f"{name}-worker", daemon=True)
+        self._worker.start()
+        self._set_up.wait()
+        if self._setup_error is not None:
+            raise self._setup_error
+
+    def submit(self, requests) -> None:
+        """One execute()'s requests (a batch Triton formed, at most max_batch_size rows) are admitted together, or
+        refused together when max_queue requests already wait: model_warmup's batch of single requests always fits."""
+        with self._ready:
+            full = self.max_queue and len(self._items) >= self.max_queue
+        for request in requests:
+            sender = request.get_response_sender()
+            if full:
+                self._send(sender, error_response(f"{QUEUE_FULL} ({self.max_queue} requests wait in {self.name}'s "
+                                                  f"queue); retry later", pb_utils.TritonError.UNAVAILABLE))
+                continue
+            try:
+                inputs, rows = self.take(request)
+            except Exception as exc:  # noqa: BLE001 - this request's input alone is at fault
+                self._send(sender, error_response(str(exc), pb_utils.TritonError.INVALID_ARG))
+                continue
+            timeout_us = request.timeout() or self.timeout_us
+            deadline = time.monotonic() + timeout_us / 1e6 if timeout_us else 0.0
+            with self._ready:
+                self._items.append(_Item(inputs, rows, sender, deadline))
+                self._ready.notify()
+
+    def _next_batch(self) -> Optional[List[_Item]]:
+        """The oldest waiting requests, up to max_batch rows (at least one request); expired ones are answered."""
+        with self._ready:
+            while not self._items and not self._closed:
+                self._ready.wait()
+            if not self._items:
+                return None
+            batch, rows, expired, now = [], 0, [], time.monotonic()
+            while self._items and (not batch or rows + self._items[0].rows <= self.max_batch):
+                item = self._items.popleft()
+                if item.deadline and now > item.deadline:
+                    expired.append(item)
+                    continue
+                batch.append(item)
+                rows += item.rows
+        for item in expired:
+            self._send(item.sender, error_response(f"{TIMED_OUT} in {self.name}'s queue; retry later",
+                                                   pb_utils.TritonError.UNAVAILABLE))
+        return batch
+
+    def _loop(self, setup: Optional[Callable[[], None]]) -> None:
+        try:
+            if setup is not None:
+                setup()
+        except BaseException as exc:  # noqa: BLE001 - raised again by the constructor, in initialize()
+            self._setup_error = exc
+            return
+        finally:
+            self._set_up.set()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                responses = self.run([item.inputs for item in batch])
+            except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
+                responses = [error_response(f"inference failed: {exc}")] * len(batch)
+            for item, response in zip(batch, responses):
+                self._send(item.sender, response)
+
+    def _send(self, sender, response) -> None:
+        try:
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # noqa: BLE001 - e.g. the client is gone; the other answers still go out
+            self.log(f"{self.name}: could not send a response: {exc}")
+
+    def close(self) -> None:
+        """Answer what is queued, then stop the worker."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._worker.join(timeout=30)

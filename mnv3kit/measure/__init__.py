@@ -1,0 +1,1 @@
+"""Harnesses that put a served repository under load and check what comes back (not needed to serve)."""

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""PyTriton serving a kit repository's model.pt and model.onnx: the reference the kit's own server is measured
+against (perf/regression.py starts it).
+
+  python perf/pytriton_server.py --repo model_repository_local --grpc-port 8101 --http-port 8100 --metrics-port 8102
+
+Same tritonserver binary (the nvidia-pytriton wheel's), same model names, tensor names, max_batch_size, preferred
+batch sizes and queue delay as the repository's configs; the models run in this process (TorchScript on the CPU for
+mobilenetv3_pt, ONNX Runtime for mobilenetv3_onnx), as a PyTriton user would write them. No endpoint is restricted
+(perf_analyzer reads the statistics API without a key). Runs until SIGINT/SIGTERM.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mnv3kit.spec import ONNX, PT
+from mnv3kit.validate import parse_config
+
+
+def bind(triton, repo: Path, spec, infer_one) -> None:
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    config = parse_config(repo / spec.name / "config.pbtxt")
+    batching = config.dynamic_batching
+    classes = int(config.output[0].dims[0])
+
+    @batch
+    def infer(**inputs):
+        return {spec.output_name: infer_one(inputs[spec.input_name])}
+
+    triton.bind(model_name=spec.name, infer_func=infer,
+                inputs=[Tensor(name=spec.input_name, dtype=np.float32, shape=(3, 224, 224))],
+                outputs=[Tensor(name=spec.output_name, dtype=np.float32, shape=(classes,))],
+                config=ModelConfig(max_batch_size=config.max_batch_size, batcher=DynamicBatcher(
+                    preferred_batch_size=list(batching.preferred_batch_size),
+                    max_queue_delay_microseconds=batching.max_queue_delay_microseconds)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", type=Path, required=True, help="a --target local repository with mobilenetv3_pt/onnx")
+    p.add_argument("--http-port", type=int, required=True, help="HTTP port")
+    p.add_argument("--grpc-port", type=int, required=True, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, required=True, help="metrics port")
+    args = p.parse_args(argv)
+    import onnxruntime as ort
+    import torch
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    from mnv3kit.server import pytriton_root, server_env
+
+    # the library path the kit's own server gets: PyTriton's python-backend stub links libpython too
+    os.environ["LD_LIBRARY_PATH"] = server_env(pytriton_root())["LD_LIBRARY_PATH"]
+
+    version = "1"
+    module = torch.jit.load(str(args.repo / PT.name / version / PT.artifact)).eval()
+    session = ort.InferenceSession(str(args.repo / ONNX.name / version / ONNX.artifact),
+                                   providers=["CPUExecutionProvider"])
+
+    def torchscript(x):
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    config = TritonConfig(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                          http_address="127.0.0.1", grpc_address="127.0.0.1")
+    with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
+        bind(triton, args.repo, PT, torchscript)
+        bind(triton, args.repo, ONNX, lambda x: session.run(None, {ONNX.input_name: x})[0])
+        print("ready", flush=True)
+        triton.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""CPU serving regression benchmark: the kit's server vs PyTriton serving the same artifacts vs in-process.
+
+  python perf/regression.py --repo model_repository_local -o perf/results/regression-YYYYmmdd
+
+Both servers run the same tritonserver binary on this host at once (free loopback ports): the kit's (serve.py's
+Supervisor: LocalTriton and the watchdog) and PyTriton's (perf/pytriton_server.py, the models in its Python process).
+After WARMUP_S of unmeasured load per server and model (TorchScript optimizes on its first calls per batch size,
+PyTriton has no model_warmup), rounds alternate the order of the two servers; each point is a closed loop of N concurrent clients sending batch-1
+gRPC requests of real photographs for --seconds, and every answer is compared with logits computed in-process from
+the repository's artifacts at the model's load-time tolerance (mnv3kit.measure.soak): wrong and failed answers are
+reported next to img/s. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime, this process),
+batch 1 back to back (what concurrency 1 can reach) and batch max_batch_size (what dynamic batching can reach).
+Then perf_analyzer at concurrency 1 with its default windows on each server, to show whether it measures stably.
+Writes OUT/REPORT.md and OUT/regression.json; the medians over rounds and their spread (min-max) are reported.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mnv3kit.perf import PointFailed, Settings, hardware, hardware_line, markdown_table, measure_point, now
+from mnv3kit.spec import ONNX, PT
+
+SERVERS = ("kit", "pytriton")
+WARMUP_S = 10.0  # per server and model, at the highest level
+
+
+def start_pytriton(repo: Path):
+    from mnv3kit.server import Ports
+
+    ports = Ports.free()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pytriton_server.py")), "--repo",
+                             str(repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
+                             "--metrics-port", str(ports.metrics)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    for line in proc.stdout:  # PyTriton logs to stdout too; the script prints "ready" once serving
+        if line.strip() == "ready":
+            return proc, f"127.0.0.1:{ports.grpc}"
+    raise SystemExit(f"regression.py: error: PyTriton did not start (exit {proc.wait()})")
+
+
+def in_process(repo: Path, model: str, max_batch: int, seconds: float) -> dict:
+    """img/s of the runner model.py uses, at batch 1 and at max_batch, back to back."""
+    from mnv3kit.backend.model import OnnxRunner, TorchRunner
+    from mnv3kit.bench import measure_loop
+
+    vdir = repo / model / "1"
+    run = TorchRunner(str(vdir / PT.artifact)) if model == PT.name else OnnxRunner(str(vdir / ONNX.artifact), "image")
+    out = {}
+    for batch in (1, max_batch):
+        x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+        probe = measure_loop(lambda: run(x), 10, 3)  # TorchScript optimizes on its first calls per shape
+        iters = max(5, int(seconds * 1000 / probe))
+        out[batch] = batch * 1000 / measure_loop(lambda: run(x), 2, iters)
+    return out
+
+
+def perf_analyzer_c1(url: str, model: str, out: Path, name: str) -> str:
+    try:
+        rows = measure_point(url, "grpc", model, 1, Settings(), out / "csv" / f"{name}_{model}.csv",
+                             out / "logs" / f"{name}_{model}.log", admin_key=os.environ.get("TRITON_ADMIN_KEY"))
+        r = rows[0]
+        return f"stable: {r['throughput']:.1f} infer/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
+    except PointFailed as exc:
+        return f"FAILED: {exc}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", type=Path, default=Path("model_repository_local"), help="a --target local repository")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--seconds", type=float, default=15.0, help="per point (default 15)")
+    p.add_argument("-c", "--concurrency", default="1,8", help="levels (default 1,8)")
+    args = p.parse_args(argv)
+    from mnv3kit.measure.soak import SoakOptions, load_level, targets
+    from mnv3kit.server import LocalTriton, Ports
+    from mnv3kit.validate import parse_config
+    from mnv3kit.watchdog import Supervisor
+
+    host, started = hardware(), now()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    models = [PT.name, ONNX.name]
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mnv3kit-regression-") as work:  # the edge images the soak writes
+        checked = {t.name: t for t in targets(args.repo, models, Path(work))}
+    max_batch = {m: parse_config(args.repo / m / "config.pbtxt").max_batch_size for m in models}
+    print("in-process ...", file=sys.stderr)
+    local = {m: in_process(args.repo, m, max_batch[m], args.seconds / 2) for m in models}
+    opts = SoakOptions(seconds=args.seconds, batch=1, refuse_every=0)
+    points = []
+    supervisor = Supervisor(LocalTriton(args.repo, Ports.free()), log=lambda line: print(line, file=sys.stderr))
+    kit = supervisor.start()
+    pyt, pyt_url = start_pytriton(args.repo)
+    urls = {"kit": kit.grpc_url, "pytriton": pyt_url}
+    stability = {}
+    try:
+        # unmeasured: TorchScript optimizes on its first calls per batch size, seconds each, in both servers
+        for server in SERVERS:
+            for model in models:
+                load_level(urls[server], [checked[model]], max(levels), SoakOptions(seconds=WARMUP_S, batch=1))
+        for r in range(args.rounds):
+            order = SERVERS if r % 2 == 0 else SERVERS[::-1]
+            for model in models:
+                for level in levels:
+                    for server in order:
+                        row = load_level(urls[server], [checked[model]], level, opts)[0]
+                        row.update(server=server, round=r + 1)
+                        points.append(row)
+                        print(f"round {r + 1} {server:<8} {model} c{level}: {row['img_per_s']:.1f} img/s, p50 "
+                              f"{row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} max {row['max_ms']:.1f} ms, wrong "
+                              f"{row['wrong']}, failed {row['failed']}", file=sys.stderr)
+        os.environ["TRITON_ADMIN_KEY"] = kit.admin_key
+        for server in SERVERS:
+            stability[server] = perf_analyzer_c1(urls[server], PT.name, out, server)
+        events = supervisor.watchdog.events
+    finally:
+        supervisor.stop()
+        os.killpg(pyt.pid, signal.SIGINT)
+        try:
+            pyt.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(pyt.pid, signal.SIGKILL)
+    result = {"started": started, "hardware": host, "repo": str(args.repo), "rounds": args.rounds,
+              "seconds": args.seconds, "in_process": local, "points": points, "perf_analyzer_c1": stability,
+              "watchdog_events": events}
+    (out / "regression.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "REPORT.md").write_text(report(result, models, levels, max_batch))
+    print(report(result, models, levels, max_batch))
+    return 1 if any(p["wrong"] or p["failed"] for p in points) else 0
+
+
+def report(result: dict, models, levels, max_batch) -> str:
+    rows = []
+    for model in models:
+        for level in levels:
+            med = {}
+            cells = []
+            for server in SERVERS:
+                pts = [p for p in result["points"] if p["server"] == server and p["model"] == model
+                       and p["concurrency"] == level]
+                rates = [p["img_per_s"] for p in pts]
+                med[server] = float(np.median(rates))
+                cells += [f"{med[server]:.1f} ({min(rates):.1f}-{max(rates):.1f})",
+                          f"{np.median([p['p50_ms'] for p in pts]):.1f} / {np.median([p['p99_ms'] for p in pts]):.1f}"
+                          f" / {max(p['max_ms'] for p in pts):.0f}",
+                          f"{sum(p['wrong'] for p in pts)} / {sum(p['failed'] for p in pts)}"]
+            batch = 1 if level == 1 else max_batch[model]
+            local = result["in_process"][model][batch]
+            rows.append([model, level, *cells, f"{local:.1f} (b{batch})", f"{med['kit'] / med['pytriton']:.2f}",
+                         f"{med['kit'] / max(local, med['pytriton']):.2f}"])
+    table = markdown_table(
+        ["model", "c", "kit img/s (min-max)", "kit p50/p99/max ms", "kit wrong/failed", "PyTriton img/s (min-max)",
+         "PyTriton p50/p99/max ms", "PyTriton wrong/failed", "in-process img/s", "kit / PyTriton",
+         "kit / fastest other"], rows)
+    stab = "\n".join(f"- {server}: {text}" for server, text in result["perf_analyzer_c1"].items())
+    return (f"# CPU serving regression benchmark\n\n{result['started']}; {hardware_line(result['hardware'])}; "
+            f"repository {result['repo']}; {result['rounds']} alternating rounds of {result['seconds']:g} s per "
+            f"point; batch-1 gRPC requests of real photographs, every answer checked against in-process logits.\n\n"
+            f"{table}\n\nperf_analyzer, concurrency 1, default windows (mobilenetv3_pt, zeros):\n{stab}\n\n"
+            f"Watchdog reloads on the kit's server: {len(result['watchdog_events'])}.\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
