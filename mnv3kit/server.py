@@ -56,6 +56,7 @@ LOG_KEEP = 3  # previous server logs kept beside the current one: <log>.1 (newes
 GRPC_ALLOCATION_POOL = 0
 ALLOCATORS = ("auto", "jemalloc", "glibc")  # auto: jemalloc where installed (Debian: libjemalloc2), else glibc
 JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+STUB_PRELOAD_ENV = "MNV3KIT_STUB_LD_PRELOAD"  # the LD_PRELOAD the stubs get back (the one before jemalloc's)
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls prctl
 _instances = itertools.count()
@@ -84,8 +85,24 @@ def prepare_backends(root: Path, dest: Path) -> Path:
     for item in (root / "tritonserver" / "backends" / "python").iterdir():
         if item.is_file():
             shutil.copy2(item, python_dir / item.name)
-    shutil.copy2(stub, python_dir / stub.name)
+    shutil.copy2(stub, python_dir / f"{stub.name}.bin")
+    wrapper = python_dir / stub.name
+    wrapper.write_text(STUB_WRAPPER)
+    wrapper.chmod(0o755)
     return dest
+
+
+# Where the python backend looks for its stub: a wrapper that takes the allocator preloaded into tritonserver off
+# (server_env) before it runs the real stub under the same name (the watchdog finds stubs by argv[0]). jemalloc
+# made PyTorch's CPU forward passes slower (Large, batch 8: 75-99 ms with glibc's malloc, 110 ms with jemalloc's
+# defaults, 134-152 ms with JEMALLOC_CONF); the stubs do not hold the server's large request buffers.
+STUB_WRAPPER = f"""#!/bin/bash
+if [ -n "${{{STUB_PRELOAD_ENV}+x}}" ]; then
+  export LD_PRELOAD="${STUB_PRELOAD_ENV}"
+  unset MALLOC_CONF {STUB_PRELOAD_ENV}
+fi
+exec -a "$0" "$0.bin" "$@"
+"""
 
 
 def jemalloc_library(allocator: str) -> Optional[str]:
@@ -101,7 +118,8 @@ def jemalloc_library(allocator: str) -> Optional[str]:
 
 def server_env(root: Path, jemalloc: Optional[str] = None) -> dict:
     env = dict(os.environ)
-    if jemalloc:  # the server and its backend stubs: freed memory goes back to the system within a second
+    if jemalloc:  # tritonserver: freed memory goes back to the system within a second (its stubs: STUB_WRAPPER)
+        env[STUB_PRELOAD_ENV] = env.get("LD_PRELOAD", "")
         env["LD_PRELOAD"] = " ".join(filter(None, [jemalloc, env.get("LD_PRELOAD")]))
         env["MALLOC_CONF"] = JEMALLOC_CONF
     # The stub links libpython: the running interpreter's own copy must win over a system one of another patch

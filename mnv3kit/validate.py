@@ -70,6 +70,16 @@ def parse_config(path: Path) -> ModelConfig:
         raise KitError(f"{path}: {exc}") from None
 
 
+def queue_bound(config: ModelConfig) -> Tuple[int, int]:
+    """(max_queue_size, timeout µs) of a config: Triton's queue policy for the native backends, the parameters the
+    kit's python-backend models keep it in (mnv3kit/backend/serving.py says why)."""
+    if config.backend == PYTHON_BACKEND:
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        return int(params.get("max_queue_size") or 0), int(params.get("queue_timeout_us") or 0)
+    policy = config.dynamic_batching.default_queue_policy
+    return policy.max_queue_size, policy.default_timeout_microseconds
+
+
 def _find_line(text: str, *needles: str, after: str = "") -> Optional[int]:
     """The 1-based line that holds every needle outside a comment, searching from the first line holding `after`."""
     lines = [line.split("#", 1)[0] for line in text.splitlines()]

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     with cli_errors():
         from mnv3kit.load import OpenLoop, capacity, rss_mb, summarize
         from mnv3kit.server import LocalTriton, Ports
-        from mnv3kit.validate import parse_config
+        from mnv3kit.validate import parse_config, queue_bound
 
         spec = MODELS_BY_NAME.get(args.model)
         if spec is None or not (args.repo / args.model / "config.pbtxt").is_file():
@@ -65,9 +65,9 @@ def main(argv=None) -> int:
             time.sleep(5)
             stop.set()
             sampler.join()
-            result = {"model": spec.name, "max_queue_size": config.dynamic_batching.default_queue_policy.max_queue_size,
-                      "queue_timeout_ms": config.dynamic_batching.default_queue_policy.default_timeout_microseconds
-                      / 1000, "capacity_rps": round(cap, 1), "duration_s": args.duration,
+            bound, timeout_us = queue_bound(config)
+            result = {"model": spec.name, "max_queue_size": bound, "queue_timeout_ms": timeout_us / 1000,
+                      "capacity_rps": round(cap, 1), "duration_s": args.duration,
                       **summarize(outcomes, args.duration),
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
                       "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])}}

@@ -8,6 +8,7 @@ from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
+import mnv3kit.validate
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.parity import sample_photos
 from mnv3kit.render import ConfigOptions, Instances
@@ -72,14 +73,14 @@ def built_repo(tmp_path_factory):
 def queue_bound(config):
     """(max_queue_size, timeout µs) of a config: Triton's queue policy for native backends, the parameters the kit's
     python-backend models keep it in (mnv3kit/backend/serving.py says why), never both."""
-    policy = config.dynamic_batching.default_queue_policy
     params = {k: v.string_value for k, v in config.parameters.items()}
     if config.backend == "python":
         assert not config.dynamic_batching.HasField("default_queue_policy")
-        return int(params["max_queue_size"]), int(params["queue_timeout_us"])
-    assert "max_queue_size" not in params
-    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT and policy.allow_timeout_override
-    return policy.max_queue_size, policy.default_timeout_microseconds
+    else:
+        policy = config.dynamic_batching.default_queue_policy
+        assert "max_queue_size" not in params
+        assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT and policy.allow_timeout_override
+    return mnv3kit.validate.queue_bound(config)
 
 
 def markdown_table(markdown, first_header):

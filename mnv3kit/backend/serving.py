@@ -11,7 +11,8 @@ lands in that gap, or a refusal while the batcher waits for a free instance, lea
 batcher prefetches and wakes reliably; the bound and the timeout the policy gave are kept here, answered with
 Triton's own words ("Exceeds maximum queue size", "Request timeout expired") and status UNAVAILABLE, so clients
 tell them apart as before. Returning from execute() at once also lets the instance take the next requests while a
-batch computes, and several of them run as one batch (up to max_batch_size rows).
+batch computes, and several of them run as one batch (up to max_batch_size rows; a smaller batch than the last one
+waits briefly for the rest, see GATHER).
 
 Copied beside model.py as mnv3kit_serving.py (the stub puts the version directory on sys.path).
 """
@@ -26,6 +27,9 @@ try:
 except ImportError:  # imported outside Triton by the kit's tests and benchmarks
     pb_utils = None
 
+# A batch smaller than the last one waits up to this fraction of the last batch's compute time for the rest:
+# closed-loop clients answered together send their next requests one by one, a few ms apart on a small CPU.
+GATHER = 0.25
 QUEUE_FULL = "Exceeds maximum queue size"  # Triton's own message for a queue policy's refusal
 TIMED_OUT = "Request timeout expired"  # and for a request that waited past its timeout
 
@@ -60,6 +64,7 @@ class RequestQueue:
         self._items: deque = deque()
         self._ready = threading.Condition()
         self._closed = False
+        self._last_rows, self._last_compute_s = 1, 0.0  # of the batch that ran last
         self._set_up = threading.Event()
         self._setup_error: Optional[BaseException] = None
         self._worker = threading.Thread(target=self._loop, args=(setup,), name=f"{name}-worker", daemon=True)
@@ -97,6 +102,13 @@ class RequestQueue:
                 self._ready.wait()
             if not self._items:
                 return None
+            # as many rows as the last batch had (at concurrency 1 that is one: no wait), or the window's end
+            target, until = min(self._last_rows, self.max_batch), time.monotonic() + GATHER * self._last_compute_s
+            while not self._closed and sum(item.rows for item in self._items) < target:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
             batch, rows, expired, now = [], 0, [], time.monotonic()
             while self._items and (not batch or rows + self._items[0].rows <= self.max_batch):
                 item = self._items.popleft()
@@ -125,10 +137,13 @@ class RequestQueue:
                 return
             if not batch:
                 continue
+            started = time.monotonic()
             try:
                 responses = self.run([item.inputs for item in batch])
             except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
                 responses = [error_response(f"inference failed: {exc}")] * len(batch)
+            self._last_compute_s = time.monotonic() - started
+            self._last_rows = sum(item.rows for item in batch)
             for item, response in zip(batch, responses):
                 self._send(item.sender, response)
 
