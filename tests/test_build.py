@@ -266,7 +266,8 @@ SERVED_BY = [  # model, target, runtime -> platform, backend, parameters (key: v
     (PT, "ngc", "compiled", "", "python", {"artifact": "model.pt2", "runtime": "compiled", "compile_cache": None}),
     (U8, "ngc", "compiled", "", "python", {"artifact": "model.pt2", "runtime": "compiled", "mean": None, "std": None}),
     (PT, "local", "torchscript", "", "python", {"artifact": "model.pt", "runtime": "torch"}),
-    (ONNX, "local", "torchscript", "", "python", {"artifact": "model.onnx", "runtime": "onnxruntime"}),
+    (ONNX, "local", "torchscript", "", "python", {"artifact": "model.onnx", "runtime": "onnxruntime",
+                                                   "max_queue_size": "32", "queue_timeout_us": "5000000"}),
     (U8, "local", "torchscript", "", "python", {"artifact": "model.pt", "runtime": "torch",
                                                  "mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225"}),
 ]
