@@ -13,6 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from conftest import ROOT, assert_one_line_error, run_cli
+from mnv3kit.backend import PYTHON_MODEL_FILES
 from mnv3kit.backend.model import RunnerError, TorchRunner
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
@@ -47,7 +48,7 @@ def test_compiled_runtime_repository(compiled_repo):
     assert all(r["max_abs_diff"] == 0.0 for r in manifest["parity"]["rows"] if r["format"] == "torch.export")
     for spec in (PT, U8):
         vdir = compiled_repo / spec.name / "1"
-        assert sorted(p.name for p in vdir.iterdir()) == sorted([COMPILED_ARTIFACT, "model.py", PARITY_FILE])
+        assert sorted(p.name for p in vdir.iterdir()) == sorted([COMPILED_ARTIFACT, *PYTHON_MODEL_FILES, PARITY_FILE])
         config = parse((compiled_repo / spec.name / "config.pbtxt").read_text())
         assert config.backend == "python" and not config.platform  # NVIDIA's image with PyTorch for Python
         p = params(config)
