@@ -219,7 +219,23 @@ def test_model_not_ready_is_one_line_error(server, tmp_path):
 def test_restricted_index_without_the_key_is_one_line_error(server, tmp_path):
     proc = run_perf("--quick", "-u", server.http_url, "-o", tmp_path, env={ADMIN_KEY_ENV: ""})
     assert proc.returncode == 2
-    assert_one_line_error(proc, "restricted", ADMIN_KEY_ENV)
+    line = assert_one_line_error(proc, "restricted", ADMIN_KEY_ENV)
+    assert "-m" not in line  # naming the models only leads to the statistics API's refusal
+
+
+def test_the_printed_perf_analyzer_line_runs(server, tmp_path):
+    """`mnv3-perf command` prints a line that works as pasted: perf_analyzer's library path, the admin header for
+    gRPC read from the environment (the key itself not printed), and zeros instead of its NaN-bearing random data."""
+    env = {**os.environ, ADMIN_KEY_ENV: server.admin_key}
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.perf", "command", "-m", "pt", "-u", server.grpc_url, "-i",
+                           "grpc"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert server.admin_key not in line and "--input-data zero" in line and "triton-grpc-protocol-admin-key" in line
+    run = subprocess.run(["bash", "-c", f"{line} --concurrency-range 1 --measurement-mode count_windows "
+                                        f"--measurement-request-count 20 --stability-percentage 1000"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0 and "Concurrency: 1, throughput" in run.stdout, run.stdout[-2000:] + run.stderr
 
 
 def test_restricted_statistics_without_the_key_is_one_line_error(server, tmp_path):
