@@ -54,15 +54,17 @@ _BUILT = {}
 
 @pytest.fixture(scope="session")
 def built_repo(tmp_path_factory):
-    """build_repo for (arch, target, models), once per session: random-init weights, default flags."""
+    """build_repo for (arch, target, models, ensemble), once per session: random-init weights, default flags.
+    Tests that change a repository change a copy."""
 
-    def get(arch="small", target="local", models=None):
-        key = (arch, target, models)
+    def get(arch="small", target="local", models=None, ensemble=None):
+        key = (arch, target, models, ensemble)
         if key not in _BUILT:
-            name = f"repo-{arch}-{target}" + (f"-{'-'.join(models)}" if models else "")
+            name = (f"repo-{arch}-{target}" + (f"-{'-'.join(models)}" if models else "")
+                    + (f"-image-{ensemble}" if ensemble else ""))
             out = tmp_path_factory.mktemp(name) / "model_repository"
             kind = "KIND_CPU" if target == "local" else "KIND_GPU"
-            build(BuildOptions(arch=arch, output=out, models=models,
+            build(BuildOptions(arch=arch, output=out, models=models, ensemble=ensemble,
                                config=ConfigOptions(target=target, instances=Instances(kind))))
             _BUILT[key] = out
         return _BUILT[key]

@@ -43,11 +43,8 @@ def edge(photos, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("image") / "repo"
-    build(BuildOptions(arch="small", output=out, ensemble="pt",
-                       config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
-    return out
+def repo(built_repo):
+    return built_repo("small", "local", ensemble="pt")
 
 
 @pytest.fixture(scope="module")

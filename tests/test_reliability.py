@@ -18,11 +18,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
-from mnv3kit.build import BuildOptions, build
 from mnv3kit.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
 from mnv3kit.parity import allowed_difference, parity_batch
-from mnv3kit.render import ConfigOptions, Instances
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT
 from mnv3kit.triton import Restricted, Triton
@@ -325,11 +323,8 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ensemble_repo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ensemble") / "repo"
-    build(BuildOptions(arch="small", output=out, ensemble="pt",
-                       config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
-    return out
+def ensemble_repo(built_repo):
+    return built_repo("small", "local", ensemble="pt")
 
 
 def image_requests(url, photo, seconds):
