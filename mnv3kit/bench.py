@@ -1,9 +1,9 @@
 """In-process latency of every artifact of a built repository, per batch size: the original project's trtexec table.
 
 Each model runs the code that serves it, minus Triton. A python-backend model (--target local) is the repository's
-own model.py (a copy of mnv3kit/backend/model.py) initialized from its config.pbtxt as Triton would, so its runner,
+own model.py (a copy of mnv3kit/backend/classifier_model.py) initialized from its config.pbtxt as Triton would, so its runner,
 parameters (precision, CUDA graphs, UINT8 input) and threads are the served ones; a native-backend model
-(--target ngc) runs model.pt with mnv3kit/backend/model.py's TorchRunner, model.onnx with its OnnxRunner, and
+(--target ngc) runs model.pt with mnv3kit/backend/classifier_model.py's TorchRunner, model.onnx with its OnnxRunner, and
 model.plan with the TensorRT 10 Python API (torch tensors as buffers). Every call goes from a host array to a host
 array, as a served request does (on a GPU: H2D copy + compute + D2H copy, like trtexec's "Latency"). After warm-up
 calls, like trtexec's --iterations/--duration, a batch size runs at least --iters calls AND at least --seconds
@@ -24,9 +24,9 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from . import versions
-from .backend.model import OnnxRunner, TorchRunner
+from .backend.classifier_model import OnnxRunner, TorchRunner
 from .errors import KitError
-from .perf import hardware, hardware_line, markdown_table, model_order, now, short_name
+from .report import hardware, hardware_line, markdown_table, model_order, now, short_name
 from .repository import read_manifest
 from .spec import ENSEMBLE_PLATFORM, INPUT_DIMS, ONNX, PT, TRT
 from .trt_build import HOW_TO_BUILD, import_tensorrt
@@ -205,7 +205,7 @@ def make_forward(artifact: Artifact, device: str) -> Tuple[Optional[Forward], Op
 
 def describe(forward: Forward) -> Tuple[str, str]:
     """(runtime, device) of a runner, as the table shows them. By class name: a repository's model.py is its own
-    module, not mnv3kit.backend.model."""
+    module, not mnv3kit.backend.classifier_model."""
     kind = type(forward).__name__
     if kind == "TorchRunner":
         return "TorchScript", gpu_name() if forward.device.type == "cuda" else "cpu"

@@ -16,8 +16,8 @@ from .ensemble import classifier_for, write_image_models
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
 from .parity import (PARITY_IMAGES, TOLERANCE, check_parity, constant_logits, format_table, parity_pixels,
-                     rows_as_dicts, run_parity, sample_photos, write_reference)
-from .preprocess import is_image_file, normalize
+                     photo_set, rows_as_dicts, run_parity, write_reference)
+from .preprocess import normalize
 from .render import (TORCH_MODELS, ConfigOptions, PlanOptions, check_config_options, check_plan_options,
                      python_backend, render_config, render_plan_script)
 from .repository import file_hashes, sha256, staged_repository, write_manifest
@@ -51,15 +51,6 @@ def log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-
-
-def _parity_paths(folder: Optional[Path]) -> List[Path]:
-    if folder is None:
-        return sample_photos()
-    paths = sorted(p for p in Path(folder).iterdir() if is_image_file(p)) if Path(folder).is_dir() else []
-    if not paths:
-        raise KitError(f"--parity-images {folder}: no images found (jpg/png/...)")
-    return paths
 
 
 def _tensorrt(opts: BuildOptions, staging: Path, models: Sequence[ModelSpec]) -> dict:
@@ -141,7 +132,7 @@ def build(opts: BuildOptions) -> Path:
         export_onnx(model, onnx_path)
 
         step()
-        paths = _parity_paths(opts.parity_images)
+        paths = photo_set(opts.parity_images, "--parity-images")
         pixels = parity_pixels(paths, max(cfg.max_batch_size, PARITY_IMAGES))
         batch = normalize(pixels)
         rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}), program_path)
@@ -183,7 +174,7 @@ def build(opts: BuildOptions) -> Path:
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
             "max_batch_size": cfg.max_batch_size, "version": cfg.version,
-            "kept_versions": {name: versions for name, versions in kept.items() if versions},
+            "kept_versions": {name: kept_ for name, kept_ in kept.items() if kept_},
             "models": [spec.name for spec in models] + ([PREPROCESS, ENSEMBLE] if image_classifier else []),
             "ensemble": {"name": ENSEMBLE, "classifier": image_classifier.name} if image_classifier else None,
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
@@ -212,7 +203,7 @@ def _check_on_gpu(cfg: ConfigOptions, models: Sequence[ModelSpec], staging: Path
     build time, fails the build instead of the deployment and leaves TorchInductor's cache warm for the server."""
     import torch
 
-    from .backend.model import RunnerError, TorchRunner
+    from .backend.classifier_model import RunnerError, TorchRunner
 
     if cfg.instances.kind != "KIND_GPU" or not torch.cuda.is_available():
         log(f"--runtime compiled: no CUDA device here, so TorchInductor compiles the program and checks it against "

@@ -9,8 +9,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import KitError
-from .preprocess import ImageError, is_image_file, preprocess_file
-from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, INPUT_DIMS, PROTOCOLS
+from .preprocess import ImageError, image_files, preprocess_file
+from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, INPUT_DIMS, OVERLOADED, PROTOCOLS
 from .triton import Restricted, Triton
 
 INPUT_TYPES = {"TYPE_FP32": "FP32", "TYPE_UINT8": "UINT8"}  # normalized floats, or pixels the model normalizes
@@ -49,8 +49,6 @@ EXIT_CODES = {0: "every image classified", 1: "some images could not be read (th
               5: "the model's input/output contract is not the kit's",
               6: "the server failed or refused an inference request (refused: overloaded, retry later)",
               7: "no answer within --timeout", 141: "output closed early (e.g. piped into head)"}
-# Triton's answers when its queue policy sheds a request (status UNAVAILABLE, like a refused connection)
-OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 @dataclass
@@ -71,7 +69,7 @@ def expand_inputs(items: Sequence[Union[str, Path]]) -> List[Path]:
     paths: List[Path] = []
     for item in map(Path, items):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            paths += image_files(item)
         else:
             paths.append(item)
     return paths
@@ -119,13 +117,15 @@ class TritonClassifier:
         # only the repository index (an admin API) needs the key
         self.triton = Triton(server_address(url, protocol), protocol, admin_key, timeout, concurrency)
         self.url, self.client, self.module = self.triton.url, self.triton.client, self.triton.module
+        self._hub = None
         if protocol == "http":
             import gevent
 
             # A failed async request is re-raised by get_result and reported once, as one line; gevent's hub
-            # would also print each one's traceback.
-            hub = gevent.get_hub()
-            hub.NOT_ERROR = tuple({*hub.NOT_ERROR, Exception, gevent.Timeout})
+            # would also print each one's traceback. Restored by close(): the hub is the thread's, not ours.
+            self._hub = gevent.get_hub()
+            self._not_error = self._hub.NOT_ERROR
+            self._hub.NOT_ERROR = tuple({*self._not_error, Exception, gevent.Timeout})
         self._check_server()
         self._read_contract()
 
@@ -302,6 +302,8 @@ class TritonClassifier:
 
     def close(self) -> None:
         self.client.close()
+        if self._hub is not None:
+            self._hub.NOT_ERROR = self._not_error
 
 
 def classify(classifier: TritonClassifier, paths: Sequence[Path], batch_size: int, topk: int,

@@ -5,20 +5,18 @@ train.py never reads it), one ``DIGIT/NNNN.png`` per image (NNNN: its index in `
 stratified and fixed by the seed (``digit_split``). ``score`` classifies the held-out folder through a served model
 with the kit's client and prints a few answers beside the true labels, then the accuracy over all of them.
 
-  python -m mnv3kit.demo_data write perf/out/demo/digits
-  python -m mnv3kit.demo_data score perf/out/demo/digits/test -u localhost:8000 -m mobilenetv3_pt
+  python -m mnv3kit.cli.demo_data write perf/out/demo/digits
+  python -m mnv3kit.cli.demo_data score perf/out/demo/digits/test -u localhost:8000 -m mobilenetv3_pt
 """
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 from PIL import Image
 
-from .errors import KitError, cli_errors
+from .errors import KitError
 
 SPLITS = ("train", "val", "test")
 TEST_FRACTION = 0.2  # of each digit, held out
@@ -69,11 +67,11 @@ def score(folder: Path, url: str, protocol: str, model: str, batch_size: int, mi
     from .spec import ADMIN_KEY_ENV
 
     if not Path(folder).is_dir():
-        raise KitError(f"{folder} is not a folder (expected {folder}/DIGIT/*.png, from: python -m mnv3kit.demo_data "
+        raise KitError(f"{folder} is not a folder (expected {folder}/DIGIT/*.png, from: python -m mnv3kit.cli.demo_data "
                        f"write DIR)")
     paths = expand_inputs([folder])
     if not paths:
-        raise KitError(f"no images in {folder} (write them with: python -m mnv3kit.demo_data write DIR)")
+        raise KitError(f"no images in {folder} (write them with: python -m mnv3kit.cli.demo_data write DIR)")
     classifier = TritonClassifier(url, protocol, model, admin_key=os.environ.get(ADMIN_KEY_ENV))
     # an even spread over the digits rather than the first few zeros
     shown = {paths[i] for i in np.linspace(0, len(paths) - 1, SHOWN).round().astype(int)}
@@ -93,34 +91,3 @@ def score(folder: Path, url: str, protocol: str, model: str, batch_size: int, mi
         raise KitError(f"held-out accuracy {accuracy:.4f} is below {min_accuracy}: the served model does not answer "
                        f"as the trained one did (weights, labels or preprocessing differ)")
     return accuracy
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mnv3kit.demo_data", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("write", help="write the digits as DIR/{train,val,test}/DIGIT/NNNN.png")
-    w.add_argument("output", type=Path, metavar="DIR")
-    w.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    s = sub.add_parser("score", help="classify a folder of DIGIT/ folders through a server: answers and accuracy")
-    s.add_argument("folder", type=Path, metavar="DIR")
-    s.add_argument("-u", "--url", default="localhost:8000", help="the server (default localhost:8000)")
-    s.add_argument("-i", "--protocol", choices=("http", "grpc"), default="http")
-    s.add_argument("-m", "--model", default="mobilenetv3_pt", help="model name (default mobilenetv3_pt)")
-    s.add_argument("-b", "--batch-size", type=int, default=8, help="images per request (default 8)")
-    s.add_argument("--min-accuracy", type=float, default=0.0, metavar="F",
-                   help="exit 2 when the accuracy is below F (default 0)")
-    args = p.parse_args(argv)
-    with cli_errors(p.prog):
-        if args.command == "write":
-            counts = write(args.output, args.seed)
-            print(f"wrote {sum(counts.values())} digits to {args.output}: "
-                  + ", ".join(f"{n} {part}" for part, n in counts.items()))
-        else:
-            score(args.folder, args.url, args.protocol, args.model, args.batch_size, args.min_accuracy)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

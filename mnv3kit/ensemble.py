@@ -19,7 +19,6 @@ from .render import ConfigOptions, _env, instance_queue_size, queue_size, warmup
 from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, IMAGE_INPUT, IMAGE_SIZE, INPUT_DIMS, LABELS_FILE,
                    MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, WARMUP_DIR, ModelSpec)
 
-ModelConfig = model_config_pb2.ModelConfig
 DataType = model_config_pb2.DataType
 IMAGE_MODELS = (ENSEMBLE, PREPROCESS)
 VENDOR_DIR = "mnv3kit_preprocess"  # <preprocess>/<version>/mnv3kit_preprocess/: the kit's preprocessing, for model.py
@@ -91,7 +90,7 @@ def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, l
 
 # ---------------------------------------------------------------- --check
 
-def _tensors(config: ModelConfig, kind: str) -> Dict[str, Tuple[int, Tuple[int, ...]]]:
+def _tensors(config: model_config_pb2.ModelConfig, kind: str) -> Dict[str, Tuple[int, Tuple[int, ...]]]:
     return {t.name: (t.data_type, tuple(t.dims)) for t in getattr(config, kind)}
 
 
@@ -104,7 +103,8 @@ def _dims_match(a: Tuple[int, ...], b: Tuple[int, ...]) -> bool:
     return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b))
 
 
-def check_ensemble(repo: Path, config: ModelConfig, parse: Callable[[Path], ModelConfig]) -> List[str]:
+def check_ensemble(repo: Path, config: model_config_pb2.ModelConfig,
+                   parse: Callable[[Path], model_config_pb2.ModelConfig]) -> List[str]:
     """Problems of one ensemble config against the configs of the models its steps name."""
     where = f"{config.name}/config.pbtxt"
     steps = config.ensemble_scheduling.step
@@ -162,7 +162,7 @@ def check_ensemble(repo: Path, config: ModelConfig, parse: Callable[[Path], Mode
     return problems
 
 
-def check_preprocess(model_dir: Path, config: ModelConfig) -> List[str]:
+def check_preprocess(model_dir: Path, config: model_config_pb2.ModelConfig) -> List[str]:
     """The preprocessing model's contract and files (the python backend's model.py and its copy of the kit)."""
     where = f"{model_dir.name}/config.pbtxt"
     problems = []

@@ -12,6 +12,9 @@ class KitError(Exception):
     exit_code = 2
 
 
+HOW_TO_INSTALL = "install the kit's environment: `make venv`, or `pip install \".[all]\" -c constraints.txt`"
+
+
 def prog_name(module: Optional[str] = None) -> str:
     """The command as the user typed it (`serve.py`, `mnv3-serve`, or `python -m MODULE` when run that way)."""
     name = Path(sys.argv[0]).name

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .errors import KitError
-from .preprocess import eval_pixels, load_image, normalize
+from .preprocess import eval_pixels, image_files, load_image, normalize
 from .spec import MEAN, ONNX, PARITY_FILE, STD
 
 # Allowed max |Δlogit| is TOLERANCE x max(1, max |logit|): 1e-4 absolute for small logits, relative beyond.
@@ -47,6 +47,16 @@ def sample_photos() -> List[Path]:
     if not photos:
         raise KitError(f"scikit-learn's sample photographs are missing from {folder}: pass --parity-images DIR")
     return photos
+
+
+def photo_set(folder: Optional[Path], flag: str) -> List[Path]:
+    """The photographs a check runs on: FOLDER's image files, else scikit-learn's sample photos."""
+    if folder is None:
+        return sample_photos()
+    files = image_files(Path(folder)) if Path(folder).is_dir() else []
+    if not files:
+        raise KitError(f"{flag} {folder}: no image files (jpg, png, ...) in it")
+    return files
 
 
 def parity_batch(paths: Sequence[Path], size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Served performance with perf_analyzer: ``python -m mnv3kit.perf run`` (perf/run_perf.sh is its wrapper).
+"""Served performance with perf_analyzer: ``python -m mnv3kit.cli.perf run`` (perf/run_perf.sh is its wrapper).
 
 ``run`` finds perf_analyzer (and libcudart.so.12, which it loads even on CPU), checks that it starts, asks the server
 (tritonclient) for its version, the ready models and their configs, plans one point per model x batch size and writes
@@ -23,20 +23,21 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from .errors import KitError
-from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, MODELS, MODELS_BY_NAME, PROTOCOLS, admin_headers
+from .errors import HOW_TO_INSTALL, KitError
+from .report import hardware, hardware_line, latency_axes, markdown_table, model_order, now, save, short_name
+from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, PROTOCOLS, admin_headers
 from .triton import Restricted, Triton
 from .validate import ModelConfig
 
-HOW_TO_INSTALL = ("install the kit's environment with `make venv`: tritonclient[all]==2.51.0 ships perf_analyzer, "
-                  "nvidia-cuda-runtime-cu12 its libcudart.so.12, scripts/install_system_deps.sh its libb64-0d")
+# perf_analyzer ships in tritonclient[all]; it loads libcudart.so.12 (nvidia-cuda-runtime-cu12) and libb64
+# (scripts/install_system_deps.sh) even without a GPU
+PERF_ANALYZER_PARTS = "tritonclient[all] (perf_analyzer), nvidia-cuda-runtime-cu12 and libb64-0d"
 RUN_FILE = "run.json"
 REPORT_MD = "report.md"
 RESULTS_CSV = "results.csv"
@@ -67,53 +68,6 @@ def parse_batch_sizes(text: str) -> List[int]:
     return sorted(sizes)
 
 
-def hardware() -> dict:
-    """CPU model, core count and GPUs of THIS host (for a remote server it is the client's, said so in reports)."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpus = []
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=False).stdout
-        gpus = [line.strip() for line in out.splitlines() if line.strip()]
-    # other work on the host skews every number: record how busy it was when the run started
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "load_1min": round(os.getloadavg()[0], 2)}
-
-
-def hardware_line(hw: dict, load: bool = True) -> str:
-    line = f"{hw['cpu']}, {hw['cores']} cores; GPU: {', '.join(hw['gpus']) or 'none'}"
-    return line + (f"; load average at start {hw['load_1min']}" if load else "")
-
-
-def now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def model_order(name: str) -> int:
-    """The seed's row order: pt, then onnx, then trt; other models after them."""
-    names = [m.name for m in MODELS]
-    return names.index(name) if name in names else len(names)
-
-
-def short_name(model: str) -> str:
-    """``pt`` for mobilenetv3_pt, as the seed's ``Model/Batch_Size`` column (``trt/1``)."""
-    spec = MODELS_BY_NAME.get(model)
-    return spec.key if spec else model
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- plan
 
 def find_perf_analyzer() -> Path:
@@ -126,7 +80,8 @@ def find_perf_analyzer() -> Path:
     beside = Path(sys.executable).parent / "perf_analyzer"  # not resolved: the venv's bin, not the base Python's
     found = beside if beside.is_file() else shutil.which("perf_analyzer")
     if not found:
-        raise KitError(f"perf_analyzer not found (neither in {beside.parent} nor on PATH): {HOW_TO_INSTALL}")
+        raise KitError(f"perf_analyzer not found (neither in {beside.parent} nor on PATH): it comes with "
+                       f"{PERF_ANALYZER_PARTS}; {HOW_TO_INSTALL}")
     return Path(found)
 
 
@@ -143,8 +98,8 @@ def perf_analyzer_version(path: Path, env: Dict[str, str]) -> str:
                           env={**os.environ, **env})
     if proc.returncode != 0:
         lines = (proc.stderr + proc.stdout).strip().splitlines()
-        raise KitError(f"{path} does not start ({lines[-1] if lines else f'exit {proc.returncode}'}): "
-                       f"{HOW_TO_INSTALL}")
+        raise KitError(f"{path} does not start ({lines[-1] if lines else f'exit {proc.returncode}'}): it needs "
+                       f"{PERF_ANALYZER_PARTS}; {HOW_TO_INSTALL}")
     text = (proc.stdout + proc.stderr).strip()  # 2.51 prints "Perf Analyzer Version 2.51.0 (commit ...)" on stderr
     return text.splitlines()[0] if text else "perf_analyzer (version unknown)"
 
@@ -209,19 +164,6 @@ def encoded_input(config: ModelConfig) -> bool:
     """UINT8 [-1]: one encoded image file per batch item (the image ensemble)."""
     return (len(config.input) == 1 and config.input[0].data_type == model_config_pb2.TYPE_UINT8
             and list(config.input[0].dims) == [-1])
-
-
-def image_files(folder: Optional[str]) -> List[Path]:
-    """The JPEG/PNG files an encoded-image model is measured with: FOLDER's images, else scikit-learn's photos."""
-    from .parity import sample_photos
-    from .preprocess import is_image_file
-
-    if folder is None:
-        return sample_photos()
-    files = sorted(p for p in Path(folder).iterdir() if is_image_file(p)) if Path(folder).is_dir() else []
-    if not files:
-        raise KitError(f"--images {folder}: no image files (jpg, png, ...) in it")
-    return files
 
 
 def write_input_data(config: ModelConfig, files: Sequence[Path], path: Path, pad: bool) -> int:
@@ -317,7 +259,9 @@ def plan(out: Path, url: Optional[str], protocol: str, models: Optional[List[str
     else:  # 1..8 = max_batch_size as the original project; perf_analyzer itself rejects a batch above a model's maximum
         batches = list(range(1, min(max(c.max_batch_size, 1) for c in configs.values()) + 1))
     encoded = [m for m in models if encoded_input(configs[m])]
-    files = image_files(images) if encoded else []
+    from .parity import photo_set  # torch and scikit-learn only where images are needed
+
+    files = photo_set(images, "--images") if encoded else []
     for sub in ("csv", "logs") + (("inputs",) if encoded else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     data = {(m, b): f"inputs/{m}{'' if b == 1 else '_padded'}.json" for m in encoded for b in batches}
@@ -476,12 +420,7 @@ LABEL_OFFSETS = [(4, 4), (4, -11), (-20, 4), (-20, -11), (4, 15), (4, -22), (-20
 def figure(rows: List[dict], title: str, failed: Sequence[Tuple[str, int]] = ()):
     """Throughput against p99, one line per model, each point labelled bB (cC); labels placed where they overlap
     no other label. Points that were not measured are listed on the plot (a line joins the measured ones only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: CI and servers have no display
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = latency_axes(title)
     several = len({r["concurrency"] for r in rows}) > 1
     points = []
     for model in sorted({r["model"] for r in rows}, key=model_order):
@@ -492,10 +431,6 @@ def figure(rows: List[dict], title: str, failed: Sequence[Tuple[str, int]] = ())
     if failed:
         ax.text(0.99, 0.01, "not measured (see report): " + ", ".join(f"{short_name(m)} b{b}" for m, b in failed),
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="tab:red")
-    ax.set_xlabel("p99 latency (ms)")
-    ax.set_ylabel("throughput (infer/sec)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     renderer = fig.canvas.get_renderer()
@@ -512,11 +447,7 @@ def figure(rows: List[dict], title: str, failed: Sequence[Tuple[str, int]] = ())
 
 
 def plot(rows: List[dict], title: str, path: Path, failed: Sequence[Tuple[str, int]] = ()) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = figure(rows, title, failed)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(figure(rows, title, failed), path)
 
 
 def render_report(run: dict, rows: List[dict], failures: List[str], engine: Optional[dict]) -> str:
@@ -574,7 +505,7 @@ def report(out: Path, compare: Optional[Path] = None) -> int:
     try:
         run = json.loads((out / RUN_FILE).read_text())
     except FileNotFoundError:
-        raise KitError(f"{out} has no {RUN_FILE}: not an output directory of `python -m mnv3kit.perf run`") from None
+        raise KitError(f"{out} has no {RUN_FILE}: not an output directory of `python -m mnv3kit.cli.perf run`") from None
     engine = read_engine(compare)
     rows, failures, failed = [], [], []
     for point in run["points"]:
@@ -601,34 +532,3 @@ def report(out: Path, compare: Optional[Path] = None) -> int:
         print(f"{len(failures)} of {len(run['points'])} point(s) failed, listed in the report", file=sys.stderr)
         return 1
     return 0
-
-
-# ---------------------------------------------------------------- argument types (mnv3kit/cli/perf.py, tune)
-
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def count_or_zero(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return int(text)
-
-
-def concurrency_text(text: str) -> str:
-    concurrency_range(text)
-    return text
-
-
-def existing_dir(text: str) -> str:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: no such directory")
-    return text
-
-
-if __name__ == "__main__":  # python -m mnv3kit.perf: the mnv3-perf command
-    from mnv3kit.cli.perf import main
-
-    sys.exit(main())

@@ -6,10 +6,11 @@ RandomHorizontalFlip/ToTensor/Normalize (torchvision does not install beside the
 
 import io
 import math
+import os
 import random
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -156,3 +157,13 @@ def preprocess_file(path: Union[str, Path], pixels: bool = False) -> np.ndarray:
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(folder: Path) -> List[Path]:
+    """Image files under ``folder``, recursively and through symlinks as ImageFolder walks, sorted; hidden files
+    (macOS ``._x.jpg`` forks) and folders are skipped."""
+    found = []
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent) / f for f in files if not f.startswith(".") and is_image_file(Path(f))]
+    return sorted(found)

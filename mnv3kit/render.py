@@ -148,7 +148,7 @@ def python_runtime(model: ModelSpec, opts: "ConfigOptions") -> str:
 
 
 def _python_parameters(model: ModelSpec, opts: "ConfigOptions") -> dict:
-    """What 1/model.py (mnv3kit/backend/model.py) reads: the artifact, how to run it, and for torch its GPU options."""
+    """What 1/model.py (mnv3kit/backend/classifier_model.py) reads: the artifact, how to run it, and for torch its GPU options."""
     runtime = python_runtime(model, opts)
     params = {"artifact": artifact_of(model, opts), "runtime": runtime}
     if opts.batching.enabled:  # the queue bound, kept by model.py (queue_policy.pbtxt.j2 says why)

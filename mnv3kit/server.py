@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import KitError
+from .errors import HOW_TO_INSTALL, KitError
+from .process import pid_alive
 from .triton import Triton
 from .spec import ADMIN_APIS, ADMIN_HEADER, admin_headers
 
@@ -51,7 +52,7 @@ LOG_KEEP = 3  # previous server logs kept beside the current one: <log>.1 (newes
 # Memory given back after large requests. Triton keeps up to --grpc-infer-allocation-pool-size gRPC request objects
 # for reuse, each holding the capacity of the largest message it carried (a refused 200 MB message: 200 MB kept per
 # object), and glibc's malloc keeps what it freed in fragmented arenas. Only both measures together give the memory
-# back (perf/faults.py memory; figures in README "Reliability and security"): pool 0 alone still kept hundreds of
+# back (perf/fault_recovery.py memory; figures in docs/reliability.md): pool 0 alone still kept hundreds of
 # MB, jemalloc or tcmalloc with the default pool kept more than glibc.
 GRPC_ALLOCATION_POOL = 0
 ALLOCATORS = ("auto", "jemalloc", "glibc")  # auto: jemalloc where installed (Debian: libjemalloc2), else glibc
@@ -60,14 +61,13 @@ STUB_PRELOAD_ENV = "MNV3KIT_STUB_LD_PRELOAD"  # the LD_PRELOAD the stubs get bac
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls prctl
 _instances = itertools.count()
-HOW_TO_INSTALL = "install the kit's requirements (make venv), which include nvidia-pytriton==0.7.0"
 
 
 def pytriton_root() -> Path:
     # find_spec locates the wheel without importing PyTriton itself (its Python API and dependencies are not used)
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise KitError(f"the embedded Triton needs the nvidia-pytriton wheel: {HOW_TO_INSTALL}")
+        raise KitError(f"the embedded Triton needs the nvidia-pytriton wheel (the serve extra): {HOW_TO_INSTALL}")
     root = Path(list(spec.submodule_search_locations)[0])
     if not (root / "tritonserver" / "bin" / "tritonserver").is_file():
         raise KitError(f"{root} has no bundled tritonserver: reinstall nvidia-pytriton==0.7.0")
@@ -134,16 +134,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner(name: str, prefix: str, sep: str) -> Optional[int]:

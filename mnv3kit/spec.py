@@ -67,6 +67,10 @@ U8 = ModelSpec("u8", "mobilenetv3_u8", TORCHSCRIPT_PLATFORM, "PIXELS", "OUTPUT__
 MODELS = (PT, ONNX, TRT)
 MODELS_BY_NAME = {m.name: m for m in (*MODELS, U8)}
 
+# Triton's words for a request refused under load (a full queue, a request past its timeout); the kit's
+# python-backend queue (backend/serving.py, copied into repositories without the kit) answers with the same words.
+OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
+
 # What the embedded (python-backend) Triton can run: no TensorRT there.
 LOCAL_MODELS = (PT, ONNX)
 LOCAL_OPTIONAL = (U8,)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .errors import KitError
 from .model import ARCHS, MobileNetV3, recompute_batchnorm
-from .preprocess import IMAGE_EXTENSIONS, ImageError, eval_transform, is_image_file, load_image, train_transform
+from .preprocess import IMAGE_EXTENSIONS, ImageError, eval_transform, image_files, load_image, train_transform
 from .weights import IMAGENET, check_state_dict, imagenet_checkpoint, read_checkpoint, write_class_indices
 
 NEW_LAYER = "classifier.3."  # the only layer whose shape depends on the class count
@@ -75,16 +75,6 @@ def class_folders(folder: Path) -> List[str]:
     if not names:
         raise KitError(f"{folder} has no class folders (expected {folder}/CLASS_NAME/*.jpg)")
     return names
-
-
-def image_files(folder: Path) -> List[Path]:
-    """Image files under ``folder``, recursively and through symlinks as ImageFolder walks; hidden files (macOS
-    ``._x.jpg`` forks) are skipped."""
-    found = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent) / f for f in files if not f.startswith(".") and is_image_file(Path(f))]
-    return sorted(found)
 
 
 def list_images(folder: Path, classes: Sequence[str]) -> List[Sample]:

@@ -1,22 +1,17 @@
 """One way to ask a Triton server things (tritonclient, HTTP or gRPC): health, metadata, the repository index, model
-configs and statistics, model control. The client, perf tools, the embedded server and the scripts all use it.
+configs and statistics, model control. The client, perf tools, the embedded server and the scripts all use it
+(from a shell: python -m mnv3kit.cli.triton ready)."""
 
-  python -m mnv3kit.triton ready -u localhost:8000 --wait 120 [--pid PID]   # exit 0 once /v2/health/ready is 200
-"""
-
-import argparse
 import json
-import sys
 import time
 from typing import List, Optional
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from .errors import KitError, cli_errors
+from .errors import KitError
 from .spec import ADMIN_KEY_ENV, DEFAULT_URLS, PROTOCOLS, admin_headers
 
-ModelConfig = model_config_pb2.ModelConfig
 
 
 class Restricted(KitError):
@@ -96,9 +91,10 @@ class Triton:
         config = self.client.get_model_config(name, **self._json())
         return config.get("config", config)
 
-    def model_config(self, name: str) -> ModelConfig:
+    def model_config(self, name: str) -> model_config_pb2.ModelConfig:
         """The same as Triton's ModelConfig protobuf."""
-        return json_format.ParseDict(self.model_config_json(name), ModelConfig(), ignore_unknown_fields=True)
+        return json_format.ParseDict(self.model_config_json(name), model_config_pb2.ModelConfig(),
+                                     ignore_unknown_fields=True)
 
     # -- admin APIs (the key) --------------------------------------------------------------------------------------
     def _admin(self, method: str, *args, **kwargs):
@@ -139,29 +135,3 @@ class Triton:
 
     def close(self) -> None:
         self.client.close()
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mnv3kit.triton", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("ready", help="exit 0 when the server is ready, 1 when it is not (after --wait seconds)")
-    from .cli import add_server
-    from .server import pid_alive
-
-    add_server(r)
-    r.add_argument("--wait", type=float, default=0.0, metavar="S", help="keep asking for this long (default 0)")
-    r.add_argument("--pid", type=int, help="stop waiting when this process (the server's) has exited")
-    args = p.parse_args(argv)
-    with cli_errors(p.prog):
-        triton = Triton(args.url, args.protocol, timeout=5.0)
-        if triton.wait_ready(args.wait, alive=lambda: args.pid is None or pid_alive(args.pid)) or triton.ready():
-            return 0
-        why = f"process {args.pid} exited" if args.pid and not pid_alive(args.pid) else (
-            f"after {args.wait:g} s" if args.wait else "")
-        print(f"{p.prog}: Triton at {triton.url} ({args.protocol}) is not ready{' (' + why + ')' if why else ''}",
-              file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tune: the serving configuration with the most throughput while p99 stays under a budget (python -m mnv3kit.tune).
+"""Tune: the serving configuration with the most throughput while p99 stays under a budget (mnv3-tune).
 
 Candidates vary the runtime (pt: TorchScript, onnx: ONNX Runtime), the instance count, max_batch_size, the preferred
 batch sizes and the max queue delay. Each is rendered by the kit's templates from a built --target local repository's
@@ -7,16 +7,23 @@ control: a new config swaps in without a restart) and measured with perf_analyze
 (mnv3kit.perf.measure_point, one request = one image, as clients send). A candidate's score is its best throughput
 at a concurrency whose p99 is within the budget.
 
-The search, instead of the full grid:
+The search (Search), instead of the full grid:
   1. the kit's default config (1 instance, max batch 8, preferred 4,8, 100 us) per runtime: the single-instance
      curve. Runtimes scoring below PRUNE_RUNTIME x the best are dropped, and max batch sizes above the largest
      concurrency (which closed-loop clients can never fill) are dropped;
-  2. coordinate search from the best: one dimension at a time (instances, max batch, queue delay, preferred sizes),
-     every value of it with the others fixed, moving to a candidate only when it beats the best by MIN_GAIN; again
-     while a pass moved, within --budget-min.
-Then the winner and the best default are measured again, alternately (--confirm N times each): the margin is the
-ratio of their medians, which one lucky window on a shared host does not make. The winner is written as a repository (atomically, validated), with report.md, tune.json, the candidates' CSVs and
-pareto.png (throughput against p99 of every measured point, the front joined).
+  2. coordinate search from the best: one dimension at a time (runtime, instances, max batch, queue delay, preferred
+     sizes), every value of it with the others fixed; the best of everything measured replaces the incumbent when it
+     beats it by MIN_GAIN, or, when it is the cheaper config (fewer instances, smaller batches, shorter delay), when
+     it ties or beats it; again while a pass moved, within --budget-min.
+A challenger whose lead is enough but under NOISE (what one lucky window on a busy host makes) does not move the search
+at once: both are measured again, alternately, up to REPEATS more runs each, and the medians decide. Then the winner
+and the best default are measured again, alternately (--confirm N times each): the margin is the ratio of their
+medians. The winner is written as a repository (atomically, validated), with report.md (every run's score, the
+spread of the winner's and the default's), tune.json, the candidates' CSVs and pareto.png (throughput against p99 of
+every measured point, the front joined).
+
+Search only proposes candidates and reads their scores; a Measurer scores them: TritonMeasurer in the embedded
+Triton, a fake one in tests/test_tune_search.py.
 """
 
 import argparse
@@ -30,19 +37,21 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from itertools import product
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
 from .build import BuildOptions, build, built_config, render_model, rerender
-from .cli import add_output, add_ports, model_names, ports_of
-from .errors import KitError, cli_errors, prog_name
-from .perf import (PointFailed, Settings, concurrency_range, concurrency_text, hardware, hardware_line,
-                   markdown_table, measure_point, now, positive)
+from .errors import KitError
+from .perf import PointFailed, Settings, concurrency_range, measure_point
+from .report import hardware, hardware_line, latency_axes, markdown_table, now, save
 from .render import QUEUE_BATCHES, Batching, ConfigOptions, Instances
 from .server import LocalTriton
-from .spec import ONNX, PROTOCOLS, PT
+from .spec import ONNX, PT
 
 PRUNE_RUNTIME = 0.8  # a runtime whose default scores below this fraction of the best one's is not refined
-MIN_GAIN = 1.03  # a move must beat the best by 3 %: less is within a busy machine's noise
+MIN_GAIN = 1.03  # a move must beat the incumbent by 3 %: less is within a busy machine's noise
+NOISE = 1.25  # a lead under 25 % can be one lucky perf_analyzer window on a busy 2-core host: measured again
+REPEATS = 2  # more runs of each side of such a near-tie, at most: a median of 3 outvotes one lucky window
+DIMENSIONS = ("runtime", "instances", "max_batch", "delay_us", "preferred")  # the coordinate search's order
 REPORT_MD, RESULT_JSON, PARETO_PNG = "report.md", "tune.json", "pareto.png"
 WINNER_DIR = "model_repository"
 DEFAULT = Batching()  # the kit's defaults, as build_repo.py writes them
@@ -123,7 +132,50 @@ class Space:
                                                   self.delays_us)})
 
 
-class Tuner:
+def cost(c: Candidate) -> Tuple[int, int, int]:
+    """What a config spends, compared in this order: instances (memory, cores), max batch (a batch's latency), queue
+    delay (waiting); the lower of two is the cheaper."""
+    return c.instances, c.max_batch, c.delay_us
+
+
+def needed_gain(challenger: Candidate, incumbent: Candidate) -> float:
+    """The score ratio over the incumbent a challenger needs to replace it: a cheaper one wins a tie, any other must
+    beat it by MIN_GAIN."""
+    return 1.0 if cost(challenger) < cost(incumbent) else MIN_GAIN
+
+
+def with_max_batch(c: Candidate, max_batch: int, choice: str) -> Candidate:
+    """``c`` at another max batch, preferred sizes by ``choice``; batches of one have neither preferred sizes nor a
+    delay, so that they are one config, as in Space.grid."""
+    if max_batch == 1:
+        return replace(c, max_batch=1, preferred=(), delay_us=0)
+    return replace(c, max_batch=max_batch, preferred=preferred_for(choice, max_batch))
+
+
+def neighbours(c: Candidate, dim: str, space: Space) -> List[Candidate]:
+    """Every value of ``dim`` in ``space``, the other dimensions as in ``c``."""
+    preferred = next((p for p in PREFERRED_CHOICES if preferred_for(p, c.max_batch) == c.preferred), "both")
+    if dim == "runtime":
+        return [replace(c, runtime=r) for r in space.runtimes if r != c.runtime]
+    if dim == "instances":
+        return [replace(c, instances=i) for i in space.instances]
+    if dim == "max_batch":
+        return [with_max_batch(c, b, preferred) for b in space.max_batches]
+    if c.max_batch == 1 and dim in ("delay_us", "preferred"):
+        return []  # batches of one: the batcher's delay and preferred sizes change nothing
+    if dim == "delay_us":
+        return [replace(c, delay_us=d) for d in space.delays_us]
+    return [replace(c, preferred=preferred_for(p, c.max_batch)) for p in space.preferred]
+
+
+class Measurer(Protocol):
+    """What Search needs to score a candidate."""
+
+    def measure(self, candidate: Candidate, stage: str, tag: str = "") -> Result:
+        """One measurement of ``candidate`` (no cache); ``tag`` tells its files from the candidate's other runs'."""
+
+
+class TritonMeasurer:
     """Measures candidates one after another in one embedded Triton, swapping configs through the repository API."""
 
     def __init__(self, source: Path, out: Path, triton: LocalTriton, work: Path, base: ConfigOptions, kind: str,
@@ -131,22 +183,18 @@ class Tuner:
         self.source, self.out, self.triton, self.work = source, out, triton, work
         self.base, self.kind, self.protocol, self.settings = base, kind, protocol, settings
         self.budget_ms, self.deadline = budget_ms, deadline
-        self.results: Dict[Candidate, Result] = {}
         self.loaded: Optional[str] = None
-        self.runs = 0  # perf_analyzer runs, confirmations included
+        self.count = 0  # numbers the progress lines
         self.clients = max(concurrency_range(settings.concurrency))
 
     @property
     def url(self) -> str:
         return self.triton.http_url if self.protocol == "http" else self.triton.grpc_url
 
-    def out_of_time(self) -> bool:
-        return time.monotonic() > self.deadline
-
-    def run(self, candidate: Candidate, stage: str, tag: str = "") -> Result:
-        """Load ``candidate`` and measure it (no cache); a failure is a Result with its reason."""
-        print(f"[{self.runs + 1}] {candidate.label} ({stage}) ... ", end="", file=sys.stderr, flush=True)
-        self.runs += 1
+    def measure(self, candidate: Candidate, stage: str, tag: str = "") -> Result:
+        """Load ``candidate`` and measure it; a failure is a Result with its reason."""
+        self.count += 1
+        print(f"[{self.count}] {candidate.label} ({stage}) ... ", end="", file=sys.stderr, flush=True)
         name = candidate.spec.name
         try:
             if self.loaded and self.loaded != name:  # one model at a time: an idle one would still hold memory
@@ -172,10 +220,97 @@ class Tuner:
                            f"at best)", file=sys.stderr)
         return result
 
-    def measure(self, candidate: Candidate, stage: str) -> Result:
+
+class Search:
+    """Decides what to measure and which candidate wins; ``measurer`` scores the candidates. Every run of a
+    candidate is kept (``results``, the first run first); its score is their median."""
+
+    def __init__(self, measurer: Measurer, space: Space, clients: int, budget_ms: float, deadline: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.measurer, self.space, self.clients = measurer, space, clients
+        self.budget_ms, self.deadline, self.clock = budget_ms, deadline, clock
+        self.results: Dict[Candidate, List[Result]] = {}
+        self.runs = 0  # measurements: first runs, repeats and confirmation rounds
+
+    def out_of_time(self) -> bool:
+        return self.clock() > self.deadline
+
+    def run(self, candidate: Candidate, stage: str, tag: str = "") -> Result:
+        self.runs += 1
+        return self.measurer.measure(candidate, stage, tag)
+
+    def record(self, candidate: Candidate, stage: str) -> None:
+        """One more run of ``candidate`` into its results."""
+        runs = self.results.get(candidate, [])
+        self.results[candidate] = runs + [self.run(candidate, stage, f"_{stage}{len(runs)}" if runs else "")]
+
+    def measure(self, candidate: Candidate, stage: str) -> None:
         if candidate not in self.results:
-            self.results[candidate] = self.run(candidate, stage)
-        return self.results[candidate]
+            self.record(candidate, stage)
+
+    def scores(self, candidate: Candidate) -> List[float]:
+        return [r.score(self.budget_ms) for r in self.results[candidate]]
+
+    def score(self, candidate: Candidate) -> float:
+        """The median of its runs' scores (of an even count the lower middle one: a measured score, the cautious)."""
+        return statistics.median_low(self.scores(candidate))
+
+    def result(self, candidate: Candidate) -> Result:
+        """The run that scored the median."""
+        return self.results[candidate][self.scores(candidate).index(self.score(candidate))]
+
+    def best(self, among: Iterable[Candidate]) -> Optional[Candidate]:
+        """The highest scoring of ``among`` that were measured, ties to the cheaper; None: none met the budget."""
+        scored = [c for c in among if c in self.results and self.score(c) > 0]
+        return min(scored, key=lambda c: (-self.score(c), cost(c)), default=None)
+
+    def search(self) -> Optional[Candidate]:
+        """The winner: the best of the runtimes' defaults, refined (None: no default met the budget)."""
+        defaults = [default_candidate(r) for r in self.space.runtimes]
+        for c in defaults:
+            if not self.out_of_time():
+                self.measure(c, "default")
+        start = self.best(defaults)
+        return self.refine(start, self.pruned(self.score(start))) if start else None
+
+    def pruned(self, top: float) -> Space:
+        """The space without the runtimes whose default scored under PRUNE_RUNTIME x ``top`` and without the max
+        batch sizes over the clients' concurrency, which closed-loop clients never fill."""
+        keep = [r for r in self.space.runtimes if default_candidate(r) in self.results
+                and self.score(default_candidate(r)) >= PRUNE_RUNTIME * top]
+        batches = [b for b in self.space.max_batches if b <= self.clients] or [min(self.space.max_batches)]
+        return replace(self.space, runtimes=keep, max_batches=batches)
+
+    def refine(self, current: Candidate, space: Space) -> Candidate:
+        """Coordinate search: every value of one dimension at a time, then a move to the best of everything measured
+        if it beats ``current``; again while a pass moved, within the deadline."""
+        moved = True
+        while moved and not self.out_of_time():
+            moved = False
+            for dim in DIMENSIONS:
+                for c in neighbours(current, dim, space):
+                    if self.out_of_time():
+                        break
+                    self.measure(c, "refine")
+                challenger = self.best(c for c in self.results if c != current)
+                if challenger and self.beats(challenger, current):
+                    current, moved = challenger, True
+        return current
+
+    def beats(self, challenger: Candidate, incumbent: Candidate) -> bool:
+        """Whether ``challenger`` replaces ``incumbent`` (needed_gain); a lead within the noise is decided on the
+        medians of repeated runs."""
+        need = needed_gain(challenger, incumbent)
+        if need * self.score(incumbent) <= self.score(challenger) < NOISE * self.score(incumbent):
+            self.repeat(incumbent, challenger)
+        return self.score(challenger) >= need * self.score(incumbent)
+
+    def repeat(self, *candidates: Candidate) -> None:
+        """Each candidate measured again, alternately, up to 1 + REPEATS runs in all, within the deadline."""
+        for _ in range(REPEATS):
+            for c in candidates:
+                if len(self.results[c]) <= REPEATS and not self.out_of_time():
+                    self.record(c, "repeat")
 
     def confirm(self, winner: Candidate, default: Candidate, rounds: int) -> Dict[str, List[float]]:
         """Both again, alternately, ``rounds`` times each: on a shared host one measurement can be off by 2x."""
@@ -184,57 +319,6 @@ class Tuner:
             for key, candidate in (("default", default), ("winner", winner)):
                 scores[key].append(self.run(candidate, "confirm", f"_confirm{n}").score(self.budget_ms))
         return scores
-
-    def best(self, among: Optional[Sequence[Candidate]] = None) -> Optional[Result]:
-        results = [self.results[c] for c in (among or self.results) if c in self.results]
-        scored = [r for r in results if r.score(self.budget_ms) > 0]
-        # ties (within noise) go to the cheaper config: fewer instances, smaller batches, shorter delay
-        return max(scored, key=lambda r: (r.score(self.budget_ms), -r.candidate.instances,
-                                          -r.candidate.max_batch, -r.candidate.delay_us), default=None)
-
-    def search(self, space: Space) -> Optional[Result]:
-        defaults = [default_candidate(r) for r in space.runtimes]
-        for c in defaults:
-            if not self.out_of_time():
-                self.measure(c, "default")
-        best = self.best(defaults)
-        if best is None:
-            return None
-        top = best.score(self.budget_ms)
-        keep = [r for r in space.runtimes if self.results.get(default_candidate(r)) and
-                self.results[default_candidate(r)].score(self.budget_ms) >= PRUNE_RUNTIME * top]
-        levels = concurrency_range(self.settings.concurrency)
-        batches = [b for b in space.max_batches if b <= max(levels)] or [min(space.max_batches)]
-        space = replace(space, runtimes=keep, max_batches=batches)
-        current = best.candidate
-        moved = True
-        while moved and not self.out_of_time():
-            moved = False
-            for dim in ("runtime", "instances", "max_batch", "delay_us", "preferred"):
-                for c in self.neighbours(current, dim, space):
-                    if self.out_of_time():
-                        break
-                    self.measure(c, "refine")
-                new = self.best()
-                if new.candidate != current and new.score(self.budget_ms) >= MIN_GAIN * self.results[
-                        current].score(self.budget_ms):
-                    current, moved = new.candidate, True
-        return self.results[current]
-
-    @staticmethod
-    def neighbours(c: Candidate, dim: str, space: Space) -> List[Candidate]:
-        preferred = next((p for p in PREFERRED_CHOICES if preferred_for(p, c.max_batch) == c.preferred), "both")
-        if dim == "runtime":
-            return [replace(c, runtime=r) for r in space.runtimes if r != c.runtime]
-        if dim == "instances":
-            return [replace(c, instances=i) for i in space.instances]
-        if dim == "max_batch":
-            return [replace(c, max_batch=b, preferred=preferred_for(preferred, b)) for b in space.max_batches]
-        if c.max_batch == 1 and dim in ("delay_us", "preferred"):
-            return []  # batches of one: the batcher's delay and preferred sizes change nothing
-        if dim == "delay_us":
-            return [replace(c, delay_us=d) for d in space.delays_us]
-        return [replace(c, preferred=preferred_for(p, c.max_batch)) for p in space.preferred]
 
 
 # ---------------------------------------------------------------- report
@@ -251,12 +335,7 @@ def pareto(points: List[dict]) -> List[dict]:
 
 def plot(points: List[dict], budget_ms: float, winner: Optional[dict], default: Optional[dict], title: str,
          path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = latency_axes(title, fontsize=9)
     for runtime, marker in ((PT.key, "o"), (ONNX.key, "s")):
         mine = [p for p in points if p["runtime"] == runtime]
         if mine:
@@ -269,14 +348,17 @@ def plot(points: List[dict], budget_ms: float, winner: Optional[dict], default: 
         if point:
             ax.scatter([point["p99_ms"]], [point["throughput"]], s=120, facecolors="none", edgecolors=color,
                        linewidths=2, label=f"{name}: {point['label']} c{point['concurrency']}")
-    ax.set_xlabel("p99 latency (ms)")
-    ax.set_ylabel("throughput (infer/sec)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
+
+
+def every_score(search: Search, winner: Optional[Candidate], default: Optional[Candidate],
+                confirmed: Optional[Dict[str, List[float]]]) -> Dict[str, List[float]]:
+    """Every score of the winner and of the default (once when the winner is the default): the search's runs, then
+    the confirmation's."""
+    picked = {"winner": winner, "default": default if default != winner else None}
+    return {key: search.scores(c) + (confirmed[key] if confirmed else []) for key, c in picked.items() if c}
 
 
 def render_report(info: dict) -> str:
@@ -290,7 +372,7 @@ def render_report(info: dict) -> str:
              f"- Source repository: {info['source']} ({info['arch']})",
              f"- Measurements: {info['measured']} candidates ({info['points']} perf_analyzer points) of a full grid of "
              f"{info['grid']} candidates ({info['grid_points']} points); {info['runs']} perf_analyzer runs in all "
-             f"(confirmation included), {info['minutes']:.1f} min"
+             f"({info['repeats']} repeats of near-ties and the confirmation included), {info['minutes']:.1f} min"
              + (" (stopped at --budget-min)" if info["out_of_time"] else "")]
     if winner:
         lines += [f"- Winner: `{winner['label']}`: {winner['throughput']:.1f} infer/s at concurrency "
@@ -315,8 +397,14 @@ def render_report(info: dict) -> str:
                      if medians["default"] else
                      f"the default met the budget in {met['default']} of {rounds} rounds, the winner in "
                      f"{met['winner']}")]
+    spread = info["spread"]
+    if spread:
+        lines += ["- Every run (search and confirmation; infer/s within the budget): "
+                  + "; ".join(f"{key} {min(scores):.1f}-{max(scores):.1f} ({len(scores)} run"
+                              f"{'s' if len(scores) > 1 else ''})" for key, scores in spread.items())]
     headers = ["Candidate", "Stage", "Runtime", "Instances", "Max batch", "Preferred", "Delay (us)",
-               "Best infer/s within budget", "at concurrency", "p99 there (ms)", "Lowest p99 (ms)", "Note"]
+               "Best infer/s within budget", "at concurrency", "p99 there (ms)", "Lowest p99 (ms)",
+               "Every run's infer/s", "Note"]
     rows = []
     for r in info["candidates"]:
         c = r["candidate"]
@@ -326,6 +414,7 @@ def render_report(info: dict) -> str:
                      f"{best['throughput']:.1f}" if best else "-", best["concurrency"] if best else "-",
                      f"{best['p99_ms']:.1f}" if best else "-",
                      f"{min(x['p99_ms'] for x in r['rows']):.1f}" if r["rows"] else "-",
+                     ", ".join(f"{s:.1f}" for s in r["scores"]),
                      r["error"] or ("winner" if winner and r["label"] == winner["label"] else "")])
     lines += ["", "## Every measured candidate", "", markdown_table(headers, rows), "",
               f"![throughput vs p99]({PARETO_PNG})"]
@@ -334,83 +423,8 @@ def render_report(info: dict) -> str:
 
 # ---------------------------------------------------------------- CLI
 
-def int_list(text: str) -> List[int]:
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return values
-
-
-def choice_list(choices: Sequence[str]):
-    def parse(text: str) -> List[str]:
-        values = [x.strip() for x in text.split(",") if x.strip()]
-        bad = [x for x in values if x not in choices]
-        if not values or bad:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values of {', '.join(choices)}, got {text!r}")
-        return values
-    return parse
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog_name("mnv3kit.tune"), description=__doc__.split("\n\n")[0],
-                                epilog="Exit status: 0 a winner written; 1 no candidate met the budget; 2 bad input.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--repo", type=Path, metavar="DIR", help="a repository built with build_repo.py --target local")
-    src.add_argument("--arch", choices=("large", "small"), help="build one first (--target local, pt and onnx)")
-    p.add_argument("--weights", type=Path, help="with --arch: the weights to build with (default: seeded random)")
-    p.add_argument("--p99-ms", type=float, required=True, metavar="MS", help="latency budget: p99 of a request")
-    p.add_argument("-c", "--concurrency", type=concurrency_text, default="1:8:1", metavar="RANGE",
-                   help="the client load to plan for: outstanding requests START[:END[:STEP]] (default 1:8:1)")
-    p.add_argument("-i", "--protocol", choices=PROTOCOLS, default="http", help="default http")
-    p.add_argument("--shared-memory", choices=("none", "system"), default="none",
-                   help="how perf_analyzer passes tensors (default none)")
-    p.add_argument("-m", "--models", type=model_names, default=[PT.name, ONNX.name], metavar="LIST",
-                   help="runtimes to try: pt (TorchScript), onnx (ONNX Runtime) (default pt,onnx)")
-    p.add_argument("--instances", type=int_list, metavar="LIST",
-                   help="instance counts to try (default 1..the host's cores)")
-    p.add_argument("--max-batch-sizes", type=int_list, default=[1, 2, 4, 8, 16], metavar="LIST",
-                   help="max_batch_size values to try (default 1,2,4,8,16)")
-    p.add_argument("--queue-delays-us", type=int_list, default=[0, 100, 1000, 5000], metavar="LIST",
-                   help="max_queue_delay_microseconds values to try (default 0,100,1000,5000)")
-    p.add_argument("--preferred", type=choice_list(PREFERRED_CHOICES), default=list(PREFERRED_CHOICES),
-                   metavar="LIST", help="preferred batch sizes to try: none, max (max batch), both (half and max; "
-                                        "the kit's default) (default none,max,both)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--count", type=positive, default=None, metavar="N",
-                      help="count windows of N requests (default 30)")
-    size.add_argument("-p", "--window", type=positive, metavar="MS", help="time windows of MS instead")
-    p.add_argument("--stability", type=positive, default=20, metavar="PCT",
-                   help="allowed spread of perf_analyzer's last 3 windows (default 20)")
-    p.add_argument("--confirm", type=int, default=2, metavar="N",
-                   help="then measure the winner and the kit's default again, alternately, N times each, and report "
-                        "the medians' ratio (default 2; 0: no confirmation)")
-    p.add_argument("--budget-min", type=float, default=30.0, metavar="MIN",
-                   help="stop measuring new candidates after this many minutes (default 30)")
-    add_output(p, help="report directory (default perf/out/tune-YYYYmmdd-HHMMSS); the winner repository goes to "
-                       f"DIR/{WINNER_DIR} unless --winner")
-    p.add_argument("--winner", type=Path, metavar="DIR", help="where the winner repository is written")
-    add_ports(p, free=True)
-    args = p.parse_args(argv)
-    if args.weights and not args.arch:
-        p.error("--weights goes with --arch (a --repo is already built)")
-    runtimes = {PT.name: PT.key, ONNX.name: ONNX.key}
-    bad = [m for m in args.models if m not in runtimes]
-    if bad:
-        p.error(f"--models {','.join(bad)}: the tuner tries {PT.key} and {ONNX.key}")
-    args.runtimes = [runtimes[m] for m in args.models]
-    if args.p99_ms <= 0 or args.budget_min <= 0 or args.confirm < 0:
-        p.error("--p99-ms and --budget-min must be > 0, --confirm >= 0")
-    if 0 in args.max_batch_sizes:
-        p.error("--max-batch-sizes must be >= 1")
-    if args.instances and 0 in args.instances:
-        p.error("--instances must be >= 1")
-    return args
-
-
-def tune(args: argparse.Namespace) -> int:
+def tune(args: argparse.Namespace, ports) -> int:
+    """Runs the search mnv3-tune's arguments ask for (mnv3kit/cli/tune.py) on an embedded Triton on ``ports``."""
     started, date = time.monotonic(), now()
     if args.repo:
         built_config(args.repo)  # a repository that cannot be tuned is refused before anything is written
@@ -437,39 +451,48 @@ def tune(args: argparse.Namespace) -> int:
         first = default_candidate(args.runtimes[0])
         render_model(source, work, first.spec, first.config(base, kind, max(concurrency_range(args.concurrency))))
         deadline = started + args.budget_min * 60
-        with LocalTriton(work, ports_of(args), log_path=out / "tritonserver.log") as triton:
-            tuner = Tuner(Path(source), out, triton, work, base, kind, args.protocol, settings, args.p99_ms, deadline)
-            tuner.loaded = first.spec.name
-            best = tuner.search(space)
-            default = tuner.best([default_candidate(r) for r in args.runtimes])
-            confirmed = (tuner.confirm(best.candidate, default.candidate, args.confirm) if args.confirm and best
-                         and default and best.candidate != default.candidate else None)
+        with LocalTriton(work, ports, log_path=out / "tritonserver.log") as triton:
+            measurer = TritonMeasurer(Path(source), out, triton, work, base, kind, args.protocol, settings,
+                                      args.p99_ms, deadline)
+            measurer.loaded = first.spec.name
+            search = Search(measurer, space, measurer.clients, args.p99_ms, deadline)
+            best = search.search()
+            default = search.best([default_candidate(r) for r in args.runtimes])
+            confirmed = (search.confirm(best, default, args.confirm) if args.confirm and best and default
+                         and best != default else None)
         if best is not None:
-            rerender(Path(source), winner_dir, best.candidate.spec, best.candidate.config(base, kind, tuner.clients),
+            rerender(Path(source), winner_dir, best.spec, best.config(base, kind, measurer.clients),
                      {"tuned": {"p99_ms": args.p99_ms, "concurrency": args.concurrency, "protocol": args.protocol,
-                                "candidate": asdict(best.candidate), "report": str(out / REPORT_MD)}})
+                                "candidate": asdict(best), "report": str(out / REPORT_MD)}})
         arch = manifest.get("arch", "?")
         source_text = str(args.repo) if args.repo else f"built here from --arch {args.arch}"
     levels = len(concurrency_range(args.concurrency))
-    results = list(tuner.results.values())
 
-    def point(result: Optional[Result]) -> Optional[dict]:
-        row = result.best(args.p99_ms) if result else None
-        return {**row, "label": result.candidate.label} if row else None
+    def point(candidate: Optional[Candidate]) -> Optional[dict]:
+        row = search.result(candidate).best(args.p99_ms) if candidate else None
+        return {**row, "label": candidate.label} if row else None
+
+    def entry(candidate: Candidate) -> dict:
+        median = search.result(candidate)
+        return {"label": candidate.label, "stage": search.results[candidate][0].stage, "candidate": asdict(candidate),
+                "rows": median.rows, "best": median.best(args.p99_ms), "error": median.error,
+                "scores": search.scores(candidate), "score": search.score(candidate)}
 
     grid = set(space.grid()) | {default_candidate(r) for r in args.runtimes}
     info = {"date": date, "hardware": host, "kind": kind, "protocol": args.protocol,
             "shared_memory": args.shared_memory, "concurrency": args.concurrency, "perf_args": settings.args(),
             "p99_ms": args.p99_ms, "source": source_text, "arch": arch, "repository": str(winner_dir),
-            "measured": len(results), "points": sum(len(r.rows) or levels for r in results), "runs": tuner.runs,
-            "confirmed": confirmed,
+            "measured": len(search.results), "runs": search.runs,
+            "points": sum(len(runs[0].rows) or levels for runs in search.results.values()),
+            "repeats": sum(len(runs) - 1 for runs in search.results.values()), "confirmed": confirmed,
+            "spread": every_score(search, best, default, confirmed),
             "grid": len(grid), "grid_points": len(grid) * levels,
-            "minutes": (time.monotonic() - started) / 60, "out_of_time": tuner.out_of_time(),
+            "minutes": (time.monotonic() - started) / 60, "out_of_time": search.out_of_time(),
             "winner": point(best), "default": point(default),
-            "candidates": [{"label": r.candidate.label, "stage": r.stage, "candidate": asdict(r.candidate),
-                            "rows": r.rows, "best": r.best(args.p99_ms), "error": r.error} for r in results]}
+            "candidates": [entry(c) for c in search.results]}
     (out / RESULT_JSON).write_text(json.dumps(info, indent=2) + "\n")
-    points = [{**row, "runtime": r.candidate.runtime, "label": r.candidate.label} for r in results for row in r.rows]
+    points = [{**row, "runtime": c.runtime, "label": c.label} for c, runs in search.results.items() for r in runs
+              for row in r.rows]
     if points:
         plot(points, args.p99_ms, info["winner"], info["default"],
              f"MobileNetV3 {arch}, {kind} - {hardware_line(host, load=False)}", out / PARETO_PNG)
@@ -478,13 +501,3 @@ def tune(args: argparse.Namespace) -> int:
     print(text)
     print(f"wrote {out / REPORT_MD}" + (f" and the winner repository {winner_dir}" if best else ""), file=sys.stderr)
     return 0 if best else 1
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with cli_errors(prog_name("mnv3kit.tune")):
-        return tune(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,7 +23,7 @@ from typing import Callable, Deque, Dict, List, Optional
 from tritonclient.utils import InferenceServerException
 
 from .errors import KitError
-from .load import descendants
+from .process import descendants
 from .server import READY_TIMEOUT_S, LocalTriton, ServerExited, keep_log
 from .spec import MANIFEST_FILE, PYTHON_BACKEND
 

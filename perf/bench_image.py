@@ -46,9 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     with cli_errors():
-        from mnv3kit.image_bench import make_jpegs, render, run
+        from mnv3kit.measure.image_bench import make_jpegs, render, run
         from mnv3kit.parity import sample_photos
-        from mnv3kit.perf import image_files
+        from mnv3kit.parity import photo_set
 
         if args.batch_size < 1:
             raise KitError("--batch must be >= 1")
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                 raise KitError(f"--jpeg-size {args.jpeg_size}: use WIDTHxHEIGHT, e.g. 500x375") from None
             files = make_jpegs(sample_photos(), args.output / "images", size)
         else:
-            files = image_files(str(args.images) if args.images else None)
+            files = photo_set(args.images, "--images")
         result = run(args.repo, files, args.batch_size, args.device, args.seconds, args.output, args.url, args.protocol,
                      args.perf_args, args.concurrency, progress=lambda m: print(m, file=sys.stderr, flush=True),
                      ports=ports_of(args))

@@ -33,9 +33,9 @@ def main() -> int:
     import tritonclient.grpc as grpc
     from tritonclient.grpc import model_config_pb2
 
-    from mnv3kit.edge_images import BAD, make_edge_cases
+    from mnv3kit.measure.edge_images import BAD, make_edge_cases
     from mnv3kit.backend.preprocess_model import Preprocessor, gpu_decodable
-    from mnv3kit.image_bench import make_jpegs
+    from mnv3kit.measure.image_bench import make_jpegs
     from mnv3kit.parity import sample_photos
     from mnv3kit.preprocess import preprocess_file
     from mnv3kit.spec import ENSEMBLE, IMAGE_INPUT

@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 from mnv3kit.errors import KitError, cli_errors
-from mnv3kit.perf import RESULTS_CSV, markdown_table
+from mnv3kit.perf import RESULTS_CSV
+from mnv3kit.report import markdown_table
 
 SWEEPS = {"latency": "batch 1 and 8, concurrency 1, gRPC",
           "latency-cudashm": "batch 1, concurrency 1, CUDA shared memory",
@@ -25,7 +26,7 @@ U8_TARGET, CUDA_SHM_TARGET, P50_TARGET_MS = 0.8, 0.6, 1.0
 
 
 def soak_section(res: Path) -> list:
-    """The soak's verdict and table (res/soak: python -m mnv3kit.perf soak, run before any speed was measured)."""
+    """The soak's verdict and table (res/soak: python -m mnv3kit.cli.perf soak, run before any speed was measured)."""
     folder = res / "soak"
     status = (folder / "exit_status").read_text().strip() if (folder / "exit_status").is_file() else None
     lines = ["## Load truth: every answer checked under sustained load (the soak, before the speed runs)", ""]

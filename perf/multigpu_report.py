@@ -15,7 +15,8 @@ from typing import Dict, List
 
 
 from mnv3kit.errors import KitError, cli_errors
-from mnv3kit.perf import markdown_table, read_csv
+from mnv3kit.perf import read_csv
+from mnv3kit.report import markdown_table
 
 MODEL, BATCH, TARGET = "mobilenetv3_u8", 64, 1.9
 SINGLE, SPANNING, PAIR = "a-single", "b-spanning", ("c-pair-gpu0", "c-pair-gpu1")

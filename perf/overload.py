@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s (default 30)")
     args = p.parse_args(argv)
     with cli_errors():
-        from mnv3kit.load import OpenLoop, capacity, rss_mb, summarize
+        from mnv3kit.measure.loadgen import OpenLoop, capacity, summarize
+        from mnv3kit.process import rss_mb
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import parse_config, queue_bound
 

@@ -3,7 +3,7 @@
 
   python perf/raw_gpu.py --repo /tmp/repo_gpu -b 1,8,64 -o perf/results/run
 
-Every variant runs in mnv3kit/backend/model.py's TorchRunner (the served code) with the served configuration of the
+Every variant runs in mnv3kit/backend/classifier_model.py's TorchRunner (the served code) with the served configuration of the
 repository's mobilenetv3_pt (precision, channels_last; one CUDA graph per batch size), on the same weights:
   torchvision-eager  torchvision.models.mobilenet_v3_<arch>, eager PyTorch captured as CUDA graphs (the anchor)
   kit-torchscript    the kit's model traced to TorchScript, frozen (--runtime torchscript)
@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 
-from mnv3kit.backend.model import TorchRunner
+from mnv3kit.backend.classifier_model import TorchRunner
 from mnv3kit.bench import measure, measure_loop
 from mnv3kit.cli import add_output
 from mnv3kit.errors import KitError, cli_errors
-from mnv3kit.perf import hardware, hardware_line, markdown_table, now, parse_batch_sizes
+from mnv3kit.perf import parse_batch_sizes
+from mnv3kit.report import hardware, hardware_line, markdown_table, now
 from mnv3kit.repository import read_manifest
 from mnv3kit.spec import COMPILED_ARTIFACT, MEAN, PT, STD, U8
 from mnv3kit.validate import parse_config

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnv3kit.perf import PointFailed, Settings, hardware, hardware_line, markdown_table, measure_point, now
+from mnv3kit.perf import PointFailed, Settings, measure_point
+from mnv3kit.report import hardware, hardware_line, markdown_table, now
 from mnv3kit.spec import ONNX, PT
 
 SERVERS = ("kit", "pytriton")
@@ -49,7 +50,7 @@ def start_pytriton(repo: Path):
 
 def in_process(repo: Path, model: str, max_batch: int, seconds: float) -> dict:
     """img/s of the runner model.py uses, at batch 1 and at max_batch, back to back."""
-    from mnv3kit.backend.model import OnnxRunner, TorchRunner
+    from mnv3kit.backend.classifier_model import OnnxRunner, TorchRunner
     from mnv3kit.bench import measure_loop
 
     vdir = repo / model / "1"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Served performance of a running Triton with perf_analyzer: `python -m mnv3kit.perf run` (see --help) with the
+# Served performance of a running Triton with perf_analyzer: `python -m mnv3kit.cli.perf run` (see --help) with the
 # kit's Python: $PYTHON, else the repository's .venv, else python3.
 set -euo pipefail
 
@@ -13,4 +13,4 @@ fi
     "pip install \".[perf]\"), or set PYTHON" >&2
   exit 2
 }
-exec "$PY" -m mnv3kit.perf --prog run_perf.sh run "$@"
+exec "$PY" -m mnv3kit.cli.perf --prog run_perf.sh run "$@"

@@ -20,7 +20,7 @@ HTTP=localhost:$PORT_BASE GRPC=localhost:$((PORT_BASE + 1))
 
 echo "== 1. write scikit-learn's handwritten digits as images (the held-out ones: $DIGITS/test)"
 rm -rf "$DIGITS"
-$PY -m mnv3kit.demo_data write "$DIGITS"
+$PY -m mnv3kit.cli.demo_data write "$DIGITS"
 
 echo "== 2. build $REPO from $WEIGHTS (MobileNetV3-Small that train.py trained on the train/ part of this split)"
 $PY build_repo.py --target local --arch small -o "$REPO" \
@@ -35,12 +35,12 @@ $PY serve.py --repo "$REPO" --http-port "$PORT_BASE" --grpc-port $((PORT_BASE + 
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 # /v2/health/ready, as long as serve.py lives
-$PY -m mnv3kit.triton ready -u "$HTTP" --wait 300 --pid $server || { cat /tmp/mnv3kit-demo-serve.log; exit 1; }
+$PY -m mnv3kit.cli.triton ready -u "$HTTP" --wait 300 --pid $server || { cat /tmp/mnv3kit-demo-serve.log; exit 1; }
 head -n 3 /tmp/mnv3kit-demo-serve.log
 
 echo "== 4. classify every held-out digit over HTTP (mobilenetv3_pt), batches of 8"
 # below 0.9 the served model is not the trained one (in-process it scores 0.944 on these 359): the demo fails
-$PY -m mnv3kit.demo_data score "$DIGITS/test" -u "$HTTP" -i http -m mobilenetv3_pt -b 8 --min-accuracy 0.9 \
+$PY -m mnv3kit.cli.demo_data score "$DIGITS/test" -u "$HTTP" -i http -m mobilenetv3_pt -b 8 --min-accuracy 0.9 \
   | tee "$PERF_OUT/held-out.txt"
 echo "== 5. classify a few over gRPC, batched and async, with the kit's client (mobilenetv3_onnx)"
 few=(); for digit in 1 4 7 9; do files=("$DIGITS/test/$digit"/*.png); few+=("${files[0]}"); done
@@ -64,9 +64,9 @@ running: the embedded Triton with $REPO on $HTTP (HTTP) and $GRPC (gRPC), stoppe
          keep one running with: python serve.py --repo $REPO
 report:  $PERF_OUT/report.md (perf tables; results.csv, throughput_vs_p99.png and perf.log beside it)
 next:
-  your weights  python train.py --data DIR --arch small --pretrained imagenet, then build_repo.py    (README: Train)
+  your weights  python train.py --data DIR --arch small --pretrained imagenet, then build_repo.py    (docs/train.md)
   a GPU box     python build_repo.py --arch small --weights $WEIGHTS/MobileNetV3_Small.pth --labels $WEIGHTS/class_indices.json
-                && TRITON_ADMIN_KEY=\$(openssl rand -hex 24) docker compose up triton    (README: Serve it)
+                && TRITON_ADMIN_KEY=\$(openssl rand -hex 24) docker compose up triton    (docs/serve.md)
   Kubernetes    python deploy.py --repo model_repository --set triton.restrictedApi.existingSecret=triton-api-key -o triton.yaml
-                (README: Scaling out)
+                (docs/scale-out.md)
 EOF

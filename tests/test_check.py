@@ -82,8 +82,8 @@ def test_workflow_job_runs_as_written(checkouts, console_bin):
     assert f"::error file={rel}::" in bad.stdout and "sha256 differs" in bad.stdout
 
 
-def test_readme_shows_the_workflow_as_it_is():
-    assert WORKFLOW.read_text() in (ROOT / "README.md").read_text()
+def test_the_build_page_shows_the_workflow_as_it_is():
+    assert WORKFLOW.read_text() in (ROOT / "docs" / "build.md").read_text()
 
 
 def test_pre_commit_hook_runs_as_written(checkouts, console_bin):

@@ -2,7 +2,7 @@
 
 scripts/docker_setup.sh installs Docker from Debian's packages when missing, starts the daemon and makes the base
 image with debootstrap (no image registry is reachable here). Where the daemon cannot run, the test is skipped with
-the reason; README says which commands to run by hand.
+the reason; docs/serve.md says which commands to run by hand.
 """
 
 import json
@@ -41,7 +41,7 @@ def base_image():
                           timeout=900)
     if proc.returncode == 3:
         pytest.skip(f"Docker cannot run here ({proc.stderr.strip().splitlines()[-1]}); on a Docker host run the "
-                    f"commands of README 'Deploy on a CPU machine' by hand")
+                    f"commands of docs/serve.md 'On a machine without a GPU: the CPU image' by hand")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 

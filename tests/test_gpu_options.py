@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.backend import PYTHON_MODEL_FILES
-from mnv3kit.backend.model import RunnerError, TorchRunner
+from mnv3kit.backend.classifier_model import RunnerError, TorchRunner
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
 from mnv3kit.render import ConfigOptions, GpuOptions, Instances, render_config
@@ -88,7 +88,7 @@ def test_runtime_and_graph_options_are_checked(tmp_path):
 
 def test_compile_failure_names_the_fallback(compiled_repo):
     """A real TorchInductor failure (no working C++ compiler for its CPU code) becomes one clear error."""
-    script = ("import sys; from mnv3kit.backend.model import TorchRunner, RunnerError\n"
+    script = ("import sys; from mnv3kit.backend.classifier_model import TorchRunner, RunnerError\n"
               "try:\n"
               f"    TorchRunner({str(compiled_repo / PT.name / '1' / COMPILED_ARTIFACT)!r}, 'cpu', graph_batches=[1])\n"
               "except RunnerError as exc:\n"

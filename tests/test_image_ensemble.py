@@ -13,13 +13,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from conftest import ROOT, assert_one_line_error, queue_bound, run_cli
-from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
+from mnv3kit.measure.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.backend import KIT_DIR, VENDORED
 from mnv3kit.backend.preprocess_model import cpu_preprocess, gpu_decodable
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.ensemble import VENDOR_DIR, WARMUP_DIR, WARMUP_FILE, render_dali_pipeline
 from mnv3kit.errors import KitError
-from mnv3kit.image_bench import make_jpegs
+from mnv3kit.measure.image_bench import make_jpegs
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
 from mnv3kit.render import Batching, ConfigOptions, Instances
@@ -29,7 +29,7 @@ from mnv3kit.validate import check_repository
 
 # DALI decodes RGBA without compositing on white and cannot read GIF: every other edge case must match
 DALI_SAME = ("grayscale", "cmyk", "gray16", "exif_rotated", "tiny", "huge")
-DALI_LOGIT_TOLERANCE = 0.05  # x max(1, max |logit|): measured 0.043, see README "Encoded images"
+DALI_LOGIT_TOLERANCE = 0.05  # x max(1, max |logit|): measured 0.043, see docs/classify.md
 BATCH_DELAY_US = 3_000_000  # long enough that concurrently sent requests are sure to meet in one batch
 
 
@@ -235,7 +235,7 @@ def test_classify_cli_sends_files_as_bytes(server, photos, edge, protocol):
 def test_curl_with_the_binary_tensor_extension(server, photos, edge):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    script = (  # README's example, with this server's port; the HTTP status on the last line
+    script = (  # docs/classify.md's example, with this server's port; the HTTP status on the last line
         'HEADER=\'{"inputs":[{"name":"IMAGE","shape":[1,\'$(stat -c %s "$IMG")\'],"datatype":"UINT8",'
         '"parameters":{"binary_data_size":\'$(stat -c %s "$IMG")\'}}],'
         '"outputs":[{"name":"LOGITS","parameters":{"classification":3}}]}\'\n'

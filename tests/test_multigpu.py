@@ -1,6 +1,6 @@
 """tools/multi_gpu_run.sh and perf/multigpu_report.py around the GPU part: arguments and failure paths.
 
-The measurement itself needs a machine with 2 GPUs (README "Scaling out"); here only what must fail, fails cleanly.
+The measurement itself needs a machine with 2 GPUs (docs/scale-out.md); here only what must fail, fails cleanly.
 """
 
 import os

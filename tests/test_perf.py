@@ -227,7 +227,7 @@ def test_the_printed_perf_analyzer_line_runs(server, tmp_path):
     """`mnv3-perf command` prints a line that works as pasted: perf_analyzer's library path, the admin header for
     gRPC read from the environment (the key itself not printed), and zeros instead of its NaN-bearing random data."""
     env = {**os.environ, ADMIN_KEY_ENV: server.admin_key}
-    proc = subprocess.run([sys.executable, "-m", "mnv3kit.perf", "command", "-m", "pt", "-u", server.grpc_url, "-i",
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.cli.perf", "command", "-m", "pt", "-u", server.grpc_url, "-i",
                            "grpc"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
@@ -300,7 +300,7 @@ def test_served_report_compares_with_in_process(quick_run, small_ngc_repo, built
     bench = run_cli("perf/bench_engine.py", "--repo", built_repo("small", "local"), "--quick",
                     "-b", ",".join(map(str, BATCHES)), "-o", tmp_path)
     assert bench.returncode == 0, bench.stderr
-    proc = subprocess.run([sys.executable, "-m", "mnv3kit.perf", "report", str(out), "--compare",
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.cli.perf", "report", str(out), "--compare",
                            str(tmp_path / "engine_latency.json")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     served = table_rows((out / "report.md").read_text(), "Model/Batch_Size")

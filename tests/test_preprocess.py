@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
+from mnv3kit.measure.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.preprocess import (ImageError, center_crop, eval_transform, load_image, preprocess_file,
                                 random_resized_crop, resize_shorter, train_transform)
 from mnv3kit.spec import MEAN, STD

@@ -18,8 +18,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
-from mnv3kit.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
-from mnv3kit.load import OpenLoop, background_load, capacity, descendants, rss_mb, summarize
+from mnv3kit.measure.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
+from mnv3kit.measure.loadgen import OpenLoop, background_load, capacity, summarize
+from mnv3kit.process import descendants, rss_mb
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT

@@ -16,7 +16,7 @@ import torch
 
 from conftest import assert_one_line_error, run_cli, start_serve_py
 from mnv3kit.build import BuildOptions, build
-from mnv3kit.edge_images import BAD, GOOD, make_edge_cases
+from mnv3kit.measure.edge_images import BAD, GOOD, make_edge_cases
 from mnv3kit.model import build_model
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file

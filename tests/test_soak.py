@@ -1,5 +1,5 @@
 """Load truth on the real embedded Triton: every served model under sustained concurrency, every answer checked
-(mnv3kit/measure/soak.py through `python -m mnv3kit.perf soak`), and the harness itself catching a wrong answer."""
+(mnv3kit/measure/soak.py through `python -m mnv3kit.cli.perf soak`), and the harness itself catching a wrong answer."""
 
 import json
 import shutil
@@ -27,7 +27,7 @@ def repo(tmp_path_factory):
 
 
 def soak(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "mnv3kit.perf", "soak", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "mnv3kit.cli.perf", "soak", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

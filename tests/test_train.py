@@ -428,9 +428,9 @@ def test_written_digits_are_the_split(digits, tmp_path):
     assert pixels.shape == (64, 64)
     expected = np.round(255 - digits.images[split["test"][0]] * 255 / 16)
     np.testing.assert_array_equal(pixels[::8, ::8], expected)
-    proc = subprocess.run([sys.executable, "-m", "mnv3kit.demo_data", "write", tmp_path / "digits"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.cli.demo_data", "write", tmp_path / "digits"], cwd=ROOT,
                           capture_output=True, text=True)
-    assert_one_line_error(proc, "python -m mnv3kit.demo_data: error:", "is not empty")
+    assert_one_line_error(proc, "python -m mnv3kit.cli.demo_data: error:", "is not empty")
 
 
 def test_shipped_demo_weights_classify_held_out_digits(tmp_path):

@@ -3,6 +3,7 @@ Triton with perf_analyzer; the winner is a valid repository that loads in a real
 
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -13,12 +14,12 @@ from conftest import ROOT, assert_one_line_error
 from mnv3kit.render import Batching
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ONNX
-from mnv3kit.tune import MIN_GAIN
+from mnv3kit.tune import REPEATS, Candidate, needed_gain
 from mnv3kit.validate import check_repository, parse_config
 
 
 def tune(*args):
-    return subprocess.run([sys.executable, "-m", "mnv3kit.tune", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mnv3kit.cli.tune", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -54,16 +55,25 @@ def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
         assert not c["error"], c
         assert [r["concurrency"] for r in c["rows"]] == [1, 2]
         assert all(r["throughput"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in c["rows"]), c
+        # a near-tie is measured again: every run's score is kept, the median decides and is the one shown
+        assert 1 <= len(c["scores"]) <= 1 + REPEATS and c["score"] == statistics.median_low(c["scores"]), c
+        assert c["best"]["throughput"] == c["score"], c
     assert result["measured"] == 2 and result["grid"] == 2 and result["points"] == 4
-    # the refinement wins only by more than MIN_GAIN; otherwise the default stays
+    # the refinement (max batch 4: the cheaper) replaces the default when its median ties or beats the default's
     winner = result["winner"]
-    default, refined = (c["best"]["throughput"] for c in result["candidates"])
-    assert winner["label"] == labels[1 if refined >= MIN_GAIN * default else 0], (winner, default, refined)
+    default, refined = result["candidates"]
+    need = needed_gain(*(Candidate(**{**c["candidate"], "preferred": tuple(c["candidate"]["preferred"])})
+                         for c in (refined, default)))
+    assert need == 1.0
+    assert winner["label"] == labels[1 if refined["score"] >= need * default["score"] else 0], (default, refined)
     # a winner other than the default is measured again beside it (--confirm 1)
     confirmed = result["confirmed"]
     assert (confirmed is None) == (winner["label"] == labels[0]), confirmed
-    assert result["runs"] == 2 + (2 if confirmed else 0)
+    assert result["repeats"] == sum(len(c["scores"]) - 1 for c in result["candidates"])
+    assert result["runs"] == 2 + result["repeats"] + (2 if confirmed else 0)
     assert confirmed is None or (len(confirmed["winner"]) == len(confirmed["default"]) == 1)
+    winning = next(c for c in result["candidates"] if c["label"] == winner["label"])
+    assert result["spread"]["winner"] == winning["scores"] + (confirmed["winner"] if confirmed else [])
 
     repo = out / "model_repository"
     report = check_repository(repo)
@@ -83,6 +93,8 @@ def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
     assert proc.stdout.strip() == text.strip()
     assert "2 candidates (4 perf_analyzer points) of a full grid of 2 candidates (4 points)" in text
     assert ("Measured again, alternately, 1 times each" in text) == bool(confirmed)
+    assert f"{result['runs']} perf_analyzer runs in all ({result['repeats']} repeats of near-ties" in text
+    assert "- Every run (search and confirmation; infer/s within the budget): winner " in text
     assert f"`{winner['label']}`" in text and "winner / default" in text
     rows = [line for line in text.splitlines() if line.startswith("| `onnx")]
     assert len(rows) == 2

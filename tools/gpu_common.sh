@@ -1,9 +1,7 @@
-# Sourced by tools/gpu_run.sh, gpu_image.sh, gpu_tune.sh and multi_gpu_run.sh once PY is set: the carry's
-# environment when CARRY names one (tools/gpu_carry_env.sh), an admin key in TRITON_ADMIN_KEY, the GPU and torch
-# versions in the log, and start_server REPO LOG, which starts serve.py on REPO in the background (under SERVER_PY
-# when the carry set it), stops it on exit, and returns once Triton answers /v2/health/ready on port 8000; a server
+# Sourced by tools/gpu_run.sh, gpu_image.sh, gpu_tune.sh and multi_gpu_run.sh once PY is set: an admin key in
+# TRITON_ADMIN_KEY, the GPU and torch versions in the log, and start_server REPO LOG, which starts serve.py on REPO
+# in the background (under SERVER_PY when set, else PY), stops it on exit, and returns once Triton answers /v2/health/ready on port 8000; a server
 # that dies first prints its log and fails the script; and soak DIR REPO MODELS LEVELS, the load truth.
-[ -z "${CARRY:-}" ] || source tools/gpu_carry_env.sh "$CARRY"
 export PYTHON="$PY" PYTHONUNBUFFERED=1
 # one admin key for the run: serve.py guards the statistics API with it, and perf_analyzer reads statistics
 export TRITON_ADMIN_KEY=${TRITON_ADMIN_KEY:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}
@@ -14,11 +12,11 @@ start_server() {
   "${SERVER_PY:-$PY}" serve.py --repo "$1" --timeout 600 > "$2" 2>&1 &
   server=$!
   trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-  "$PY" -m mnv3kit.triton ready -u localhost:8000 --wait 900 --pid $server || { cat "$2"; exit 1; }
+  "$PY" -m mnv3kit.cli.triton ready -u localhost:8000 --wait 900 --pid $server || { cat "$2"; exit 1; }
 }
 
 # soak DIR REPO MODELS LEVELS: sustained load on MODELS of the running server (gRPC, port 8001), every answer
-# checked against in-process FP32 logits of REPO's artifacts (python -m mnv3kit.perf soak), SOAK_SECONDS (10) per
+# checked against in-process FP32 logits of REPO's artifacts (python -m mnv3kit.cli.perf soak), SOAK_SECONDS (10) per
 # level. Run before any speed is measured: a speed is only reported with its answers checked. Writes DIR/soak.md,
 # DIR/soak.json and DIR/exit_status (0: no wrong answer, no failed request; 1: some; 2: the soak itself broke);
 # the script carries on to measure and report, and ends with soak_status (the soak's exit status) so that a
@@ -27,7 +25,7 @@ soak_status=0
 soak() {
   mkdir -p "$1"
   local rc=0
-  "$PY" -m mnv3kit.perf soak --repo "$2" -u localhost:8001 -m "$3" -c "$4" --seconds "${SOAK_SECONDS:-10}" \
+  "$PY" -m mnv3kit.cli.perf soak --repo "$2" -u localhost:8001 -m "$3" -c "$4" --seconds "${SOAK_SECONDS:-10}" \
     -o "$1" || rc=$?
   echo "$rc" > "$1/exit_status"
   echo "soak exit status: $rc (0: every answer right, no failed request)"

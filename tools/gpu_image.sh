@@ -6,9 +6,9 @@
 #   3. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
 # Reports under perf/results/gpu-image-<date>/ (REPORT.md: perf/gpu_report.py). Exit status: the soak's.
-#   bash tools/gpu_image.sh        (after installing the kit on the GPU host; see README "GPU")
+#   bash tools/gpu_image.sh        (after installing the kit on the GPU host; see docs/gpu.md)
 # Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s),
-# SOAK_LEVELS (1,8,128,256), GRAPHS, CACHE, SOAK_SECONDS and CARRY as in tools/gpu_run.sh.
+# SOAK_LEVELS (1,8,128,256), GRAPHS, CACHE and SOAK_SECONDS as in tools/gpu_run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}

@@ -7,10 +7,9 @@
 # every answer checked, at SOAK_LEVELS), then run perf_analyzer over gRPC (batch 1 latency, batch 64 with system and
 # CUDA shared memory, dynamic batching), and write perf/results/gpu-<date>/REPORT.md with every ratio taken against
 # the fastest raw variant. Exit status: the soak's (nonzero when an answer was wrong or a request failed).
-#   bash tools/gpu_run.sh            (after installing the kit's requirements on the GPU host; see README "GPU")
+#   bash tools/gpu_run.sh            (after installing the kit's requirements on the GPU host; see docs/gpu.md)
 # Env: ARCH (large), INSTANCES (2), GRAPHS (1,4,8,16,32,64), WINDOW_MS (1000), SOAK_LEVELS (1,8,64,256),
-# SOAK_SECONDS (10 per level), PY (python3),
-# CARRY (an archive made by tools/make_gpu_carry.sh, unpacked first when given: server, perf_analyzer, client).
+# SOAK_SECONDS (10 per level), PY (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}

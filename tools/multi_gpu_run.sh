@@ -7,7 +7,7 @@
 # Every point: mobilenetv3_u8 (FP16, channels_last, CUDA graph at 64), batch-64 requests over gRPC with system
 # shared memory, fixed measurement windows. Writes perf/results/multigpu-<date>/REPORT.md (perf/multigpu_report.py)
 # with the scaling vs (a) measured in the same call ($OUT/multigpu-results.tar.gz through the device tool).
-#   bash tools/multi_gpu_run.sh            (on a host with 2 GPUs and the kit's requirements; CARRY as in gpu_run.sh)
+#   bash tools/multi_gpu_run.sh            (on a host with 2 GPUs and the kit's requirements)
 # Env: ARCH (large), INSTANCES per GPU (2), CONCURRENCY per server (4:16:4 for a/b; c uses half of each level per
 # server), WINDOW_MS (2000).
 set -euo pipefail
@@ -26,7 +26,6 @@ levels=$(seq "${BASH_REMATCH[1]}" "${BASH_REMATCH[3]}" "${BASH_REMATCH[2]}")
 command -v nvidia-smi >/dev/null || die "needs a machine with 2 NVIDIA GPUs (nvidia-smi not found)"
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 [ "$gpus" -ge 2 ] || die "needs 2 GPUs, this machine has $gpus"
-[ -z "${CARRY:-}" ] || [ -f "$CARRY" ] || die "CARRY=$CARRY: no such archive (tools/make_gpu_carry.sh makes it)"
 PY=${PY:-$(command -v python3)}
 STAMP=$(date -u +%Y%m%d-%H%M)
 RES=perf/results/multigpu-$STAMP

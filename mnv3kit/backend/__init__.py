@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-PYTHON_MODEL = Path(__file__).with_name("model.py")
+PYTHON_MODEL = Path(__file__).with_name("classifier_model.py")
 PREPROCESS_MODEL = Path(__file__).with_name("preprocess_model.py")
 # The request queue both models import, copied beside their model.py under a name an installed kit cannot shadow.
 SERVING_MODULE = Path(__file__).with_name("serving.py")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from ..perf import concurrency_range
 from ..spec import DEFAULT_URLS, ENSEMBLE, LOCAL_OPTIONAL, MODELS, PREPROCESS, PROTOCOLS
 
 DEFAULT_REPO = Path("model_repository_local")  # what serve.py serves and the local tools read
@@ -104,3 +105,26 @@ def add_server(parser, protocol: str = "http") -> None:
                         help=f"server address (default {DEFAULT_URLS['http']} for http, "
                              f"{DEFAULT_URLS['grpc']} for grpc)")
     parser.add_argument("-i", "--protocol", choices=PROTOCOLS, default=protocol, help=f"default {protocol}")
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def count_or_zero(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return int(text)
+
+
+def concurrency_text(text: str) -> str:
+    concurrency_range(text)
+    return text
+
+
+def existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return text

@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"host; a restart reuses them (default {GpuOptions.compile_cache})")
     g.add_argument("--gpu-parity-tolerance", type=float, default=GPU_PARITY_TOLERANCE,
                    help="load-time parity check of GPU torch models against the build's eager FP32 logits, times "
-                        f"max(1, max |logit|) (default {GPU_PARITY_TOLERANCE}: FP16 and TF32, see README)")
+                        f"max(1, max |logit|) (default {GPU_PARITY_TOLERANCE}: FP16 and TF32, see docs/gpu.md)")
     g.add_argument("--onnx-accelerator", choices=ONNX_ACCELERATORS, default="none",
                    help="ngc: run the ONNX model through ONNX Runtime's TensorRT execution provider (default none: "
                         "its CUDA provider)")

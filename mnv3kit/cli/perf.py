@@ -1,4 +1,4 @@
-"""mnv3-perf (python -m mnv3kit.perf, perf/run_perf.sh): served performance with perf_analyzer (``run``, ``report``)
+"""mnv3-perf (python -m mnv3kit.cli.perf, perf/run_perf.sh): served performance with perf_analyzer (``run``, ``report``)
 and load truth (``soak``: every answer checked under sustained concurrency)."""
 
 import argparse
@@ -9,11 +9,12 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from mnv3kit.cli import add_output, add_repo, add_server, model_name, model_names
+from mnv3kit.cli import (add_output, add_repo, add_server, concurrency_text, count_or_zero, existing_dir, model_name,
+                         model_names, positive)
 from mnv3kit.errors import KitError, cli_errors, prog_name
 from mnv3kit.perf import (MAX_TRIALS, PLOT_PNG, REPORT_MD, RESULTS_CSV, START_S, PointFailed, Settings,
-                          command_line, concurrency_text, connect, count_or_zero, encoded_input, existing_dir,
-                          image_files, measure_point, plan, positive, report, write_input_data)
+                          command_line, connect, encoded_input, measure_point, plan, report,
+                          write_input_data)
 from mnv3kit.spec import ADMIN_KEY_ENV, DEFAULT_URLS
 
 
@@ -66,7 +67,7 @@ perf_analyzer is looked up as $PERF_ANALYZER, beside the Python that runs this, 
 the nvidia-cuda-runtime-cu12 wheel's libcudart.so.12, which it loads even without a GPU. Missing? `make venv` (it
 also installs the system package libb64-0d).
 A point that fails (unstable measurement, server error, past --point-timeout) is listed in the report; the others
-are kept. Regenerate a report from existing CSVs: python -m mnv3kit.perf report DIR [--compare JSON].
+are kept. Regenerate a report from existing CSVs: python -m mnv3kit.cli.perf report DIR [--compare JSON].
 
 Exit status: 0 every point measured; 1 some points failed (the rest are reported);
              2 bad usage, perf_analyzer missing, server unreachable or a model not ready."""
@@ -216,7 +217,9 @@ def command(args: argparse.Namespace) -> int:
     if encoded_input(config):
         path = Path(args.output) / f"perf_input_{args.model}_b{args.batch_size}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_input_data(config, image_files(args.images), path, args.batch_size > 1)
+        from mnv3kit.parity import photo_set
+
+        write_input_data(config, photo_set(args.images, "--images"), path, args.batch_size > 1)
         data = str(path)
     key_set = bool(os.environ.get(ADMIN_KEY_ENV))
     print(command_line(url, args.protocol, args.model, args.batch_size, data, key_set))
@@ -228,7 +231,7 @@ def command(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog_name("mnv3kit.perf")
+    prog = prog_name("mnv3kit.cli.perf")
     if argv[:1] == ["--prog"] and len(argv) > 1:  # a wrapper's name in messages (perf/run_perf.sh)
         prog, argv = argv[1], argv[2:]
     perf_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -260,3 +263,7 @@ def main(argv=None) -> int:
         if args.command == "command":
             return command(args)
         return run(args) if args.command == "run" else report(args.dir, args.compare)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

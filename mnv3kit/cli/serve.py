@@ -11,13 +11,13 @@ clients out, not this host's users: Triton 2.51 takes it only on its command lin
 ps unless /proc is mounted with hidepid=2. A watchdog reloads a model whose backend process died (Triton itself
 keeps reporting it ready) and loads the repository again when build_repo.py rebuilds it (the old models serve until
 the new ones are ready). A tritonserver that dies (a crash, a request that kills it, kill -9), serving or loading
-after a restart, is started again on the same ports with the same admin key, at most --restarts times in 10
-minutes; the dead server's log is kept as LOG.1 (older ones .2, .3) and the restart line says where. Status lines
+after a restart, is started again on the same ports with the same admin key, at most --restarts times in
+{window}; the dead server's log is kept as LOG.1 (older ones .2, .3) and the restart line says where. Status lines
 on stderr start with the local time. Repositories for NVIDIA's image (--target ngc) need `docker compose up triton`
 instead.
 
 exit codes: 0 stopped cleanly, 1 stopped but the server had to be killed or left something behind,
-            2 bad input, the repository failed to load, or the server died more than --restarts times in 10 minutes
+            2 bad input, the repository failed to load, or the server died more than --restarts times in {window}
 """
 
 import argparse
@@ -31,10 +31,14 @@ from mnv3kit.cli import add_ports, add_repo, ports_of
 from mnv3kit.errors import KitError, cli_errors, prog_name
 from mnv3kit.server import ALLOCATORS
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV
+from mnv3kit.watchdog import RESTART_WINDOW_S
+
+WINDOW = f"{RESTART_WINDOW_S / 60:g} minutes"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+    doc = __doc__.format(window=WINDOW)
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_repo(p, help="repository built with build_repo.py --target local")
     p.add_argument("--address", default="127.0.0.1",
@@ -51,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the server's malloc: jemalloc (auto: where installed, as Debian's libjemalloc2) gives "
                    "the memory of large or refused requests back within a second; glibc's keeps it (default auto)")
     p.add_argument("--restarts", type=int, default=3, metavar="N",
-                   help="start a tritonserver that died again, at most N times in 10 minutes; one more death ends "
+                   help=f"start a tritonserver that died again, at most N times in {WINDOW}; one more death ends "
                    "serve.py with exit 2 (default 3; 0: never)")
     p.add_argument("--no-watchdog", action="store_true",
                    help="neither reload a model whose backend stub process died nor load a rebuilt repository "

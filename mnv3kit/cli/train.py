@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         # serve.py (the embedded Triton) serves --target local repositories; build_repo.py's default is ngc
         print(f"deploy here, CPU and the embedded Triton: python build_repo.py --target local {built} -o {DEFAULT_REPO}"
               f" && python serve.py --repo {DEFAULT_REPO}")
-        print(f"deploy on a GPU host, NVIDIA's Triton image: python build_repo.py {built} (then README, Serve it)")
+        print(f"deploy on a GPU host, NVIDIA's Triton image: python build_repo.py {built} (then docs/serve.md)")
         return 0
 
 

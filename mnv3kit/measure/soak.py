@@ -20,12 +20,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..client import OVERLOADED
-from ..edge_images import BAD, make_edge_cases
+from .edge_images import BAD, make_edge_cases
 from ..errors import KitError
 from ..parity import TOLERANCE, allowed_difference, parity_pixels, sample_photos
 from ..preprocess import decode_image, eval_pixels, normalize
-from ..spec import COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, ONNX, PREPROCESS, PT, TRT
+from ..spec import COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, ONNX, OVERLOADED, PREPROCESS, PT, TRT
 
 STALL_FACTOR = 10
 PHOTOS = 16  # distinct images: the photographs and mirrored / rotated / cropped views of them
@@ -81,7 +80,7 @@ def _version_dir(model_dir: Path) -> Path:
 
 def reference_forward(repo: Path, model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """FP32 logits on the CPU from the model's own artifact, for normalized FP32 input."""
-    from ..backend.model import OnnxRunner, TorchRunner
+    from ..backend.classifier_model import OnnxRunner, TorchRunner
 
     vdir = _version_dir(model_dir)
     if (vdir / PT.artifact).is_file():
@@ -272,7 +271,7 @@ class MemorySampler(threading.Thread):
         self.pid_of, self.samples, self._halt = pid_of, [], threading.Event()
 
     def run(self) -> None:
-        from ..load import rss_mb
+        from ..process import rss_mb
 
         start = time.monotonic()
         while self.pid_of and not self._halt.wait(1.0):

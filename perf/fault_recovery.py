@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Faults: a killed backend process and a model update under open-loop load, and a sweep of malformed requests.
 
-  python perf/faults.py stub-kill --repo model_repository_local --rate 2 --duration 40
-  python perf/faults.py update --repo model_repository_local --weights new.pth --rate 2
-  python perf/faults.py malformed --repo model_repository_local -o perf/out/faults
-  python perf/faults.py memory --repo model_repository_local -o perf/out/faults
+  python perf/fault_recovery.py stub-kill --repo model_repository_local --rate 2 --duration 40
+  python perf/fault_recovery.py update --repo model_repository_local --weights new.pth --rate 2
+  python perf/fault_recovery.py malformed --repo model_repository_local -o perf/out/faults
+  python perf/fault_recovery.py memory --repo model_repository_local -o perf/out/faults
 
 Serves a copy of the repository with serve.py's server and watchdog (loopback, random ports) and sends batch-1
 requests to mobilenetv3_pt over gRPC at --rate per second. stub-kill: after 5 s, kill -9 of the model's python
@@ -12,7 +12,7 @@ backend stub. update: after 5 s, build_repo.py --weights WEIGHTS into the served
 built with: arch and target from its manifest). Prints one JSON object: requests sent / answered / rejected / failed,
 failed requests after the fault, when the model was READY again (or the new build served), and how long
 /v2/health/ready and the model's readiness reported not-ready.
-malformed: serves the repository as it is and sends each malformed request kind (mnv3kit/faults.py) over raw HTTP
+malformed: serves the repository as it is and sends each malformed request kind (mnv3kit/measure/faults.py) over raw HTTP
 and gRPC, each followed by readiness checks and a real photograph's logits, which must stay bit-identical, and last
 the request known to kill Triton 2.51 (deeply nested JSON); writes malformed.md and malformed.json into --output.
 Exit 1 when a kind was not refused or the server was hurt (so with 2.51, always: that last one kills it).
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
             return malformed(args.repo, args.output)
         if args.fault == "memory":
             return memory(args.repo, args.output, args.count)
-        from mnv3kit.load import background_load, descendants, summarize
+        from mnv3kit.measure.loadgen import background_load, summarize
+        from mnv3kit.process import descendants
         from mnv3kit.repository import read_manifest
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.triton import Triton
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 
 
 def malformed(repo: Path, output: Path) -> int:
-    from mnv3kit.faults import Target, sweep, write_report
+    from mnv3kit.measure.faults import Target, sweep, write_report
     from mnv3kit.parity import parity_batch, sample_photos
     from mnv3kit.server import LocalTriton, Ports
 
@@ -138,7 +139,7 @@ def malformed(repo: Path, output: Path) -> int:
 
 
 def memory(repo: Path, output: Path, count: int) -> int:
-    from mnv3kit.faults import Target, refused_body_rss
+    from mnv3kit.measure.faults import Target, refused_body_rss
     from mnv3kit.server import GRPC_ALLOCATION_POOL, LocalTriton, Ports
 
     setups = [("Triton's defaults: glibc malloc, gRPC pool 8", "glibc", 8),

@@ -18,9 +18,9 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from .load import rss_mb
-from .spec import INPUT_DIMS
-from .triton import Triton
+from ..process import rss_mb
+from ..spec import INPUT_DIMS
+from ..triton import Triton
 
 FP32_IMAGE_BYTES = 4 * int(np.prod(INPUT_DIMS))
 BIG_BODY_BYTES = 200 * 2 ** 20

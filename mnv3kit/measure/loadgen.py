@@ -1,7 +1,7 @@
 """Open-loop load for reliability measurements: requests sent at a fixed rate whatever the answers, over gRPC.
 
 A closed loop (perf_analyzer's concurrency mode) slows down with the server and never overloads it; real clients do
-not wait for each other. Used by perf/overload.py (shedding at twice the capacity) and perf/faults.py (stub kill,
+not wait for each other. Used by perf/overload.py (shedding at twice the capacity) and perf/fault_recovery.py (stub kill,
 model update under load). Every request's send time, answer time and error are kept.
 """
 
@@ -10,15 +10,13 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
-from .spec import INPUT_DIMS
+from ..spec import INPUT_DIMS, OVERLOADED
 
 # What Triton answers when the queue policy sheds a request (both with status UNAVAILABLE)
-REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 @dataclass
@@ -33,37 +31,7 @@ class Outcome:
 
     @property
     def rejected(self) -> bool:
-        return self.error is not None and any(r in self.error for r in REJECTIONS)
-
-
-def descendants(pid: int) -> List[int]:
-    """pid and every process below it (the server's python-backend stubs), from /proc."""
-    children: Dict[int, List[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    return tree
-
-
-def rss_mb(pid: int, tree: bool = True) -> float:
-    """Resident memory of a process and (tree) its descendants, MiB."""
-    total = 0
-    for p in descendants(pid) if tree else [pid]:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+        return self.error is not None and any(r in self.error for r in OVERLOADED)
 
 
 def _input(grpcclient, spec, batch: int = 1, seed: int = 0):

@@ -17,11 +17,11 @@ from typing import List, Optional, Sequence
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from .bench import initialize_args, measure
-from .errors import KitError
-from .perf import hardware, hardware_line, markdown_table, now
-from .spec import ADMIN_KEY_ENV, ENSEMBLE, PREPROCESS
-from .validate import parse_config
+from ..bench import initialize_args, measure
+from ..errors import KitError
+from ..report import hardware, hardware_line, markdown_table, now
+from ..spec import ADMIN_KEY_ENV, ENSEMBLE, PREPROCESS
+from ..validate import parse_config
 
 FP32_TENSOR_BYTES = 3 * 224 * 224 * 4
 
@@ -47,8 +47,8 @@ def make_jpegs(sources: Sequence[Path], folder: Path, size=(500, 375), quality: 
 
 def load_pipeline(repo: Path, device: str):
     """(preprocess, classify) as the repository serves them: the backend classes, configured by their configs."""
-    from .backend.model import TritonPythonModel
-    from .backend.preprocess_model import Preprocessor
+    from ..backend.classifier_model import TritonPythonModel
+    from ..backend.preprocess_model import Preprocessor
 
     ensemble = parse_config(repo / ENSEMBLE / "config.pbtxt")
     name = ensemble.ensemble_scheduling.step[-1].model_name
@@ -95,7 +95,7 @@ def served(url: str, protocol: str, files: Sequence[Path], concurrency: int, out
     result = {}
     for key, c in (("batch", concurrency), ("batch1", 1)):
         folder = out / f"served_c{c}"
-        cmd = [sys.executable, "-m", "mnv3kit.perf", "run", "-u", url, "-i", protocol, "-m", ENSEMBLE, "-b", "1",
+        cmd = [sys.executable, "-m", "mnv3kit.cli.perf", "run", "-u", url, "-i", protocol, "-m", ENSEMBLE, "-b", "1",
                "-c", str(c), "--images", str(files[0].parent), "-o", str(folder), *extra]
         env = {**os.environ, **({ADMIN_KEY_ENV: admin_key} if admin_key else {})}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # the key: statistics are an admin API
@@ -149,7 +149,7 @@ def run(repo: Path, files: Sequence[Path], batch: int, device: str, seconds: flo
     progress(f"in-process on {device}: batch {batch} and batch 1")
     ins = in_process(repo, files, batch, device, seconds)
     if url is None:
-        from .server import LocalTriton, Ports
+        from ..server import LocalTriton, Ports
 
         progress(f"starting the embedded Triton on {repo}")
         with LocalTriton(repo, ports or Ports.free()) as server:

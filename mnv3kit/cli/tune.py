@@ -1,0 +1,99 @@
+"""mnv3-tune: the serving configuration with the most throughput while p99 stays under a budget (mnv3kit.tune)."""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+from mnv3kit.cli import add_output, add_ports, concurrency_text, model_names, ports_of, positive
+from mnv3kit.errors import cli_errors, prog_name
+from mnv3kit.model import ARCHS
+from mnv3kit.spec import ONNX, PROTOCOLS, PT
+from mnv3kit.tune import PREFERRED_CHOICES, WINNER_DIR, tune
+from mnv3kit.tune import __doc__ as TUNE_DOC
+
+
+def int_list(text: str) -> List[int]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def choice_list(choices: Sequence[str]):
+    def parse(text: str) -> List[str]:
+        values = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in values if x not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values of {', '.join(choices)}, got {text!r}")
+        return values
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog_name("mnv3kit.cli.tune"), description=TUNE_DOC.split("\n\n")[0],
+                                epilog="Exit status: 0 a winner written; 1 no candidate met the budget; 2 bad input.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--repo", type=Path, metavar="DIR", help="a repository built with build_repo.py --target local")
+    src.add_argument("--arch", choices=ARCHS, help="build one first (--target local, pt and onnx)")
+    p.add_argument("--weights", type=Path, help="with --arch: the weights to build with (default: seeded random)")
+    p.add_argument("--p99-ms", type=float, required=True, metavar="MS", help="latency budget: p99 of a request")
+    p.add_argument("-c", "--concurrency", type=concurrency_text, default="1:8:1", metavar="RANGE",
+                   help="the client load to plan for: outstanding requests START[:END[:STEP]] (default 1:8:1)")
+    p.add_argument("-i", "--protocol", choices=PROTOCOLS, default="http", help="default http")
+    p.add_argument("--shared-memory", choices=("none", "system"), default="none",
+                   help="how perf_analyzer passes tensors (default none)")
+    p.add_argument("-m", "--models", type=model_names, default=[PT.name, ONNX.name], metavar="LIST",
+                   help="runtimes to try: pt (TorchScript), onnx (ONNX Runtime) (default pt,onnx)")
+    p.add_argument("--instances", type=int_list, metavar="LIST",
+                   help="instance counts to try (default 1..the host's cores)")
+    p.add_argument("--max-batch-sizes", type=int_list, default=[1, 2, 4, 8, 16], metavar="LIST",
+                   help="max_batch_size values to try (default 1,2,4,8,16)")
+    p.add_argument("--queue-delays-us", type=int_list, default=[0, 100, 1000, 5000], metavar="LIST",
+                   help="max_queue_delay_microseconds values to try (default 0,100,1000,5000)")
+    p.add_argument("--preferred", type=choice_list(PREFERRED_CHOICES), default=list(PREFERRED_CHOICES),
+                   metavar="LIST", help="preferred batch sizes to try: none, max (max batch), both (half and max; "
+                                        "the kit's default) (default none,max,both)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--count", type=positive, default=None, metavar="N",
+                      help="count windows of N requests (default 30)")
+    size.add_argument("-p", "--window", type=positive, metavar="MS", help="time windows of MS instead")
+    p.add_argument("--stability", type=positive, default=20, metavar="PCT",
+                   help="allowed spread of perf_analyzer's last 3 windows (default 20)")
+    p.add_argument("--confirm", type=int, default=2, metavar="N",
+                   help="then measure the winner and the kit's default again, alternately, N times each, and report "
+                        "the medians' ratio (default 2; 0: no confirmation)")
+    p.add_argument("--budget-min", type=float, default=30.0, metavar="MIN",
+                   help="stop measuring new candidates after this many minutes (default 30)")
+    add_output(p, help="report directory (default perf/out/tune-YYYYmmdd-HHMMSS); the winner repository goes to "
+                       f"DIR/{WINNER_DIR} unless --winner")
+    p.add_argument("--winner", type=Path, metavar="DIR", help="where the winner repository is written")
+    add_ports(p, free=True)
+    args = p.parse_args(argv)
+    if args.weights and not args.arch:
+        p.error("--weights goes with --arch (a --repo is already built)")
+    runtimes = {PT.name: PT.key, ONNX.name: ONNX.key}
+    bad = [m for m in args.models if m not in runtimes]
+    if bad:
+        p.error(f"--models {','.join(bad)}: the tuner tries {PT.key} and {ONNX.key}")
+    args.runtimes = [runtimes[m] for m in args.models]
+    if args.p99_ms <= 0 or args.budget_min <= 0 or args.confirm < 0:
+        p.error("--p99-ms and --budget-min must be > 0, --confirm >= 0")
+    if 0 in args.max_batch_sizes:
+        p.error("--max-batch-sizes must be >= 1")
+    if args.instances and 0 in args.instances:
+        p.error("--instances must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with cli_errors(prog_name("mnv3kit.cli.tune")):
+        return tune(args, ports_of(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

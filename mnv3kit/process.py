@@ -1,0 +1,46 @@
+"""Processes seen through /proc: liveness, a process tree, resident memory. Used by the embedded server, its
+watchdog, the readiness command and the load harnesses."""
+
+import os
+from pathlib import Path
+from typing import Dict, List
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def descendants(pid: int) -> List[int]:
+    """pid and every process below it (the server's python-backend stubs), from /proc."""
+    children: Dict[int, List[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def rss_mb(pid: int, tree: bool = True) -> float:
+    """Resident memory of a process and (tree) its descendants, MiB."""
+    total = 0
+    for p in descendants(pid) if tree else [pid]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
