@@ -36,3 +36,19 @@ serve: venv
 
 clean:
 	rm -rf $(VENV) model_repository model_repository_local .pytest_cache
+
+# Triton Model Analyzer for perf/model_analyzer.py, in a venv of its own: it pulls optuna, numba and more that the kit
+# does not need. It drives the kit's perf_analyzer and embedded tritonserver through wrappers the script generates.
+ANALYZER_VENV ?= .venv-analyzer
+ANALYZER_VERSION ?= 1.58.0
+
+.PHONY: analyzer-venv
+
+analyzer-venv: $(ANALYZER_VENV)/.installed-$(ANALYZER_VERSION)
+
+$(ANALYZER_VENV)/.installed-$(ANALYZER_VERSION):
+	$(PYTHON) -m venv $(ANALYZER_VENV)
+	$(ANALYZER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ANALYZER_VENV)/bin/python -m pip install -q triton-model-analyzer==$(ANALYZER_VERSION)
+	echo '*' > $(ANALYZER_VENV)/.gitignore  # git ignores the venv without a .gitignore entry
+	touch $@

@@ -24,11 +24,11 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from . import versions
-from .backend.classifier_model import OnnxRunner, TorchRunner
+from .backend.classifier_model import OnnxRunner, OpenVinoRunner, TorchRunner
 from .errors import KitError
 from .report import hardware, hardware_line, markdown_table, model_order, now, short_name
 from .repository import read_manifest
-from .spec import ENSEMBLE_PLATFORM, INPUT_DIMS, ONNX, PT, TRT
+from .spec import ENSEMBLE_PLATFORM, INPUT_DIMS, ONNX, OV, PT, TRT
 from .trt_build import HOW_TO_BUILD, import_tensorrt
 from .validate import ModelConfig, artifact_name, parse_config
 
@@ -79,7 +79,7 @@ def discover(repo: Path) -> Tuple[dict, List[Artifact], List[str]]:
             skipped.append(f"{config.name}: {what} without a classifier artifact, not timed in-process "
                            f"(perf/bench_image.py measures the image path)")
             continue
-        if name not in (PT.artifact, ONNX.artifact, TRT.artifact):
+        if name not in (PT.artifact, ONNX.artifact, TRT.artifact, OV.artifact):
             skipped.append(f"{config.name}: no in-process runner for its artifact {name!r}")
             continue
         path = config_path.parent / version / name
@@ -196,6 +196,10 @@ def make_forward(artifact: Artifact, device: str) -> Tuple[Optional[Forward], Op
         return TorchRunner(str(artifact.path), "cuda:0" if device == "cuda" else "cpu"), None
     if artifact.path.name == ONNX.artifact:  # without its CUDA provider, onnxruntime stays on CPU (Device column)
         return OnnxRunner(str(artifact.path), artifact.config.input[0].name, 0 if device == "cuda" else None), None
+    if artifact.path.name == OV.artifact:  # Triton's OpenVINO backend: BF16 when the config's HINT_BF16 says so
+        bf16 = artifact.config.parameters["HINT_BF16"].string_value.lower() == "yes" \
+            if "HINT_BF16" in artifact.config.parameters else False
+        return OpenVinoRunner(str(artifact.path), "bf16" if bf16 else "fp32"), None
     if import_tensorrt() is None:
         return None, f"{artifact.model}: the TensorRT Python package is not importable here; {TRTEXEC_HINT}"
     if device != "cuda":
@@ -211,6 +215,8 @@ def describe(forward: Forward) -> Tuple[str, str]:
         return "TorchScript", gpu_name() if forward.device.type == "cuda" else "cpu"
     if kind == "OnnxRunner":
         return "ONNX Runtime", gpu_name() if "CUDAExecutionProvider" in forward.session.get_providers() else "cpu"
+    if kind == "OpenVinoRunner":
+        return "OpenVINO", "cpu"
     return "TensorRT", gpu_name()
 
 

@@ -15,6 +15,7 @@ from . import versions
 from .ensemble import classifier_for, write_image_models
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
+from .openvino import MIN_AGREEMENT, export_openvino
 from .parity import (PARITY_IMAGES, TOLERANCE, check_parity, constant_logits, format_table, parity_pixels,
                      photo_set, rows_as_dicts, run_parity, write_reference)
 from .preprocess import normalize
@@ -22,7 +23,7 @@ from .render import (TORCH_MODELS, ConfigOptions, PlanOptions, check_config_opti
                      python_backend, render_config, render_plan_script)
 from .repository import file_hashes, sha256, staged_repository, write_manifest
 from .spec import (COMPILED_ARTIFACT, ENSEMBLE, LABELS_FILE, LOCAL_MODELS, LOCAL_OPTIONAL, MANIFEST_FILE, MEAN,
-                   MODELS, ONNX, PARITY_FILE, PLAN_INFO_FILE, PREPROCESS, PT, STD, TRT, U8, ModelSpec)
+                   MODELS, ONNX, OV, PARITY_FILE, PLAN_INFO_FILE, PREPROCESS, PT, STD, TRT, U8, ModelSpec)
 from .trt_build import HOW_TO_BUILD, available_builder, build_plan_python, build_plan_trtexec
 from .validate import check_repository
 from .weights import load_labels, load_model, read_labels
@@ -45,6 +46,7 @@ class BuildOptions:
     models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
     allow_constant_logits: bool = False
     ensemble: Optional[str] = None  # spec key of the classifier the image ensemble feeds; None: no ensemble
+    openvino_min_agreement: float = MIN_AGREEMENT  # the BF16 accuracy gate's top-1 agreement with FP32 eager
 
 
 def log(message: str) -> None:
@@ -85,6 +87,8 @@ def build(opts: BuildOptions) -> Path:
     """Run every step into a staging directory, validate it, then swap it in place of ``opts.output``."""
     started = time.time()
     cfg = opts.config
+    if not 0 < opts.openvino_min_agreement <= 1:
+        raise KitError(f"--openvino-min-agreement must lie in (0, 1], got {opts.openvino_min_agreement}")
     if opts.trt not in TRT_MODES:
         raise KitError(f"--trt must be one of {', '.join(TRT_MODES)}")
     check_config_options(cfg)
@@ -130,14 +134,16 @@ def build(opts: BuildOptions) -> Path:
             export_program(model, program_path, cfg.max_batch_size)
         step()
         export_onnx(model, onnx_path)
+        ov_path = export_openvino(onnx_path, staging / OV.name / version) if OV in models else None
 
         step()
         paths = photo_set(opts.parity_images, "--parity-images")
         pixels = parity_pixels(paths, max(cfg.max_batch_size, PARITY_IMAGES))
         batch = normalize(pixels)
-        rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}), program_path)
+        rows = run_parity(model, pt_path, onnx_path, batch, sorted({1, cfg.max_batch_size}), program_path, ov_path)
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
+        openvino_entry = _openvino_gate(model, ov_path, cfg, paths, opts.openvino_min_agreement) if ov_path else None
         constant = constant_logits(model, batch, opts.parity_tolerance)
         if constant and not opts.allow_constant_logits:
             raise KitError(f"{constant}; --allow-constant-logits builds it anyway; nothing was written")
@@ -183,6 +189,7 @@ def build(opts: BuildOptions) -> Path:
             "tensorrt": trt_entry,
             "parity": {"tolerance": opts.parity_tolerance, "rows": rows_as_dicts(rows), "device": device_check},
             "runtime": cfg.runtime,
+            "openvino": openvino_entry,
         }
 
         step()
@@ -244,12 +251,50 @@ def kept_versions(output: Path, spec: ModelSpec, cfg: ConfigOptions) -> List[int
     return [v for v in old if v < cfg.version][-(policy.num_versions - 1):] if policy.num_versions > 1 else []
 
 
+def _openvino_gate(model, xml: Path, cfg: ConfigOptions, photos: List[Path], min_agreement: float) -> dict:
+    """The OpenVINO model's precision, and the accuracy gate's verdict on BF16 where it may run in BF16: asked for
+    (--openvino-precision bf16), or on the ngc target, whose OpenVINO backend computes in BF16 on any CPU that has
+    it (it takes no FP32 switch). BF16 below the gate refuses the build; nothing is written."""
+    import numpy as np
+    import torch
+
+    from .backend.classifier_model import OpenVinoRunner
+    from .openvino import GATE_IMAGES, bf16_supported, gate_pixels, precision_gate
+
+    entry = {"version": versions("openvino")["openvino"], "precision": cfg.openvino_precision}
+    may_be_bf16 = cfg.openvino_precision == "bf16" or cfg.target == "ngc"
+    if not may_be_bf16:
+        return entry
+    if not bf16_supported():
+        if cfg.openvino_precision == "bf16":
+            raise KitError("--openvino-precision bf16: this CPU has no BF16 (OpenVINO lists neither AVX512_BF16 nor "
+                           "AMX), so it can be neither gated nor served here; build with --openvino-precision fp32")
+        return {**entry, "gate": "not run: this CPU has no BF16; Triton's OpenVINO backend runs BF16 on CPUs that "
+                                 "have it, so build on one to gate it"}
+    images = normalize(gate_pixels(photos, GATE_IMAGES))
+    with torch.no_grad():
+        reference = np.concatenate([model.eval()(torch.from_numpy(images[i:i + 64])).numpy()
+                                    for i in range(0, len(images), 64)])
+    runner = OpenVinoRunner(str(xml), "bf16")
+    candidate = np.concatenate([runner(images[i:i + cfg.max_batch_size])
+                                for i in range(0, len(images), cfg.max_batch_size)])
+    gate = precision_gate("bf16", reference, candidate, min_agreement)
+    log(f"OpenVINO accuracy gate: {gate.line()}")
+    if not gate.ok:
+        raise KitError(f"OpenVINO BF16 refused by the accuracy gate (its class changes for "
+                       f"{100 * (1 - gate.top1_agreement):.2f} % of the images): {gate.line()}"
+                       + ("; build with --openvino-precision fp32" if cfg.target == "local" else
+                          "; Triton's OpenVINO backend would compute in BF16 on such CPUs: serve mobilenetv3_onnx "
+                          "there instead") + "; nothing was written")
+    return {**entry, "gate": gate.as_dict()}
+
+
 def select_models(cfg: ConfigOptions, keys: Optional[Sequence[str]]) -> List[ModelSpec]:
     target = cfg.target
     if target == "local":
         default, available = LOCAL_MODELS, (*LOCAL_MODELS, *LOCAL_OPTIONAL)
     else:  # the UINT8 model needs the python backend: offered with --runtime compiled
-        default, available = MODELS, (*MODELS, *LOCAL_OPTIONAL) if cfg.runtime == "compiled" else MODELS
+        default, available = MODELS, (*MODELS, U8, OV) if cfg.runtime == "compiled" else (*MODELS, OV)
     if keys is None:
         return list(default)
     known = {spec.key: spec for spec in available}

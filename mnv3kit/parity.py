@@ -85,15 +85,21 @@ def compare(fmt: str, out: np.ndarray, reference: np.ndarray) -> ParityRow:
 
 
 def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, images: np.ndarray,
-               batch_sizes: Sequence[int], program_path: Optional[Path] = None) -> List[ParityRow]:
+               batch_sizes: Sequence[int], program_path: Optional[Path] = None,
+               openvino_path: Optional[Path] = None) -> List[ParityRow]:
     """Eager PyTorch against the TorchScript file, the ONNX file (ONNX Runtime) and, when given, the torch.export
-    program, at each batch size."""
+    program and OpenVINO's IR (FP32), at each batch size."""
     import onnxruntime as ort
 
     runners = {"torchscript": torch.jit.load(str(torchscript_path), map_location="cpu").eval()}
     if program_path is not None:
         runners["torch.export"] = torch.export.load(str(program_path)).module()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    openvino = None
+    if openvino_path is not None:
+        from .backend.classifier_model import OpenVinoRunner
+
+        openvino = OpenVinoRunner(str(openvino_path), "fp32")
     rows = []
     for batch in batch_sizes:
         x = images[:batch]
@@ -101,6 +107,8 @@ def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, 
             reference = model.eval()(torch.from_numpy(x)).numpy()
             outputs = {fmt: run(torch.from_numpy(x)).numpy() for fmt, run in runners.items()}
         outputs["onnx"] = session.run([ONNX.output_name], {ONNX.input_name: x})[0]
+        if openvino is not None:
+            outputs["openvino"] = openvino(x)
         rows += [compare(fmt, out, reference) for fmt, out in outputs.items()]
     return rows
 

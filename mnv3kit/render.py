@@ -7,11 +7,12 @@ import jinja2
 
 from .errors import KitError
 from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, ONNX_PLATFORM,
-                   PLAN_INFO_FILE, PT, PYTHON_BACKEND, RUNTIMES, STD, TENSORRT_PLATFORM, TORCHSCRIPT_PLATFORM, TRT, U8,
-                   ModelSpec)
+                   OPENVINO_BACKEND, OV, PLAN_INFO_FILE, PT, PYTHON_BACKEND, RUNTIMES, STD, TENSORRT_PLATFORM,
+                   TORCHSCRIPT_PLATFORM, TRT, U8, ModelSpec)
 
 TARGETS = ("ngc", "local")
 ONNX_ACCELERATORS = ("none", "tensorrt")
+OPENVINO_PRECISIONS = ("fp32", "bf16")
 TORCH_MODELS = (PT, U8)  # what --runtime applies to
 CLASSIFIER_TEMPLATE = "classifier.pbtxt.j2"
 # The load-time parity check's default factor on GPU instances (FP16; TF32 is cuDNN's default for FP32
@@ -95,6 +96,7 @@ class ConfigOptions:
     gpu: GpuOptions = field(default_factory=GpuOptions)
     runtime: str = "torchscript"  # of the torch models: torchscript | compiled (python backend, TorchInductor)
     cpu_parity_tolerance: float = 1e-4  # the build's --parity-tolerance, checked again at load on CPU instances
+    openvino_precision: str = "fp32"  # of the OpenVINO model: fp32 | bf16 (behind the build's accuracy gate)
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,11 @@ def artifact_of(model: ModelSpec, opts: "ConfigOptions") -> str:
 
 
 def python_runtime(model: ModelSpec, opts: "ConfigOptions") -> str:
-    """The `runtime` parameter model.py reads: torch (TorchScript), compiled, or onnxruntime."""
+    """The `runtime` parameter model.py reads: torch (TorchScript), compiled, onnxruntime or openvino."""
     if model == ONNX:
         return "onnxruntime"
+    if model == OV:
+        return "openvino"
     return "compiled" if opts.runtime == "compiled" else "torch"
 
 
@@ -153,7 +157,9 @@ def _python_parameters(model: ModelSpec, opts: "ConfigOptions") -> dict:
     params = {"artifact": artifact_of(model, opts), "runtime": runtime}
     if opts.batching.enabled:  # the queue bound, kept by model.py (queue_policy.pbtxt.j2 says why)
         params.update(max_queue_size=str(instance_queue_size(opts)), queue_timeout_us=str(opts.batching.queue_timeout_us))
-    if runtime != "onnxruntime":
+    if runtime == "openvino":
+        params["precision"] = opts.openvino_precision
+    elif runtime != "onnxruntime":
         on_gpu = opts.instances.kind == "KIND_GPU"
         params.update(precision=opts.gpu.precision, channels_last=str(opts.gpu.channels_last).lower(),
                       cuda_graph_batches=",".join(map(str, opts.gpu.cuda_graph_batches)),
@@ -173,6 +179,13 @@ def serving_blocks(model: ModelSpec, opts: "ConfigOptions") -> dict:
     blocks = {"platform": "", "backend": "", "parameters": {}, "accelerator": None, "cuda_graph_batches": ()}
     if python_backend(model, opts):
         return {**blocks, "backend": PYTHON_BACKEND, "parameters": _python_parameters(model, opts)}
+    if model == OV:
+        # Triton's OpenVINO backend (24.10) takes no FP32 switch: HINT_BF16 is its only precision parameter, and
+        # OpenVINO computes in BF16 by default on a CPU that has it; the build's accuracy gate covers that case.
+        parameters = {"PERFORMANCE_HINT": "LATENCY"}
+        if opts.openvino_precision == "bf16":
+            parameters["HINT_BF16"] = "YES"
+        return {**blocks, "backend": OPENVINO_BACKEND, "parameters": parameters}
     blocks["platform"] = model.platform
     if model.platform == TORCHSCRIPT_PLATFORM:
         blocks["parameters"] = {"INFERENCE_MODE": "true"}
@@ -197,6 +210,8 @@ def check_config_options(opts: "ConfigOptions") -> None:
         raise KitError("--runtime compiled needs --instance-kind KIND_GPU: TorchInductor's C++ build on a CPU takes "
                        "minutes per batch size (280 s measured on 2 cores) and ONNX Runtime is the faster CPU runtime; "
                        "use --runtime torchscript or --models onnx on CPU")
+    if opts.openvino_precision not in OPENVINO_PRECISIONS:
+        raise KitError(f"--openvino-precision must be one of {', '.join(OPENVINO_PRECISIONS)}")
     if opts.gpu.onnx_accelerator not in ONNX_ACCELERATORS:
         raise KitError(f"--onnx-accelerator must be one of {', '.join(ONNX_ACCELERATORS)}")
     bad = [b for b in opts.gpu.cuda_graph_batches if not 1 <= b <= opts.max_batch_size]
@@ -213,9 +228,11 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
         raise KitError(f"preferred batch sizes {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")
     if opts.batching.queue_timeout_us < 0 or (opts.batching.max_queue_size or 0) < 0:
         raise KitError("the queue size and timeout must be >= 0 (0: no bound)")
+    # OpenVINO runs on CPUs only (Triton's OpenVINO backend and the python backend's runner alike)
+    instances = Instances("KIND_CPU", opts.instances.count) if model == OV else opts.instances
     return _env().get_template(CLASSIFIER_TEMPLATE).render(
         template=CLASSIFIER_TEMPLATE, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
-        input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy, instance=opts.instances,
+        input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy, instance=instances,
         batching=opts.batching, queue_size=queue_size(opts), queue_in_model=python_backend(model, opts),
         warmup_batches=warmup_batches(opts), **serving_blocks(model, opts),
     )

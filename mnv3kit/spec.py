@@ -42,6 +42,7 @@ ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
 ENSEMBLE_PLATFORM = "ensemble"
 PYTHON_BACKEND = "python"
+OPENVINO_BACKEND = "openvino"  # a `backend`, not a platform: Triton's OpenVINO backend
 DALI_BACKEND = "dali"
 
 
@@ -64,8 +65,13 @@ TRT = ModelSpec("trt", "mobilenetv3_trt", TENSORRT_PLATFORM, "image", "outputs",
 # The smaller input contract (4x fewer bytes per image): the TorchScript model behind a UINT8 input, normalized on
 # the serving device. Local target only, on request (--models pt,onnx,u8).
 U8 = ModelSpec("u8", "mobilenetv3_u8", TORCHSCRIPT_PLATFORM, "PIXELS", "OUTPUT__0", "model.pt", "TYPE_UINT8")
+# OpenVINO's IR of model.onnx (model.xml, weights in model.bin beside it): Triton's OpenVINO backend on the ngc
+# target, OpenVINO's runtime in the python backend on local. On request (--models ...,ov): the openvino extra.
+OV = ModelSpec("ov", "mobilenetv3_openvino", OPENVINO_BACKEND, "image", "outputs", "model.xml")
+OV_WEIGHTS = "model.bin"
 MODELS = (PT, ONNX, TRT)
-MODELS_BY_NAME = {m.name: m for m in (*MODELS, U8)}
+OPTIONAL = (U8, OV)
+MODELS_BY_NAME = {m.name: m for m in (*MODELS, *OPTIONAL)}
 
 # Triton's words for a request refused under load (a full queue, a request past its timeout); the kit's
 # python-backend queue (backend/serving.py, copied into repositories without the kit) answers with the same words.
@@ -73,7 +79,7 @@ OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
 
 # What the embedded (python-backend) Triton can run: no TensorRT there.
 LOCAL_MODELS = (PT, ONNX)
-LOCAL_OPTIONAL = (U8,)
+LOCAL_OPTIONAL = (U8, OV)
 
 # The image ensemble: a client sends the encoded file (JPEG, PNG, ...), the server decodes and preprocesses it
 # (mobilenetv3_preprocess) and feeds one of the classifiers above. One image per batch item as UINT8 [-1] with
@@ -85,4 +91,4 @@ IMAGE_INPUT = "IMAGE"  # ensemble and preprocessing input: the file's bytes
 PREPROCESSED = "PREPROCESSED"  # preprocessing output: the classifier's input (FP32 normalized, or UINT8 pixels)
 ENSEMBLE_OUTPUT = "LOGITS"
 WARMUP_DIR = "warmup"  # <model>/warmup/: where Triton reads model_warmup's input_data_file
-ENSEMBLE_CLASSIFIERS = {"local": (PT, ONNX, U8), "ngc": (PT, ONNX, TRT)}
+ENSEMBLE_CLASSIFIERS = {"local": (PT, ONNX, U8, OV), "ngc": (PT, ONNX, TRT, OV)}

@@ -1,6 +1,6 @@
 """Tune: the serving configuration with the most throughput while p99 stays under a budget (mnv3-tune).
 
-Candidates vary the runtime (pt: TorchScript, onnx: ONNX Runtime), the instance count, max_batch_size, the preferred
+Candidates vary the runtime (pt: TorchScript, onnx: ONNX Runtime, ov: OpenVINO), the instance count, max_batch_size, the preferred
 batch sizes and the max queue delay. Each is rendered by the kit's templates from a built --target local repository's
 artifacts (mnv3kit.build.render_model), loaded into the embedded Triton through the repository API (explicit model
 control: a new config swaps in without a restart) and measured with perf_analyzer over the client's concurrency range
@@ -45,7 +45,9 @@ from .perf import PointFailed, Settings, concurrency_range, measure_point
 from .report import hardware, hardware_line, latency_axes, markdown_table, now, save
 from .render import QUEUE_BATCHES, Batching, ConfigOptions, Instances
 from .server import LocalTriton
-from .spec import ONNX, PT
+from .spec import ONNX, OV, PT
+
+RUNTIMES = {spec.key: spec for spec in (PT, ONNX, OV)}  # what the tuner can serve a candidate with
 
 PRUNE_RUNTIME = 0.8  # a runtime whose default scores below this fraction of the best one's is not refined
 MIN_GAIN = 1.03  # a move must beat the incumbent by 3 %: less is within a busy machine's noise
@@ -77,7 +79,7 @@ class Candidate:
 
     @property
     def spec(self):
-        return {PT.key: PT, ONNX.key: ONNX}[self.runtime]
+        return RUNTIMES[self.runtime]
 
     def config(self, base: ConfigOptions, kind: str, clients: int) -> ConfigOptions:
         """The options to render; the queue bound holds at least ``clients`` requests: the planned load is served,
@@ -336,7 +338,7 @@ def pareto(points: List[dict]) -> List[dict]:
 def plot(points: List[dict], budget_ms: float, winner: Optional[dict], default: Optional[dict], title: str,
          path: Path) -> None:
     fig, ax = latency_axes(title, fontsize=9)
-    for runtime, marker in ((PT.key, "o"), (ONNX.key, "s")):
+    for runtime, marker in zip(RUNTIMES, "os^"):
         mine = [p for p in points if p["runtime"] == runtime]
         if mine:
             ax.scatter([p["p99_ms"] for p in mine], [p["throughput"] for p in mine], marker=marker, alpha=0.4,

@@ -19,11 +19,11 @@ from .ensemble import IMAGE_MODELS, check_ensemble, check_preprocess
 from .errors import KitError
 from .repository import read_manifest, sha256
 from .spec import (COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, INPUT_DIMS, MANIFEST_FILE, MODELS, MODELS_BY_NAME, ONNX,
-                   PLAN_INFO_FILE, PT, PYTHON_BACKEND, TENSORRT_PLATFORM, TRT)
+                   OV, PLAN_INFO_FILE, PT, PYTHON_BACKEND, TENSORRT_PLATFORM, TRT)
 from .trt_build import HOW_TO_BUILD, import_tensorrt, inspect_plan
 
 ModelConfig = model_config_pb2.ModelConfig
-ARTIFACT_BY_PLATFORM = {spec.platform: spec.artifact for spec in MODELS}
+ARTIFACT_BY_PLATFORM = {spec.platform: spec.artifact for spec in (*MODELS, OV)}  # OV's: its backend's name
 
 
 FORMATS = ("text", "json", "github")  # --format: the lines below, one JSON list of records, GitHub annotations
@@ -103,7 +103,7 @@ def artifact_name(config: ModelConfig) -> Optional[str]:
     if config.backend == PYTHON_BACKEND:
         param = config.parameters.get("artifact")
         return param.string_value if param else None
-    return ARTIFACT_BY_PLATFORM.get(config.platform)
+    return ARTIFACT_BY_PLATFORM.get(config.platform or config.backend)
 
 
 def _check_torch(path: Path, max_batch: int, classes: int) -> Optional[str]:
@@ -327,6 +327,11 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
                 report.error(problem, rel)
         elif artifact == TRT.artifact:
             _check_plan(path, rel, config, report)
+        elif artifact == OV.artifact:
+            from .openvino import check_ir
+
+            for problem in check_ir(path, config.max_batch_size, classes):
+                report.error(problem, rel)
 
 
 def check_repository(repo: Path, run_artifacts: bool = True) -> Report:

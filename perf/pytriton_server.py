@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""PyTriton serving a kit repository's model.pt and model.onnx: the reference the kit's own server is measured
+"""PyTriton serving a kit repository's model.pt, model.onnx and (where built) model.xml: the reference the kit's own server is measured
 against (perf/regression.py starts it).
 
   python perf/pytriton_server.py --repo model_repository_local --grpc-port 8101 --http-port 8100 --metrics-port 8102
 
 Same tritonserver binary (the nvidia-pytriton wheel's), same model names, tensor names, max_batch_size, preferred
 batch sizes and queue delay as the repository's configs; the models run in this process (TorchScript on the CPU for
-mobilenetv3_pt, ONNX Runtime for mobilenetv3_onnx), as a PyTriton user would write them. No endpoint is restricted
+mobilenetv3_pt, ONNX Runtime for mobilenetv3_onnx, OpenVINO at the config's precision for mobilenetv3_openvino), as
+a PyTriton user would write them. No endpoint is restricted
 (perf_analyzer reads the statistics API without a key). Runs until SIGINT/SIGTERM.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnv3kit.spec import ONNX, PT
+from mnv3kit.spec import ONNX, OV, PT
 from mnv3kit.validate import parse_config
 
 
@@ -72,6 +73,12 @@ def main(argv=None) -> int:
     with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
         bind(triton, args.repo, PT, torchscript)
         bind(triton, args.repo, ONNX, lambda x: session.run(None, {ONNX.input_name: x})[0])
+        if (args.repo / OV.name).is_dir():
+            from mnv3kit.backend.classifier_model import OpenVinoRunner
+
+            params = parse_config(args.repo / OV.name / "config.pbtxt").parameters
+            bind(triton, args.repo, OV, OpenVinoRunner(str(args.repo / OV.name / version / OV.artifact),
+                                                       params["precision"].string_value))
         print("ready", flush=True)
         triton.serve()
     return 0

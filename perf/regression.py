@@ -9,7 +9,7 @@ After WARMUP_S of unmeasured load per server and model (TorchScript optimizes on
 PyTriton has no model_warmup), rounds alternate the order of the two servers; each point is a closed loop of N concurrent clients sending batch-1
 gRPC requests of real photographs for --seconds, and every answer is compared with logits computed in-process from
 the repository's artifacts at the model's load-time tolerance (mnv3kit.measure.soak): wrong and failed answers are
-reported next to img/s. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime, this process),
+reported next to img/s. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime / OpenVINO, this process),
 batch 1 back to back (what concurrency 1 can reach) and batch max_batch_size (what dynamic batching can reach).
 Then perf_analyzer at concurrency 1 with its default windows on each server, to show whether it measures stably.
 Writes OUT/REPORT.md and OUT/regression.json; the medians over rounds and their spread (min-max) are reported.
@@ -28,7 +28,7 @@ import numpy as np
 
 from mnv3kit.perf import PointFailed, Settings, measure_point
 from mnv3kit.report import hardware, hardware_line, markdown_table, now
-from mnv3kit.spec import ONNX, PT
+from mnv3kit.spec import ONNX, OV, PT
 
 SERVERS = ("kit", "pytriton")
 WARMUP_S = 10.0  # per server and model, at the highest level
@@ -50,11 +50,10 @@ def start_pytriton(repo: Path):
 
 def in_process(repo: Path, model: str, max_batch: int, seconds: float) -> dict:
     """img/s of the runner model.py uses, at batch 1 and at max_batch, back to back."""
-    from mnv3kit.backend.classifier_model import OnnxRunner, TorchRunner
+    from mnv3kit.measure.soak import reference_forward
     from mnv3kit.bench import measure_loop
 
-    vdir = repo / model / "1"
-    run = TorchRunner(str(vdir / PT.artifact)) if model == PT.name else OnnxRunner(str(vdir / ONNX.artifact), "image")
+    run = reference_forward(repo, repo / model)  # the runner model.py uses, at the served precision
     out = {}
     for batch in (1, max_batch):
         x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
@@ -82,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--seconds", type=float, default=15.0, help="per point (default 15)")
     p.add_argument("-c", "--concurrency", default="1,8", help="levels (default 1,8)")
+    p.add_argument("-m", "--models", default=None,
+                   help="Triton model names, comma-separated (default: mobilenetv3_pt, mobilenetv3_onnx and "
+                        "mobilenetv3_openvino, those the repository holds)")
     args = p.parse_args(argv)
     from mnv3kit.measure.soak import SoakOptions, load_level, targets
     from mnv3kit.server import LocalTriton, Ports
@@ -90,7 +92,8 @@ def main(argv=None) -> int:
 
     host, started = hardware(), now()
     levels = [int(c) for c in args.concurrency.split(",")]
-    models = [PT.name, ONNX.name]
+    models = args.models.split(",") if args.models else [
+        s.name for s in (PT, ONNX, OV) if (args.repo / s.name / "config.pbtxt").is_file()]
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mnv3kit-regression-") as work:  # the edge images the soak writes

@@ -23,7 +23,7 @@ rm -rf "$DIGITS"
 $PY -m mnv3kit.cli.demo_data write "$DIGITS"
 
 echo "== 2. build $REPO from $WEIGHTS (MobileNetV3-Small that train.py trained on the train/ part of this split)"
-$PY build_repo.py --target local --arch small -o "$REPO" \
+$PY build_repo.py --target local --arch small -o "$REPO" -m pt,onnx,ov \
   --weights "$WEIGHTS/MobileNetV3_Small.pth" --labels "$WEIGHTS/class_indices.json"
 
 echo "== 3. start the embedded Triton"
@@ -42,9 +42,9 @@ echo "== 4. classify every held-out digit over HTTP (mobilenetv3_pt), batches of
 # below 0.9 the served model is not the trained one (in-process it scores 0.944 on these 359): the demo fails
 $PY -m mnv3kit.cli.demo_data score "$DIGITS/test" -u "$HTTP" -i http -m mobilenetv3_pt -b 8 --min-accuracy 0.9 \
   | tee "$PERF_OUT/held-out.txt"
-echo "== 5. classify a few over gRPC, batched and async, with the kit's client (mobilenetv3_onnx)"
+echo "== 5. classify a few over gRPC, batched and async, with the kit's client (mobilenetv3_openvino: OpenVINO)"
 few=(); for digit in 1 4 7 9; do files=("$DIGITS/test/$digit"/*.png); few+=("${files[0]}"); done
-$PY client/classify.py "${few[@]}" -u "$GRPC" -i grpc -m mobilenetv3_onnx -b 2 --async -k 2
+$PY client/classify.py "${few[@]}" -u "$GRPC" -i grpc -m mobilenetv3_openvino -b 2 --async -k 2
 
 echo "== 6. quick perf_analyzer sweep (about a minute)"
 status=0

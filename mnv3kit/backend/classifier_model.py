@@ -2,8 +2,8 @@
 
 Copied verbatim into <model>/<version>/model.py. It serves the same contract as the native backends
 (input [N,3,224,224] -> logits [N,classes] FP32) by running the artifact beside it (config parameters `artifact`
-and `runtime`): model.pt with TorchScript, model.pt2 (a torch.export program) compiled by TorchInductor, or
-model.onnx with ONNX Runtime. execute() hands the requests to the model's queue (mnv3kit_serving.py beside this file) and
+and `runtime`): model.pt with TorchScript, model.pt2 (a torch.export program) compiled by TorchInductor,
+model.onnx with ONNX Runtime, or model.xml (OpenVINO's IR) with OpenVINO's CPU runtime. execute() hands the requests to the model's queue (mnv3kit_serving.py beside this file) and
 returns at once; its worker runs the waiting requests as ONE forward pass and splits the result back. A UINT8 input (raw pixels) is normalized on the serving device with the
 config's `mean`/`std`.
 On GPU instances the torch runner can compute in FP16, use channels_last, and replay one CUDA graph per batch size
@@ -240,6 +240,35 @@ class OnnxRunner:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
+class OpenVinoRunner:
+    """model.xml on OpenVINO's CPU plugin: compiled once, one infer request, called from one thread.
+
+    The precision is always set: OpenVINO's own default on a CPU with BF16 (AVX512_BF16 or AMX) is BF16, which would
+    not serve the FP32 model the build checked. LATENCY is one stream over every core: on 2 cores the fastest for
+    batches 1-8 (two streams halve each batch's threads and gain nothing back)."""
+
+    def __init__(self, path: str, precision: str = "fp32", threads: int = 0):
+        import openvino as ov
+
+        if precision not in ("fp32", "bf16"):
+            raise RunnerError(f"OpenVINO precision must be fp32 or bf16, got {precision!r}")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise RunnerError("precision bf16, but this CPU has no BF16 (neither AVX512_BF16 nor AMX): rebuild with "
+                              "--openvino-precision fp32")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self.compiled = core.compile_model(path, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def __call__(self, *parts: np.ndarray) -> np.ndarray:
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        # share_inputs: the C-contiguous FP32 batch is read in place; the result is copied out of the request
+        return self.request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)[self.output].copy()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -247,6 +276,9 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.input_dtype = np.uint8 if config["input"][0]["data_type"] == "TYPE_UINT8" else np.float32
+        # OpenVINO's CPU kernels turn NaN inputs into finite logits (its ReLU/HSwish clamp them), so there the
+        # inputs are checked; a sum is finite exactly when no element is NaN or Inf (barring overflow of huge values)
+        self.check_inputs = params.get("runtime") == "openvino"
         if pb_utils is None:  # in-process benchmarks: the runner alone, on this thread
             self.forward = self._runner(args, config, params)
             return
@@ -262,7 +294,7 @@ class TritonPythonModel:
             int(params.get("queue_timeout_us", "0") or 0), setup, _log)
 
     def _runner(self, args, config, params):
-        """TorchRunner (checked against the build's logits) or OnnxRunner, as the config's parameters say."""
+        """TorchRunner (checked against the build's logits), OnnxRunner or OpenVinoRunner, as the config says."""
         uint8_input = self.input_dtype == np.uint8
         version_dir = Path(args["model_repository"]) / args["model_version"]
         artifact = str(version_dir / params["artifact"])
@@ -286,6 +318,11 @@ class TritonPythonModel:
                 raise error(f"{config['name']}: {exc}") from None
         if runtime == "onnxruntime" and not uint8_input:
             return OnnxRunner(artifact, self.input_name, device_id if on_gpu else None)
+        if runtime == "openvino" and not uint8_input and not on_gpu:
+            try:
+                return OpenVinoRunner(artifact, params.get("precision", "fp32"), int(params.get("threads", "0") or 0))
+            except RunnerError as exc:
+                raise error(f"{config['name']}: {exc}") from None
         raise error(f"unsupported runtime {runtime!r} for a {self.input_dtype} input")
 
     def _take(self, request):
@@ -307,13 +344,14 @@ class TritonPythonModel:
     def _respond(self, parts):
         logits = self.forward(*parts)
         bounds = np.cumsum([0] + [p.shape[0] for p in parts])
+        finite = [bool(np.isfinite(p.sum())) if self.check_inputs else True for p in parts]
         # NaN/Inf in a request's input come back as non-finite logits, which Triton would label as a class: that
         # request alone gets an error. Checking the few logits costs nothing; the inputs are 4-38 MB a batch.
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits[a:b])])
-                if np.isfinite(logits[a:b]).all() else pb_utils.InferenceResponse(output_tensors=[], error=(
+                if ok and np.isfinite(logits[a:b]).all() else pb_utils.InferenceResponse(output_tensors=[], error=(
                     pb_utils.TritonError("input contains NaN or Inf values (its logits are not finite)",
                                          pb_utils.TritonError.INVALID_ARG)))  # the client's input: 400
-                for a, b in zip(bounds[:-1], bounds[1:])]
+                for ok, a, b in zip(finite, bounds[:-1], bounds[1:])]
 
     def finalize(self):
         self.queue.close()

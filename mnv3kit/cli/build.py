@@ -47,10 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated subset of pt,onnx,trt, by key or Triton model name (default: all the "
                         "target offers; local: pt,onnx). "
                         "E.g. --target local --models onnx for a server without torch. Local also offers u8: "
-                        "mobilenetv3_u8, the TorchScript model behind a UINT8 pixel input normalized on the device")
+                        "mobilenetv3_u8, the TorchScript model behind a UINT8 pixel input normalized on the device. "
+                        "Both targets offer ov: mobilenetv3_openvino, OpenVINO's IR of model.onnx on CPU instances "
+                        "(the openvino extra)")
     g.add_argument("--ensemble", metavar="CLASSIFIER", help="also build mobilenetv3_image, the ensemble that takes "
                    "encoded image bytes (JPEG, PNG, ...), preprocesses them on the server (mobilenetv3_preprocess) "
-                   "and feeds this classifier: pt, onnx or u8 on --target local, pt, onnx or trt on ngc")
+                   "and feeds this classifier: pt, onnx, u8 or ov on --target local, pt, onnx, trt or ov on ngc")
     g.add_argument("--max-batch-size", type=int, default=8, help="config max_batch_size (default 8)")
     g.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto",
                    help="auto: KIND_GPU for ngc, KIND_CPU for local")
@@ -92,6 +94,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--onnx-accelerator", choices=ONNX_ACCELERATORS, default="none",
                    help="ngc: run the ONNX model through ONNX Runtime's TensorRT execution provider (default none: "
                         "its CUDA provider)")
+    g = p.add_argument_group("OpenVINO (--models ...,ov)")
+    g.add_argument("--openvino-precision", choices=("fp32", "bf16"), default="fp32",
+                   help="compute precision of the OpenVINO model. fp32 (default): exact, in the parity gate like "
+                        "ONNX. bf16: a CPU's AVX512_BF16/AMX units, about twice as fast, built only when its top-1 "
+                        "agrees with FP32 eager on at least --openvino-min-agreement of 512 photo views (the "
+                        "accuracy gate, on --parity-images or scikit-learn's photographs)")
+    g.add_argument("--openvino-min-agreement", type=float, default=0.995, metavar="F",
+                   help="the accuracy gate's share of images whose top-1 class BF16 must keep (default 0.995); "
+                        "on the ngc target it also gates fp32, since Triton's OpenVINO backend computes in BF16 on "
+                        "any CPU that has it")
     g = p.add_argument_group("TensorRT")
     g.add_argument("--trt", choices=TRT_MODES, default="auto",
                    help="auto: build the plan if the TensorRT Python package or trtexec exists, else skip with "
@@ -138,11 +150,13 @@ def main(argv=None) -> int:
                                   args.max_queue_size, round(args.queue_timeout_ms * 1000)),
                 gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches, args.compile_cache,
                                args.gpu_parity_tolerance, args.onnx_accelerator),
-                runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance)
+                runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance,
+                openvino_precision=args.openvino_precision)
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models, ensemble=args.ensemble,
                                 allow_constant_logits=args.allow_constant_logits,
+                                openvino_min_agreement=args.openvino_min_agreement,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))
             try:
                 build(opts)

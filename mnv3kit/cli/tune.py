@@ -1,6 +1,8 @@
 """mnv3-tune: the serving configuration with the most throughput while p99 stays under a budget (mnv3kit.tune)."""
 
 import argparse
+import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import List, Sequence
@@ -8,8 +10,8 @@ from typing import List, Sequence
 from mnv3kit.cli import add_output, add_ports, concurrency_text, model_names, ports_of, positive
 from mnv3kit.errors import cli_errors, prog_name
 from mnv3kit.model import ARCHS
-from mnv3kit.spec import ONNX, PROTOCOLS, PT
-from mnv3kit.tune import PREFERRED_CHOICES, WINNER_DIR, tune
+from mnv3kit.spec import MANIFEST_FILE, ONNX, OV, PROTOCOLS, PT
+from mnv3kit.tune import PREFERRED_CHOICES, RUNTIMES, WINNER_DIR, tune
 from mnv3kit.tune import __doc__ as TUNE_DOC
 
 
@@ -46,8 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-i", "--protocol", choices=PROTOCOLS, default="http", help="default http")
     p.add_argument("--shared-memory", choices=("none", "system"), default="none",
                    help="how perf_analyzer passes tensors (default none)")
-    p.add_argument("-m", "--models", type=model_names, default=[PT.name, ONNX.name], metavar="LIST",
-                   help="runtimes to try: pt (TorchScript), onnx (ONNX Runtime) (default pt,onnx)")
+    p.add_argument("-m", "--models", type=model_names, default=None, metavar="LIST",
+                   help="runtimes to try: pt (TorchScript), onnx (ONNX Runtime), ov (OpenVINO) (default pt,onnx, "
+                        "and ov where OpenVINO is installed; with --repo, those the repository holds)")
     p.add_argument("--instances", type=int_list, metavar="LIST",
                    help="instance counts to try (default 1..the host's cores)")
     p.add_argument("--max-batch-sizes", type=int_list, default=[1, 2, 4, 8, 16], metavar="LIST",
@@ -75,10 +78,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.weights and not args.arch:
         p.error("--weights goes with --arch (a --repo is already built)")
-    runtimes = {PT.name: PT.key, ONNX.name: ONNX.key}
+    runtimes = {spec.name: key for key, spec in RUNTIMES.items()}
+    if args.models is None and args.repo is not None and (args.repo / MANIFEST_FILE).is_file():
+        held = json.loads((args.repo / MANIFEST_FILE).read_text()).get("models", [])
+        args.models = [name for name in runtimes if name in held]
+        if not args.models:
+            p.error(f"--repo {args.repo} holds none of the models the tuner serves ({', '.join(runtimes)})")
+    if args.models is None:
+        args.models = [PT.name, ONNX.name] + ([OV.name] if importlib.util.find_spec("openvino") else [])
     bad = [m for m in args.models if m not in runtimes]
     if bad:
-        p.error(f"--models {','.join(bad)}: the tuner tries {PT.key} and {ONNX.key}")
+        p.error(f"--models {','.join(bad)}: the tuner tries {', '.join(RUNTIMES)}")
     args.runtimes = [runtimes[m] for m in args.models]
     if args.p99_ms <= 0 or args.budget_min <= 0 or args.confirm < 0:
         p.error("--p99-ms and --budget-min must be > 0, --confirm >= 0")

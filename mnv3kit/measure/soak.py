@@ -24,7 +24,7 @@ from .edge_images import BAD, make_edge_cases
 from ..errors import KitError
 from ..parity import TOLERANCE, allowed_difference, parity_pixels, sample_photos
 from ..preprocess import decode_image, eval_pixels, normalize
-from ..spec import COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, ONNX, OVERLOADED, PREPROCESS, PT, TRT
+from ..spec import COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, ONNX, OV, OVERLOADED, PREPROCESS, PT, TRT
 
 STALL_FACTOR = 10
 PHOTOS = 16  # distinct images: the photographs and mirrored / rotated / cropped views of them
@@ -80,9 +80,14 @@ def _version_dir(model_dir: Path) -> Path:
 
 def reference_forward(repo: Path, model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """FP32 logits on the CPU from the model's own artifact, for normalized FP32 input."""
-    from ..backend.classifier_model import OnnxRunner, TorchRunner
+    from ..backend.classifier_model import OnnxRunner, OpenVinoRunner, TorchRunner
 
     vdir = _version_dir(model_dir)
+    if (vdir / OV.artifact).is_file():  # at the precision it is served in: BF16 has its own accuracy gate
+        params = _config(model_dir).parameters
+        bf16 = params["precision"].string_value == "bf16" if "precision" in params else (
+            "HINT_BF16" in params and params["HINT_BF16"].string_value.lower() == "yes")
+        return OpenVinoRunner(str(vdir / OV.artifact), "bf16" if bf16 else "fp32")
     if (vdir / PT.artifact).is_file():
         return TorchRunner(str(vdir / PT.artifact))
     if (vdir / COMPILED_ARTIFACT).is_file():  # the exported program, run eagerly (compiling on a CPU takes minutes)
@@ -97,8 +102,13 @@ def reference_forward(repo: Path, model_dir: Path) -> Callable[[np.ndarray], np.
     raise KitError(f"{model_dir.name}: no artifact to compute reference logits from (model.pt, model.pt2, model.onnx)")
 
 
+BF16_TOLERANCE = 0.02  # BF16 keeps 8 bits of mantissa: the same IR's logits move with how a batch is split
+
+
 def _tolerance(config) -> float:
     params = config.parameters
+    if ("precision" in params and params["precision"].string_value == "bf16") or "HINT_BF16" in params:
+        return BF16_TOLERANCE
     return float(params["parity_tolerance"].string_value) if "parity_tolerance" in params else TOLERANCE
 
 

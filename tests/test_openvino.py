@@ -1,0 +1,153 @@
+"""The OpenVINO model (--models ...,ov): the IR in the parity gate, its configs for both targets parsed with Triton's
+schema and checked by --check, the BF16 accuracy gate refusing and passing, and the served model's answers on the
+real embedded Triton (its load truth runs in tests/test_soak.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from mnv3kit.backend.classifier_model import OpenVinoRunner
+from mnv3kit.demo_data import write as write_digits
+from mnv3kit.openvino import bf16_supported
+from mnv3kit.server import LocalTriton, Ports
+from mnv3kit.spec import OV, OV_WEIGHTS
+from mnv3kit.validate import check_repository, parse_config
+
+WEIGHTS = ["--weights", ROOT / "demo" / "weights" / "MobileNetV3_Small.pth",
+           "--labels", ROOT / "demo" / "weights" / "class_indices.json"]
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="this CPU has no BF16 (OpenVINO lists neither "
+                                                             "AVX512_BF16 nor AMX)")
+
+
+def build(out, *args):
+    return run_cli("build_repo.py", "--arch", "small", *WEIGHTS, "-o", out, *args)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The demo's held-out digits: images the trained weights classify with large margins."""
+    folder = tmp_path_factory.mktemp("digits")
+    write_digits(folder)
+    return folder / "test"
+
+
+@pytest.fixture(scope="module")
+def local_repo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov") / "repo"
+    proc = build(out, "--target", "local", "-m", "onnx,ov")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_the_ir_is_in_the_parity_gate_and_served_in_fp32(local_repo):
+    manifest = json.loads((local_repo / "manifest.json").read_text())
+    rows = [r for r in manifest["parity"]["rows"] if r["format"] == "openvino"]
+    assert [r["batch"] for r in rows] == [1, 8]
+    assert all(r["max_abs_diff"] <= 1e-4 * max(1.0, r["max_abs_logit"]) and r["top1_agree"] for r in rows)
+    assert manifest["openvino"]["precision"] == "fp32" and manifest["openvino"]["version"]
+    vdir = local_repo / OV.name / "1"
+    assert (vdir / OV.artifact).is_file() and (vdir / OV_WEIGHTS).is_file()
+    config = parse_config(local_repo / OV.name / "config.pbtxt")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.backend == "python" and params["runtime"] == "openvino" and params["precision"] == "fp32"
+    assert check_repository(local_repo).ok
+
+
+def test_served_answers_equal_the_in_process_runtime(local_repo, photos):
+    """The embedded Triton's answers for real photographs, batch 1 and 2, against OpenVINO FP32 in this process."""
+    import tritonclient.grpc as grpc
+
+    from mnv3kit.parity import parity_batch
+
+    images = parity_batch(photos, 3)
+    expected = OpenVinoRunner(str(local_repo / OV.name / "1" / OV.artifact), "fp32")(images)
+    with LocalTriton(local_repo, Ports.free()) as server:
+        client = grpc.InferenceServerClient(server.grpc_url)
+        for part in (images[:1], images[1:3]):
+            inp = grpc.InferInput(OV.input_name, list(part.shape), "FP32")
+            inp.set_data_from_numpy(part)
+            got = client.infer(OV.name, [inp]).as_numpy(OV.output_name)
+            want = expected[:1] if len(part) == 1 else expected[1:3]
+            assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+        bad = images[:1].copy()
+        bad[0, 0, 0, 0] = np.nan  # OpenVINO's kernels would answer NaN with finite logits: the model refuses it
+        inp = grpc.InferInput(OV.input_name, list(bad.shape), "FP32")
+        inp.set_data_from_numpy(bad)
+        with pytest.raises(Exception, match="NaN or Inf"):
+            client.infer(OV.name, [inp])
+        client.close()
+
+
+@needs_bf16
+def test_bf16_below_the_gate_is_refused_and_the_previous_repository_kept(local_repo, tmp_path):
+    """The demo's digits model on photo views: BF16 changes the class of more than 0.5 % of them."""
+    out = tmp_path / "repo"
+    shutil.copytree(local_repo, out)
+    before = (out / "manifest.json").read_text()
+    proc = build(out, "--target", "local", "-m", "ov", "--openvino-precision", "bf16")
+    assert_one_line_error(proc, "OpenVINO BF16 refused by the accuracy gate", "top-1", "--openvino-precision fp32")
+    assert (out / "manifest.json").read_text() == before
+
+
+@needs_bf16
+def test_bf16_that_passes_the_gate_is_served_and_reported(digits, tmp_path):
+    out = tmp_path / "repo"
+    proc = build(out, "--target", "local", "-m", "ov", "--openvino-precision", "bf16", "--parity-images", digits,
+                 "--openvino-min-agreement", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    gate = json.loads((out / "manifest.json").read_text())["openvino"]["gate"]
+    assert gate["ok"] and gate["images"] == 512 and 0.9 <= gate["top1_agreement"] <= 1.0
+    assert 0 < gate["diff_p50"] <= gate["diff_p99"] <= gate["diff_max"]
+    assert "OpenVINO accuracy gate: bf16 vs FP32 eager on 512 photo views" in proc.stderr
+    params = parse_config(out / OV.name / "config.pbtxt").parameters
+    assert params["precision"].string_value == "bf16"
+
+
+@needs_bf16
+def test_ngc_config_is_triton_openvino_backend_gated_for_bf16(digits, tmp_path):
+    """Triton's OpenVINO backend has no FP32 switch and computes in BF16 on CPUs that have it: the ngc build runs the
+    accuracy gate even for fp32, and its config is the backend's own (KIND_CPU, its parameters)."""
+    out = tmp_path / "repo"
+    proc = build(out, "--target", "ngc", "-m", "onnx,ov", "--trt", "skip", "--parity-images", digits,
+                 "--openvino-min-agreement", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    config = parse_config(out / OV.name / "config.pbtxt")
+    assert config.backend == "openvino" and not config.platform
+    assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_CPU]
+    assert {k: v.string_value for k, v in config.parameters.items()} == {"PERFORMANCE_HINT": "LATENCY"}
+    assert json.loads((out / "manifest.json").read_text())["openvino"]["gate"]["ok"]
+    check = run_cli("build_repo.py", "--check", out)
+    assert check.returncode == 0 and "mobilenetv3_openvino" in check.stdout + check.stderr, check.stderr
+
+
+def test_a_broken_ir_is_found_by_check(local_repo, tmp_path):
+    out = tmp_path / "repo"
+    shutil.copytree(local_repo, out)
+    (out / OV.name / "1" / OV_WEIGHTS).write_bytes(b"\0" * 64)
+    proc = run_cli("build_repo.py", "--check", out)
+    assert proc.returncode != 0 and f"{OV.name}/1/{OV.artifact}" in proc.stdout + proc.stderr
+
+
+def test_bad_gate_threshold_is_one_line(tmp_path):
+    proc = build(tmp_path / "repo", "--target", "local", "-m", "ov", "--openvino-min-agreement", "1.5")
+    assert_one_line_error(proc, "--openvino-min-agreement must lie in (0, 1]")
+
+
+def test_load_truth_of_the_openvino_model(local_repo, tmp_path):
+    """The soak on the served IR alone: sustained concurrency 1 and 8, real photographs and edge inputs, every answer
+    checked against OpenVINO FP32 in-process; NaN inputs refused, not answered."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.cli.perf", "soak", "--repo", str(local_repo), "-m", "ov",
+                           "-c", "1,8", "--seconds", "8", "-o", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((out / "soak.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == [OV.name, OV.name]
+    assert all(r["ok"] > 0 and r["wrong"] == 0 and r["failed"] == 0 for r in rows), proc.stdout
+    assert sum(r["refused_as_expected"] for r in rows) > 0, proc.stdout
