@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTriton serving a kit repository's model.pt, model.onnx and (where built) model.xml: the reference the kit's own server is measured
+"""PyTriton serving the model.pt, model.onnx and model.xml a kit repository holds: the reference the kit's own server is measured
 against (perf/regression.py starts it).
 
   python perf/pytriton_server.py --repo model_repository_local --grpc-port 8101 --http-port 8100 --metrics-port 8102
@@ -45,7 +45,7 @@ def bind(triton, repo: Path, spec, infer_one) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", type=Path, required=True, help="a --target local repository with mobilenetv3_pt/onnx")
+    p.add_argument("--repo", type=Path, required=True, help="a --target local repository (its mobilenetv3_pt, _onnx and _openvino are served)")
     p.add_argument("--http-port", type=int, required=True, help="HTTP port")
     p.add_argument("--grpc-port", type=int, required=True, help="gRPC port")
     p.add_argument("--metrics-port", type=int, required=True, help="metrics port")
@@ -60,25 +60,34 @@ def main(argv=None) -> int:
     os.environ["LD_LIBRARY_PATH"] = server_env(pytriton_root())["LD_LIBRARY_PATH"]
 
     version = "1"
-    module = torch.jit.load(str(args.repo / PT.name / version / PT.artifact)).eval()
-    session = ort.InferenceSession(str(args.repo / ONNX.name / version / ONNX.artifact),
-                                   providers=["CPUExecutionProvider"])
 
-    def torchscript(x):
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+    def torchscript(path):
+        module = torch.jit.load(path).eval()
 
+        def infer(x):
+            with torch.no_grad():
+                return module(torch.from_numpy(x)).numpy()
+        return infer
+
+    def onnxruntime(path):
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {ONNX.input_name: x})[0]
+
+    def openvino(path):
+        from mnv3kit.backend.classifier_model import OpenVinoRunner
+
+        params = parse_config(args.repo / OV.name / "config.pbtxt").parameters
+        return OpenVinoRunner(path, params["precision"].string_value)
+
+    runners = [(spec, make) for spec, make in ((PT, torchscript), (ONNX, onnxruntime), (OV, openvino))
+               if (args.repo / spec.name).is_dir()]
+    if not runners:
+        p.error(f"{args.repo} holds none of {PT.name}, {ONNX.name}, {OV.name}")
     config = TritonConfig(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           http_address="127.0.0.1", grpc_address="127.0.0.1")
     with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
-        bind(triton, args.repo, PT, torchscript)
-        bind(triton, args.repo, ONNX, lambda x: session.run(None, {ONNX.input_name: x})[0])
-        if (args.repo / OV.name).is_dir():
-            from mnv3kit.backend.classifier_model import OpenVinoRunner
-
-            params = parse_config(args.repo / OV.name / "config.pbtxt").parameters
-            bind(triton, args.repo, OV, OpenVinoRunner(str(args.repo / OV.name / version / OV.artifact),
-                                                       params["precision"].string_value))
+        for spec, make in runners:
+            bind(triton, args.repo, spec, make(str(args.repo / spec.name / version / spec.artifact)))
         print("ready", flush=True)
         triton.serve()
     return 0

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                               f"{row['wrong']}, failed {row['failed']}", file=sys.stderr)
         os.environ["TRITON_ADMIN_KEY"] = kit.admin_key
         for server in SERVERS:
-            stability[server] = perf_analyzer_c1(urls[server], PT.name, out, server)
+            stability[server] = perf_analyzer_c1(urls[server], models[0], out, server)
         events = supervisor.watchdog.events
     finally:
         supervisor.stop()
@@ -171,7 +171,7 @@ def report(result: dict, models, levels, max_batch) -> str:
     return (f"# CPU serving regression benchmark\n\n{result['started']}; {hardware_line(result['hardware'])}; "
             f"repository {result['repo']}; {result['rounds']} alternating rounds of {result['seconds']:g} s per "
             f"point; batch-1 gRPC requests of real photographs, every answer checked against in-process logits.\n\n"
-            f"{table}\n\nperf_analyzer, concurrency 1, default windows (mobilenetv3_pt, zeros):\n{stab}\n\n"
+            f"{table}\n\nperf_analyzer, concurrency 1, default windows ({models[0]}, zeros):\n{stab}\n\n"
             f"Watchdog reloads on the kit's server: {len(result['watchdog_events'])}.\n")
 
 
