@@ -76,6 +76,16 @@ def test_check_runs_the_exported_program(compiled_repo, tmp_path):
     assert any("the torch.export program does not run" in p for p in problems), problems
 
 
+def test_soak_reference_runs_the_exported_program(compiled_repo):
+    """The load-truth harness checks a compiled model's answers against its exported program, run eagerly on the CPU."""
+    from mnv3kit.measure.soak import reference_forward
+    from mnv3kit.preprocess import normalize
+
+    reference = np.load(compiled_repo / PT.name / "1" / PARITY_FILE)
+    logits = reference_forward(compiled_repo, compiled_repo / PT.name)(normalize(reference["pixels"]))
+    np.testing.assert_allclose(logits, reference["logits"], rtol=0, atol=1e-4 * np.abs(reference["logits"]).max())
+
+
 def test_runtime_and_graph_options_are_checked(tmp_path):
     proc = run_cli("build_repo.py", "--target", "local", "--runtime", "compiled", "-o", tmp_path / "r")
     assert_one_line_error(proc, "--runtime compiled needs --instance-kind KIND_GPU", "--runtime torchscript")

@@ -106,5 +106,5 @@ def test_bad_input_is_one_line_error(tmp_path, built_repo):
     assert_one_line_error(tune("--repo", tmp_path, "--p99-ms", 50, "-o", tmp_path / "out"), "manifest.json")
     assert not (tmp_path / "out").exists()
     assert_one_line_error(tune("--repo", built_repo("small", "local"), "--p99-ms", 50, "-m", "trt"),
-                          "the tuner tries pt and onnx")
+                          "the tuner tries pt, onnx, ov")
     assert_one_line_error(tune("--arch", "small", "--p99-ms", 0), "--p99-ms and --budget-min must be > 0")

@@ -113,7 +113,9 @@ class TorchRunner:
 
     def _load(self, source):
         torch = self.torch
-        if not isinstance(source, (str, Path)):
+        if isinstance(source, torch.fx.GraphModule):  # an exported program's module: traced in eval mode already,
+            module = source                            # and torch 2.11 refuses eval() on it
+        elif not isinstance(source, (str, Path)):
             module = source.eval()
         elif self.compiled:
             module = torch.export.load(str(source)).module()
