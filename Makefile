@@ -35,7 +35,7 @@ serve: venv
 	  --metrics-port $$(($(PORT_BASE) + 2))
 
 clean:
-	rm -rf $(VENV) model_repository model_repository_local .pytest_cache
+	rm -rf $(VENV) $(ANALYZER_VENV) model_repository model_repository_local .pytest_cache
 
 # Triton Model Analyzer for perf/model_analyzer.py, in a venv of its own: it pulls optuna, numba and more that the kit
 # does not need. It drives the kit's perf_analyzer and embedded tritonserver through wrappers the script generates.
