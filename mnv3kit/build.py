@@ -15,7 +15,8 @@ from . import versions
 from .ensemble import classifier_for, write_image_models
 from .errors import KitError
 from .export import ONNX_OPSET, export_onnx, export_program, export_torchscript
-from .openvino import MIN_AGREEMENT, export_openvino
+from .gate import MIN_AGREEMENT
+from .openvino import export_openvino
 from .parity import (PARITY_IMAGES, TOLERANCE, check_parity, constant_logits, format_table, parity_pixels,
                      photo_set, rows_as_dicts, run_parity, write_reference)
 from .preprocess import normalize
@@ -144,6 +145,8 @@ def build(opts: BuildOptions) -> Path:
         log("parity vs eager PyTorch:\n" + format_table(rows, opts.parity_tolerance))
         check_parity(rows, opts.parity_tolerance)
         openvino_entry = _openvino_gate(model, ov_path, cfg, paths, opts.openvino_min_agreement) if ov_path else None
+        gpu_images = image_classifier is not None and cfg.target == "local" and cfg.instances.kind == "KIND_GPU"
+        decode_entry = _gpu_decode(model, cfg, paths) if gpu_images else None
         constant = constant_logits(model, batch, opts.parity_tolerance)
         if constant and not opts.allow_constant_logits:
             raise KitError(f"{constant}; --allow-constant-logits builds it anyway; nothing was written")
@@ -175,7 +178,7 @@ def build(opts: BuildOptions) -> Path:
             for old in kept[spec.name]:
                 shutil.copytree(Path(opts.output) / spec.name / str(old), staging / spec.name / str(old))
         if image_classifier is not None:
-            write_image_models(staging, image_classifier, cfg, labels)
+            write_image_models(staging, image_classifier, cfg, labels, decode_entry)
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
@@ -190,6 +193,7 @@ def build(opts: BuildOptions) -> Path:
             "parity": {"tolerance": opts.parity_tolerance, "rows": rows_as_dicts(rows), "device": device_check},
             "runtime": cfg.runtime,
             "openvino": openvino_entry,
+            "gpu_decode": decode_entry,
         }
 
         step()
@@ -251,6 +255,45 @@ def kept_versions(output: Path, spec: ModelSpec, cfg: ConfigOptions) -> List[int
     return [v for v in old if v < cfg.version][-(policy.num_versions - 1):] if policy.num_versions > 1 else []
 
 
+def _gpu_decode(model, cfg: ConfigOptions, photos: List[Path]) -> dict:
+    """Whether the image ensemble's GPU instances decode JPEGs on their GPU: --gpu-decode on / off as said; gated
+    (default) only when the accuracy gate, run here on this machine's GPU, passes. ``use``: "on" or "off"."""
+    if cfg.gpu.decode != "gated":
+        return {"use": cfg.gpu.decode, "reason": f"--gpu-decode {cfg.gpu.decode}"}
+    import numpy as np
+    import torch
+
+    from .backend.preprocess_model import Preprocessor
+    from .gate import decode_gate, photo_views
+
+    if not torch.cuda.is_available():
+        return {"use": "off", "reason": "not gated: no CUDA device on the build machine (build on the GPU host, or "
+                                        "--gpu-decode on)"}
+    preprocess = Preprocessor(True, device="cuda:0", log=lambda message: None, warn=lambda message: None)
+    if preprocess.gpu is None:
+        return {"use": "off", "reason": "no GPU JPEG decoder: pip install nvidia-nvimgcodec-cu12 (or -cu13)"}
+    model = model.eval().to("cuda:0")
+
+    def pixels(datas):
+        items = [x for i in range(0, len(datas), 64) for x in preprocess(datas[i:i + 64])]
+        return np.stack([x.cpu().numpy() if hasattr(x, "cpu") else x for x in items])
+
+    def classify(batch):
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(normalize(batch[i:i + 64])).to("cuda:0")).cpu().numpy()
+                                   for i in range(0, len(batch), 64)])
+
+    gate = decode_gate(f"GPU decode ({preprocess.gpu.name})", photo_views(photos), pixels, classify)
+    model.to("cpu")
+    preprocess.close()
+    log(f"accuracy gate: {gate.line()}")
+    if not gate.ok:
+        log("WARNING: the image ensemble's GPU instances will decode with Pillow on the CPU (the GPU decode changes "
+            f"the class of {100 * (1 - gate.top1_agreement):.2f} % of the photo views)")
+    return {"use": "on" if gate.ok else "off", "reason": "accuracy gate " + ("passed" if gate.ok else "failed"),
+            "gate": gate.as_dict()}
+
+
 def _openvino_gate(model, xml: Path, cfg: ConfigOptions, photos: List[Path], min_agreement: float) -> dict:
     """The OpenVINO model's precision, and the accuracy gate's verdict on BF16 where it may run in BF16: asked for
     (--openvino-precision bf16), or on the ngc target, whose OpenVINO backend computes in BF16 on any CPU that has
@@ -259,7 +302,8 @@ def _openvino_gate(model, xml: Path, cfg: ConfigOptions, photos: List[Path], min
     import torch
 
     from .backend.classifier_model import OpenVinoRunner
-    from .openvino import GATE_IMAGES, bf16_supported, gate_pixels, precision_gate
+    from .gate import compare, photo_views, pillow_pixels
+    from .openvino import bf16_supported
 
     entry = {"version": versions("openvino")["openvino"], "precision": cfg.openvino_precision}
     may_be_bf16 = cfg.openvino_precision == "bf16" or cfg.target == "ngc"
@@ -271,15 +315,15 @@ def _openvino_gate(model, xml: Path, cfg: ConfigOptions, photos: List[Path], min
                            "AMX), so it can be neither gated nor served here; build with --openvino-precision fp32")
         return {**entry, "gate": "not run: this CPU has no BF16; Triton's OpenVINO backend runs BF16 on CPUs that "
                                  "have it, so build on one to gate it"}
-    images = normalize(gate_pixels(photos, GATE_IMAGES))
+    images = normalize(pillow_pixels(photo_views(photos)))
     with torch.no_grad():
         reference = np.concatenate([model.eval()(torch.from_numpy(images[i:i + 64])).numpy()
                                     for i in range(0, len(images), 64)])
     runner = OpenVinoRunner(str(xml), "bf16")
     candidate = np.concatenate([runner(images[i:i + cfg.max_batch_size])
                                 for i in range(0, len(images), cfg.max_batch_size)])
-    gate = precision_gate("bf16", reference, candidate, min_agreement)
-    log(f"OpenVINO accuracy gate: {gate.line()}")
+    gate = compare("OpenVINO BF16", "FP32 eager", reference, candidate, min_agreement)
+    log(f"accuracy gate: {gate.line()}")
     if not gate.ok:
         raise KitError(f"OpenVINO BF16 refused by the accuracy gate (its class changes for "
                        f"{100 * (1 - gate.top1_agreement):.2f} % of the images): {gate.line()}"

@@ -9,7 +9,7 @@ between steps (and in and out of the ensemble) agree in data type and dims.
 import io
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
@@ -46,8 +46,10 @@ def classifier_for(key: str, target: str) -> ModelSpec:
     return offered[key]
 
 
-def render_image_configs(classifier: ModelSpec, opts: ConfigOptions) -> Dict[str, str]:
-    """model name -> config.pbtxt text, for the preprocessing model and the ensemble."""
+def render_image_configs(classifier: ModelSpec, opts: ConfigOptions,
+                         gpu_decode: Optional[dict] = None) -> Dict[str, str]:
+    """model name -> config.pbtxt text, for the preprocessing model and the ensemble. ``gpu_decode``: the build's
+    decision on GPU JPEG decode ({"use": "on"|"off", "reason": ...}) for GPU instances on the local target."""
     common = dict(max_batch_size=opts.max_batch_size, image_input=IMAGE_INPUT, classifier=classifier,
                   target=opts.target)
     env = _env()
@@ -57,7 +59,7 @@ def render_image_configs(classifier: ModelSpec, opts: ConfigOptions) -> Dict[str
             instance=opts.instances, batching=opts.batching, queue_size=queue_size(opts),
             queue_in_model=opts.target == "local", instance_queue_size=instance_queue_size(opts),
             warmup_batches=warmup_batches(opts), warmup_file=WARMUP_FILE, warmup_bytes=len(warmup_jpeg()),
-            **common),
+            gpu_decode=gpu_decode, **common),
         ENSEMBLE: env.get_template(f"{ENSEMBLE}.pbtxt.j2").render(
             template=f"{ENSEMBLE}.pbtxt.j2", name=ENSEMBLE, output=ENSEMBLE_OUTPUT, preprocess=PREPROCESS,
             preprocessed=PREPROCESSED, num_classes=opts.num_classes, labels_file=LABELS_FILE, **common),
@@ -69,7 +71,8 @@ def render_dali_pipeline() -> str:
         template=DALI_TEMPLATE, image_input=IMAGE_INPUT, resize=RESIZE_SIZE, crop=IMAGE_SIZE, mean=MEAN, std=STD)
 
 
-def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, labels: List[str]) -> None:
+def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, labels: List[str],
+                       gpu_decode: Optional[dict] = None) -> None:
     """Both model directories with their configs and files, into ``repo`` (a build's staging directory)."""
     version = repo / PREPROCESS / str(opts.version)
     version.mkdir(parents=True)
@@ -84,7 +87,7 @@ def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, l
     (repo / PREPROCESS / WARMUP_DIR / WARMUP_FILE).write_bytes(warmup_jpeg())
     (repo / ENSEMBLE / str(opts.version)).mkdir(parents=True)  # Triton wants a version directory, even empty
     (repo / ENSEMBLE / LABELS_FILE).write_text("\n".join(labels) + "\n")
-    for name, text in render_image_configs(classifier, opts).items():
+    for name, text in render_image_configs(classifier, opts, gpu_decode).items():
         (repo / name / "config.pbtxt").write_text(text)
 
 

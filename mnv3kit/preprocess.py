@@ -79,19 +79,23 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
+def shorter_side_size(w: int, h: int, size: int = RESIZE_SIZE):
+    """(width, height) after Resize(size) of the shorter side."""
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    return max(new_w, 1), max(new_h, 1)
+
+
+def crop_offsets(w: int, h: int, size: int = IMAGE_SIZE):
+    """(left, top) of CenterCrop(size) of a w x h image."""
+    return int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+
+
 def resize_shorter(img: Image.Image, size: int = RESIZE_SIZE) -> Image.Image:
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    return img.resize((max(new_w, 1), max(new_h, 1)), Image.BILINEAR)
+    return img.resize(shorter_side_size(*img.size, size), Image.BILINEAR)
 
 
 def center_crop(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
-    w, h = img.size
-    left = int(round((w - size) / 2.0))
-    top = int(round((h - size) / 2.0))
+    left, top = crop_offsets(*img.size, size)
     return img.crop((left, top, left + size, top + size))
 
 

@@ -12,6 +12,7 @@ from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, 
 
 TARGETS = ("ngc", "local")
 ONNX_ACCELERATORS = ("none", "tensorrt")
+GPU_DECODE = ("gated", "on", "off")  # --gpu-decode
 OPENVINO_PRECISIONS = ("fp32", "bf16")
 TORCH_MODELS = (PT, U8)  # what --runtime applies to
 CLASSIFIER_TEMPLATE = "classifier.pbtxt.j2"
@@ -80,6 +81,7 @@ class GpuOptions:
     compile_cache: str = "/tmp/mnv3kit-compile-cache"  # TorchInductor/Triton kernel caches of --runtime compiled
     parity_tolerance: float = GPU_PARITY_TOLERANCE  # load-time check of a GPU torch model (FP16, TF32, compiled)
     onnx_accelerator: str = "none"  # ngc: ONNX Runtime's TensorRT execution provider
+    decode: str = "gated"  # the local image ensemble's JPEG decode on GPU instances: gated | on | off
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,8 @@ def check_config_options(opts: "ConfigOptions") -> None:
         raise KitError(f"--openvino-precision must be one of {', '.join(OPENVINO_PRECISIONS)}")
     if opts.gpu.onnx_accelerator not in ONNX_ACCELERATORS:
         raise KitError(f"--onnx-accelerator must be one of {', '.join(ONNX_ACCELERATORS)}")
+    if opts.gpu.decode not in GPU_DECODE:
+        raise KitError(f"--gpu-decode must be one of {', '.join(GPU_DECODE)}")
     bad = [b for b in opts.gpu.cuda_graph_batches if not 1 <= b <= opts.max_batch_size]
     if bad:
         raise KitError(f"--cuda-graph-batches {bad} must lie in 1..max_batch_size ({opts.max_batch_size})")

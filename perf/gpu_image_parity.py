@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GPU parity of the image ensemble: server-side nvJPEG preprocessing + classifier vs the client-side path.
+"""GPU parity of the image ensemble: server-side GPU preprocessing + classifier vs the client-side path.
 
   python perf/gpu_image_parity.py --repo REPO -u localhost:8001 -o OUT
 
@@ -74,10 +74,10 @@ def main() -> int:
         rows.append({**row, "max_logit_diff": float(np.abs(served - reference).max()),
                      "max_abs_logit": float(np.abs(reference).max()), "top1_margin": float(top2[1] - top2[0]),
                      "top1_same": bool(served.argmax() == reference.argmax())})
-    device = torch.cuda.get_device_name(0) if gpu.gpu else "CPU path only"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     lines = [f"# GPU image ensemble parity ({device}, torch {torch.__version__}, "
-             f"torchvision {gpu.gpu.version if gpu.gpu else 'missing'}; classifier {classifier})", "",
-             "| image | nvJPEG | max Δpixel (uint8) | max Δlogit | max logit | top-1 margin | top-1 |",
+             f"decode: {gpu.gpu.name if gpu.gpu else 'Pillow only'}; classifier {classifier})", "",
+             "| image | GPU decode | max Δpixel (uint8) | max Δlogit | max logit | top-1 margin | top-1 |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['image']} | {'yes' if r['gpu_decode'] else 'no (CPU)'} | {r['max_pixel_diff']} | "
               + (f"{r['max_logit_diff']:.3e} | {r['max_abs_logit']:.2f} | {r['top1_margin']:.3f} | "
@@ -86,7 +86,7 @@ def main() -> int:
     gpu_rows = [r for r in rows if r["gpu_decode"] and "served_error" not in r]
     worst = max(gpu_rows, key=lambda r: r["max_logit_diff"] / max(1.0, r["max_abs_logit"])) if gpu_rows else None
     if worst:
-        lines += ["", f"Worst nvJPEG image: {worst['image']}: max |Δlogit| {worst['max_logit_diff']:.3e} = "
+        lines += ["", f"Worst GPU-decoded image: {worst['image']}: max |Δlogit| {worst['max_logit_diff']:.3e} = "
                       f"{worst['max_logit_diff'] / max(1.0, worst['max_abs_logit']):.2e} x max(1, max |logit|); "
                       f"CPU-path images: max |Δlogit| "
                       f"{max([r['max_logit_diff'] for r in rows if not r['gpu_decode'] and 'served_error' not in r] or [0]):.3e}"]

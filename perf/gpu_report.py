@@ -47,6 +47,19 @@ def soak_section(res: Path) -> list:
     return lines
 
 
+def decode_line(manifest: Path) -> str:
+    """The manifest's gpu_decode: used or not, why, and the gate's numbers."""
+    entry = json.loads(manifest.read_text()).get("gpu_decode") if manifest.is_file() else None
+    if not entry:
+        return "not recorded"
+    gate = entry.get("gate")
+    numbers = "" if not gate else (
+        f"; top-1 {100 * gate['top1_agreement']:.2f} % the same as Pillow's on {gate['images']} photo views, "
+        f"|Δlogit| p50 {gate['diff_p50']:.2%} p99 {gate['diff_p99']:.2%} max {gate['diff_max']:.2%} of max |logit|, "
+        "max |Δpixel| " + ", ".join(f"{mode} {diff}" for mode, diff in gate["pixels"].items()))
+    return f"{entry['use']} ({entry['reason']}){numbers}"
+
+
 def image_report(res: Path) -> list:
     """A tools/gpu_image.sh folder: the soak, perf/bench_image.py's speed, perf/gpu_image_parity.py's parity."""
     bench = res / "bench" / "image_bench.json"
@@ -55,10 +68,11 @@ def image_report(res: Path) -> list:
     lines = [f"# The image ensemble served by Triton on {gpus}", "", f"- Date: {info.get('date', 'not recorded')}",
              "- Served classifier vs the build's eager FP32 logits (perf/served_parity.py): " + (
                  "; ".join((res / "served_parity.txt").read_text().splitlines())
-                 if (res / "served_parity.txt").is_file() else "not checked in this run"), ""]
+                 if (res / "served_parity.txt").is_file() else "not checked in this run"),
+             f"- GPU JPEG decode (the build's accuracy gate): {decode_line(res / 'manifest.json')}", ""]
     lines += soak_section(res)
     for title, path in (("Speed: served vs in-process (perf/bench_image.py)", res / "bench" / "image_bench.md"),
-                        ("Parity: nvJPEG path vs client-side preprocessing (perf/gpu_image_parity.py)",
+                        ("Parity: GPU path vs client-side preprocessing (perf/gpu_image_parity.py)",
                          res / "parity" / "gpu_image_parity.md")):
         body = path.read_text().split("\n", 1)[1].strip() if path.is_file() else "not run in this run"
         lines += [f"## {title}", "", body, ""]

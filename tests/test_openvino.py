@@ -101,7 +101,7 @@ def test_bf16_that_passes_the_gate_is_served_and_reported(digits, tmp_path):
     gate = json.loads((out / "manifest.json").read_text())["openvino"]["gate"]
     assert gate["ok"] and gate["images"] == 512 and 0.9 <= gate["top1_agreement"] <= 1.0
     assert 0 < gate["diff_p50"] <= gate["diff_p99"] <= gate["diff_max"]
-    assert "OpenVINO accuracy gate: bf16 vs FP32 eager on 512 photo views" in proc.stderr
+    assert "accuracy gate: OpenVINO BF16 vs FP32 eager on 512 photo views" in proc.stderr
     params = parse_config(out / OV.name / "config.pbtxt").parameters
     assert params["precision"].string_value == "bf16"
 
@@ -151,3 +151,20 @@ def test_load_truth_of_the_openvino_model(local_repo, tmp_path):
     assert [r["model"] for r in rows] == [OV.name, OV.name]
     assert all(r["ok"] > 0 and r["wrong"] == 0 and r["failed"] == 0 for r in rows), proc.stdout
     assert sum(r["refused_as_expected"] for r in rows) > 0, proc.stdout
+
+
+def test_streams_benchmark_checks_every_answer(local_repo, tmp_path):
+    """perf/openvino_streams.py: both modes measured, every output compared; a repository without the IR is a
+    one-line error."""
+    out = tmp_path / "streams"
+    proc = run_cli(ROOT / "perf" / "openvino_streams.py", "--repo", local_repo, "-b", "1,2", "--seconds", "1",
+                   "--rounds", "1", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "streams.json").read_text())
+    assert len(result["rates"]) == 4 and all(v[0] > 0 for v in result["rates"].values())
+    assert set(result["wrong"].values()) == {0} and min(result["checked"].values()) > 0
+    assert "| THROUGHPUT, async requests | 2 |" in (out / "REPORT.md").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run_cli(ROOT / "perf" / "openvino_streams.py", "--repo", empty, "-o", tmp_path / "x"),
+                          "no such file", "--models ...,ov")

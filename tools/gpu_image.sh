@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The image ensemble on one GPU host, in one run: build a local-target repository with mobilenetv3_image on
 # KIND_GPU (Large, FP16, --runtime compiled with tools/gpu_run.sh's kernel cache and batch sizes), serve it, then
-#   1. parity: nvJPEG preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
+#   0. the build's accuracy gate: GPU JPEG decode vs Pillow on 512 photo views (the manifest's gpu_decode);
+#   1. parity: GPU preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
 #   2. the soak: the ensemble and its classifier under sustained load at SOAK_LEVELS, every answer checked;
-#   3. served JPEG -> logits vs in-process nvJPEG decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
+#   3. served JPEG -> logits vs in-process GPU decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
 # Reports under perf/results/gpu-image-<date>/ (REPORT.md: perf/gpu_report.py). Exit status: the soak's.
 #   bash tools/gpu_image.sh        (after installing the kit on the GPU host; see docs/gpu.md)
@@ -29,13 +30,15 @@ echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND
   --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 16,32,64 --queue-delay-us 0 \
   --runtime compiled --precision fp16 --channels-last --cuda-graph-batches "$GRAPHS" --compile-cache "$CACHE"
 
+cp "$REPO/manifest.json" "$RES/manifest.json"  # with the decode gate's verdict (gpu_decode)
+
 echo "== serve"
 start_server "$REPO" "$RES/serve.log"
 head -n 2 "$RES/serve.log"
 
 echo "== served classifier vs the build's eager FP32 logits"
 "$PY" perf/served_parity.py --repo "$REPO" -u localhost:8001 | tee "$RES/served_parity.txt" || true
-echo "== parity: nvJPEG path vs client-side preprocessing"
+echo "== parity: GPU path vs client-side preprocessing"
 "$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 -o "$RES/parity" || true
 echo "== soak: every answer checked under sustained load, before any speed is measured"
 soak "$RES/soak" "$REPO" image,pt "${SOAK_LEVELS:-1,8,128,256}"

@@ -6,16 +6,20 @@ installed, and the server runs the very code that training, the parity gate and 
 Input: UINT8 [-1] per batch item (the file's bytes; a request may carry several equally long rows). Output:
 normalized FP32 [3,224,224], or UINT8 pixels when the config's output is TYPE_UINT8 (a classifier that normalizes).
 CPU instances decode with Pillow in a thread pool across the images of a batch (Pillow releases the GIL).
-GPU instances decode JPEGs with nvJPEG (torchvision.io.decode_jpeg on the device) and resize (bilinear,
-antialiased), crop and normalize there; anything else (PNG, CMYK, EXIF-rotated, truncated, a failed GPU decode)
-takes the CPU path for that image. One image that cannot be read fails its own request only.
+GPU instances decode the JPEGs of a batch there (nvImageCodec, or torchvision's nvJPEG) and resize, crop and
+normalize them there as one batch (TensorDecoder), unless the config's gpu_decode is "off"; anything else (PNG,
+CMYK, EXIF-rotated, truncated, a failed GPU decode) takes the CPU path for that image. One image that cannot be
+read fails its own request only.
 """
 
 import io
 import json
 import os
+import warnings
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -25,13 +29,15 @@ except ImportError:  # imported outside Triton by the kit's benchmarks
     pb_utils = None
 
 try:  # in a model repository: the copies beside this file (the stub puts the version directory on sys.path)
-    from mnv3kit_preprocess.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize
-    from mnv3kit_preprocess.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD, WARMUP_DIR
+    from mnv3kit_preprocess.preprocess import (MAX_PIXELS, ImageError, crop_offsets, decode_image, eval_pixels,
+                                               normalize, shorter_side_size)
+    from mnv3kit_preprocess.spec import IMAGE_SIZE, MEAN, STD, WARMUP_DIR
     from mnv3kit_serving import RequestQueue
 except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks)
     from mnv3kit.backend.serving import RequestQueue
-    from mnv3kit.preprocess import MAX_PIXELS, ImageError, decode_image, eval_pixels, normalize
-    from mnv3kit.spec import IMAGE_SIZE, MEAN, RESIZE_SIZE, STD, WARMUP_DIR
+    from mnv3kit.preprocess import (MAX_PIXELS, ImageError, crop_offsets, decode_image, eval_pixels, normalize,
+                                    shorter_side_size)
+    from mnv3kit.spec import IMAGE_SIZE, MEAN, STD, WARMUP_DIR
 
 JPEG_EOI = b"\xff\xd9"
 
@@ -56,63 +62,177 @@ def gpu_decodable(data: bytes) -> bool:
         return False
 
 
-class GpuDecoder:
-    """nvJPEG decode + resize / center crop on one GPU (torchvision), normalization there too."""
+PRECISION_BITS = 22  # Pillow's fixed-point resampling coefficients (32 - 8 - 2 bits)
+WEIGHT_CACHE = 256  # image sizes whose resampling matrices stay on the device (about 1 MB each at 500 x 375)
+PAD_LIMIT = 64 << 20  # elements of one padded float batch in the resize (256 MiB): larger batches go in parts
+FANCY_UPSAMPLING = ":fancy_upsampling=1"  # nvImageCodec's option: libjpeg-turbo's chroma upsampling, as Pillow
+NVIMGCODEC_CPU_ONLY = -99999  # nvImageCodec's NVIMGCODEC_DEVICE_CPU_ONLY device id
+
+
+def resample_weights(in_size: int, out_size: int, start: int, count: int) -> np.ndarray:
+    """Outputs start..start+count of Pillow's bilinear (antialiased) resampling of ``in_size`` samples to
+    ``out_size``, as a [count, in_size] matrix of Pillow's own coefficients (rounded to its fixed point)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)  # the bilinear filter's support is 1 sample, widened when shrinking
+    weights = np.zeros((count, in_size), np.float64)
+    for row, out in enumerate(range(start, start + count)):
+        center = (out + 0.5) * scale
+        lo, hi = max(int(center - filterscale + 0.5), 0), min(int(center + filterscale + 0.5), in_size)
+        k = np.clip(1.0 - np.abs((np.arange(lo, hi) - center + 0.5) / filterscale), 0.0, None)
+        k = k / k.sum() if k.sum() else k
+        weights[row, lo:hi] = np.floor(k * (1 << PRECISION_BITS) + 0.5) / (1 << PRECISION_BITS)
+    return weights.astype(np.float32)
+
+
+def nvimgcodec_decoder(device, options: str):
+    """An nvImageCodec decoder for a torch device: every backend on a GPU, libjpeg-turbo alone on the CPU."""
+    from nvidia import nvimgcodec
+
+    if device.type == "cuda":
+        return nvimgcodec.Decoder(device_id=device.index or 0, options=options)
+    return nvimgcodec.Decoder(device_id=NVIMGCODEC_CPU_ONLY, backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)],
+                              options=options)
+
+
+class TensorDecoder:
+    """JPEG decode, Resize(256) + CenterCrop(224) as Pillow computes them, and normalization, for a whole batch at
+    once in torch on ``device`` (a GPU; the CPU runs the same code in the kit's tests).
+
+    Decode: nvImageCodec (pip nvidia-nvimgcodec-cu12/-cu13) with libjpeg-turbo's chroma upsampling, batched; without
+    it, torchvision's nvJPEG decode (batched, but its 4:2:0 chroma differs from Pillow's by up to ~18 levels).
+    Resize: Pillow's two passes (horizontal, then vertical, each rounded to uint8) as two batched matrix products
+    with the crop's rows of Pillow's coefficients; images of different sizes are zero-padded to one batch."""
 
     def __init__(self, device: str):
         import torch
-        import torchvision
-        from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms.v2 import functional as F
 
-        self.torch, self.device, self.F = torch, torch.device(device), F
-        self.decode = lambda tensors: decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
-        self.mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        self.version = torchvision.__version__
+        self.torch, self.device = torch, torch.device(device)
+        self.weights = OrderedDict()  # (h, w) -> (rows [224, h], columns^T [w, 224]) on the device, newest last
+        self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+        try:
+            from nvidia import nvimgcodec
 
-    def resize_crop(self, img):
-        """Resize(256) shorter side + CenterCrop(224) of one uint8 CHW image, sizes as preprocess.py computes them."""
-        h, w = img.shape[-2:]
-        size = (int(RESIZE_SIZE * h / w), RESIZE_SIZE) if w <= h else (RESIZE_SIZE, int(RESIZE_SIZE * w / h))
-        img = self.F.resize(img, [max(size[0], 1), max(size[1], 1)], antialias=True)
-        top = int(round((img.shape[-2] - IMAGE_SIZE) / 2.0))
-        left = int(round((img.shape[-1] - IMAGE_SIZE) / 2.0))
-        return img[:, top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
+            self.host = self.device.type != "cuda"
+            self.decoder = nvimgcodec_decoder(self.device, FANCY_UPSAMPLING)
+            self.decode = self._nvimgcodec
+            self.name = f"nvImageCodec {nvimgcodec.__version__}, fancy upsampling"
+        except ImportError:
+            import torchvision
+            from torchvision.io import ImageReadMode, decode_jpeg
 
-    def __call__(self, datas):
-        """uint8 CHW crops on the GPU for the images nvJPEG decoded; None where the CPU path must take over."""
+            self.decode_jpeg = lambda tensors: decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
+            self.decode = self._torchvision
+            self.name = f"torchvision {torchvision.__version__} nvJPEG"
+
+    def _nvimgcodec(self, datas):
+        """uint8 CHW tensors on the device, None where the image did not decode."""
+        torch = self.torch
+        images = self.decoder.decode(datas)
+        return [None if img is None else
+                (torch.from_numpy(np.asarray(img.cpu())) if self.host else torch.from_dlpack(img)).permute(2, 0, 1)
+                for img in images]
+
+    def _torchvision(self, datas):
         torch = self.torch
         tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
         try:
-            decoded = self.decode(tensors)
+            return list(self.decode_jpeg(tensors))
         except RuntimeError:  # one bad image fails the batched call: retry one by one
             decoded = []
             for t in tensors:
                 try:
-                    decoded.append(self.decode([t])[0])
+                    decoded.append(self.decode_jpeg([t])[0])
                 except RuntimeError:
                     decoded.append(None)
-        return [None if img is None else self.resize_crop(img) for img in decoded]
+            return decoded
+
+    def _weights(self, h: int, w: int):
+        if (h, w) in self.weights:
+            self.weights.move_to_end((h, w))
+        else:
+            nw, nh = shorter_side_size(w, h)
+            left, top = crop_offsets(nw, nh)
+            rows = resample_weights(h, nh, top, IMAGE_SIZE)
+            cols = resample_weights(w, nw, left, IMAGE_SIZE).T.copy()
+            self.weights[(h, w)] = (self.torch.from_numpy(rows).to(self.device),
+                                    self.torch.from_numpy(cols).to(self.device))
+            if len(self.weights) > WEIGHT_CACHE:
+                self.weights.popitem(last=False)
+        return self.weights[(h, w)]
+
+    def _padded(self, tensors):
+        """One zero-padded batch of tensors of different shapes (a single copy): zeros add nothing to a product."""
+        torch = self.torch
+        if len({tuple(t.shape) for t in tensors}) == 1:
+            return torch.stack(tensors)
+        with warnings.catch_warnings():  # "nested tensors are a prototype": used for its one-copy padding only
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.nested.nested_tensor(list(tensors)).to_padded_tensor(0)
+
+    def resize_crop(self, images):
+        """uint8 CHW images of any sizes -> uint8 [N, 3, 224, 224], the kit's eval crop of each."""
+        out, part, size = [], [], 0
+        for img in images:
+            elements = 3 * img.shape[-2] * img.shape[-1]
+            if part and (len(part) + 1) * max(size, elements) > PAD_LIMIT:
+                out.append(self._resize_part(part))
+                part, size = [], 0
+            part.append(img)
+            size = max(size, elements)
+        if part:
+            out.append(self._resize_part(part))
+        return self.torch.cat(out) if len(out) > 1 else out[0]
+
+    def _resize_part(self, images):
+        torch = self.torch
+        weights = [self._weights(*img.shape[-2:]) for img in images]
+        rows = self._padded([r for r, _ in weights])  # [N, 224, H]
+        cols = self._padded([c for _, c in weights])  # [N, W, 224]
+        batch = self._padded(images).float()  # [N, 3, H, W]
+        tf32 = torch.backends.cuda.matmul.allow_tf32  # TF32 products would move pixels by more than a level
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            tmp = torch.floor(torch.matmul(batch, cols[:, None]) + 0.5).clamp_(0, 255)  # horizontal: [N, 3, H, 224]
+            return torch.floor(torch.matmul(rows[:, None], tmp) + 0.5).clamp_(0, 255).to(torch.uint8)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def __call__(self, datas):
+        """Per image: its uint8 CHW crop on the device (a view into the batch's), or None where it did not decode."""
+        decoded = self.decode(datas)
+        good = [i for i, img in enumerate(decoded) if img is not None]
+        results = [None] * len(datas)
+        if good:
+            crops = self.resize_crop([decoded[i] for i in good])
+            for k, i in enumerate(good):
+                results[i] = crops[k]
+        return results
 
     def normalize(self, batch):
         return (batch.float() / 255.0 - self.mean) / self.std  # as preprocess.normalize
 
 
-class Preprocessor:
-    """Encoded images -> the classifier's input, per image, on the CPU (Pillow threads) or a GPU (nvJPEG first).
-    ``pixels``: uint8 CHW for a classifier that normalizes itself, else normalized float32 CHW."""
+def decode_device(params: dict, device: str) -> Optional[str]:
+    """Where an instance on ``device`` decodes its JPEGs: that GPU, unless the config's gpu_decode says "off" (the
+    build's accuracy gate refused the GPU decode, or it was not run); None: Pillow on the CPU."""
+    return device if device != "cpu" and params.get("gpu_decode", "on") == "on" else None
 
-    def __init__(self, pixels: bool, threads: int = 0, device: str = "cpu", log=print, warn=print):
+
+class Preprocessor:
+    """Encoded images -> the classifier's input, per image: the JPEGs TensorDecoder takes on ``device``, the rest
+    (and everything when ``device`` is None) with Pillow in a thread pool. ``pixels``: uint8 CHW for a classifier
+    that normalizes itself, else normalized float32 CHW."""
+
+    def __init__(self, pixels: bool, threads: int = 0, device: Optional[str] = None, log=print, warn=print):
         self.pixels = pixels
         self.threads = threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
         self.gpu = None
-        if device != "cpu":
+        if device is not None:
             try:
-                self.gpu = GpuDecoder(device)
-                log(f"JPEG decode on {device} (nvJPEG, torchvision {self.gpu.version}); other formats on "
-                    f"{self.threads} CPU threads")
+                self.gpu = TensorDecoder(device)
+                log(f"JPEG decode on {device} ({self.gpu.name}); other formats on {self.threads} CPU threads")
             except ImportError as exc:
                 warn(f"no GPU decode ({exc}); decoding with Pillow on {self.threads} CPU threads")
 
@@ -132,7 +252,7 @@ class Preprocessor:
         on_gpu = [i for i, d in enumerate(datas) if gpu_decodable(d)]
         results = [None] * len(datas)
         for i, crop in zip(on_gpu, self.gpu([datas[i] for i in on_gpu]) if on_gpu else []):
-            results[i] = crop
+            results[i] = crop  # None: it did not decode there; Pillow says what is wrong with it, or reads it
         rest = [i for i, r in enumerate(results) if r is None]
         # CPU-decoded images go up as pixels: normalization happens once, on the GPU, for the whole batch
         for i, r in zip(rest, self._cpu([datas[i] for i in rest], True)):
@@ -164,13 +284,15 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        on_gpu = args["model_instance_kind"] == "GPU"
         name = args["model_instance_name"]
+        device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
         self.preprocess = Preprocessor(
             config["output"][0]["data_type"] == "TYPE_UINT8", int(params.get("decode_threads", "0") or 0),
-            f"cuda:{args['model_instance_device_id']}" if on_gpu else "cpu",
-            lambda message: pb_utils.Logger.log_info(f"{name}: {message}"),
+            decode_device(params, device), lambda message: pb_utils.Logger.log_info(f"{name}: {message}"),
             lambda message: pb_utils.Logger.log_warn(f"{name}: {message}"))
+        if device != "cpu" and self.preprocess.gpu is None and params.get("gpu_decode") == "off":
+            pb_utils.Logger.log_warn(f"{name}: JPEG decode with Pillow on the CPU: gpu_decode is off in its "
+                                     f"config.pbtxt ({params.get('gpu_decode_reason', 'see the manifest')})")
         self._check_warmup(config, Path(args["model_repository"]))
         self.queue = RequestQueue(name, self._respond, self._take, int(config.get("max_batch_size", 0)) or 1,
                                   int(params.get("max_queue_size", "0") or 0),

@@ -20,7 +20,7 @@ from mnv3kit.errors import cli_errors, prog_name
 def parse_args(argv=None) -> argparse.Namespace:
     from mnv3kit.build import TRT_MODES
     from mnv3kit.model import ARCHS
-    from mnv3kit.render import GPU_PARITY_TOLERANCE, ONNX_ACCELERATORS, TARGETS, GpuOptions
+    from mnv3kit.render import GPU_DECODE, GPU_PARITY_TOLERANCE, ONNX_ACCELERATORS, TARGETS, GpuOptions
     from mnv3kit.spec import RUNTIMES
     from mnv3kit.validate import FORMATS
 
@@ -94,6 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--onnx-accelerator", choices=ONNX_ACCELERATORS, default="none",
                    help="ngc: run the ONNX model through ONNX Runtime's TensorRT execution provider (default none: "
                         "its CUDA provider)")
+    g.add_argument("--gpu-decode", choices=GPU_DECODE, default="gated",
+                   help="local target, --ensemble on KIND_GPU: decode JPEGs on the GPU (nvImageCodec with "
+                        "libjpeg-turbo's chroma upsampling, else torchvision's nvJPEG). gated (default): only if its "
+                        "top-1 classes agree with Pillow's on >= 99.5 %% of 512 photo views, checked at build time "
+                        "on this machine's GPU (no GPU here: Pillow on the CPU); on: without the check; off: Pillow")
     g = p.add_argument_group("OpenVINO (--models ...,ov)")
     g.add_argument("--openvino-precision", choices=("fp32", "bf16"), default="fp32",
                    help="compute precision of the OpenVINO model. fp32 (default): exact, in the parity gate like "
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
                 batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us,
                                   args.max_queue_size, round(args.queue_timeout_ms * 1000)),
                 gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches, args.compile_cache,
-                               args.gpu_parity_tolerance, args.onnx_accelerator),
+                               args.gpu_parity_tolerance, args.onnx_accelerator, args.gpu_decode),
                 runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance,
                 openvino_precision=args.openvino_precision)
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,

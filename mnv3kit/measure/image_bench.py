@@ -48,7 +48,7 @@ def make_jpegs(sources: Sequence[Path], folder: Path, size=(500, 375), quality: 
 def load_pipeline(repo: Path, device: str):
     """(preprocess, classify) as the repository serves them: the backend classes, configured by their configs."""
     from ..backend.classifier_model import TritonPythonModel
-    from ..backend.preprocess_model import Preprocessor
+    from ..backend.preprocess_model import Preprocessor, decode_device
 
     ensemble = parse_config(repo / ENSEMBLE / "config.pbtxt")
     name = ensemble.ensemble_scheduling.step[-1].model_name
@@ -57,12 +57,13 @@ def load_pipeline(repo: Path, device: str):
         raise KitError(f"{name} is a {config.platform or config.backend} model: in-process comparison needs a "
                        f"--target local repository")
     pre = parse_config(repo / PREPROCESS / "config.pbtxt")
-    threads = int(pre.parameters["decode_threads"].string_value or 0) if "decode_threads" in pre.parameters else 0
+    params = {key: value.string_value for key, value in pre.parameters.items()}
+    threads = int(params.get("decode_threads") or 0)
     model = TritonPythonModel()
     version = max(int(p.name) for p in (repo / name).iterdir() if p.is_dir() and p.name.isdigit())
     model.initialize(initialize_args(config, repo / name, version, device))
     pixels = config.input[0].data_type == model_config_pb2.TYPE_UINT8  # a classifier that normalizes itself
-    preprocess = Preprocessor(pixels, threads, device, log=lambda message: None)
+    preprocess = Preprocessor(pixels, threads, decode_device(params, device), log=lambda message: None)
     return preprocess, model.forward, name
 
 

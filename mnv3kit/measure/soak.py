@@ -167,7 +167,9 @@ def targets(repo: Path, names: Optional[Sequence[str]], workdir: Path) -> List[T
             decoded = normalize(np.stack([eval_pixels(decode_image(f)) for f in files]))
             ref = reference_forward(repo, dirs[classifier])(decoded)
             pre = _config(dirs[PREPROCESS]) if PREPROCESS in dirs else None
-            if pre is not None and pre.instance_group and pre.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU:
+            if (pre is not None and pre.instance_group
+                    and pre.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+                    and pre.parameters["gpu_decode"].string_value != "off"):  # Pillow's pixels when off
                 tolerance = max(tolerance, GPU_DECODE_TOLERANCE)
             bad = [(_pad([edge[k].read_bytes() or b"\0"]), why) for k, why in BAD.items() if k in edge and edge[k].is_file()]
             out.append(Target(name, inp.name, outp.name, max(1, min(config.max_batch_size, 4)),
