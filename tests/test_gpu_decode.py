@@ -26,7 +26,6 @@ from mnv3kit.weights import load_model
 
 from conftest import ROOT
 
-pytest.importorskip("nvidia.nvimgcodec")
 DEMO_WEIGHTS = ROOT / "demo" / "weights" / "MobileNetV3_Small.pth"
 
 
