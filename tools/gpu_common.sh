@@ -6,7 +6,20 @@ export PYTHON="$PY" PYTHONUNBUFFERED=1
 # one admin key for the run: serve.py guards the statistics API with it, and perf_analyzer reads statistics
 export TRITON_ADMIN_KEY=${TRITON_ADMIN_KEY:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+"$PY" - <<'PYEOF'
+import importlib.metadata as md
+import torch
+
+def version(dist):
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "missing"
+
+# torchvision: the raw anchor's model; nvImageCodec: the image path's decoder (torchvision's nvJPEG without it)
+print("torch", torch.__version__, "torchvision", version("torchvision"), "nvimgcodec",
+      version("nvidia-nvimgcodec-cu13") if version("nvidia-nvimgcodec-cu13") != "missing" else version("nvidia-nvimgcodec-cu12"))
+PYEOF
 
 start_server() {
   "${SERVER_PY:-$PY}" serve.py --repo "$1" --timeout 600 > "$2" 2>&1 &
