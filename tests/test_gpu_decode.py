@@ -75,9 +75,11 @@ def _pillow(datas):
     return [eval_pixels(decode_image(d)) for d in datas]
 
 
-@pytest.mark.parametrize("size", [(16, 16), (2000, 40), (40, 2000), (256, 256), (225, 300), (4000, 3000)])
-def test_extreme_shapes(tensor_path, photos, size):
-    img = Image.open(photos[0]).convert("RGB").resize(size)
+@pytest.mark.parametrize("size,mode", [((16, 16), "RGB"), ((2000, 40), "RGB"), ((40, 2000), "RGB"),
+                                       ((256, 256), "RGB"), ((225, 300), "RGB"), ((4000, 3000), "RGB"),
+                                       ((640, 427), "L")])
+def test_extreme_shapes_and_gray(tensor_path, photos, size, mode):
+    img = Image.open(photos[0]).convert(mode).resize(size)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     got = crops(tensor_path, [buf.getvalue()])[0]

@@ -172,14 +172,14 @@ class TensorDecoder:
 
     def resize_crop(self, images):
         """uint8 CHW images of any sizes -> uint8 [N, 3, 224, 224], the kit's eval crop of each."""
-        out, part, size = [], [], 0
+        out, part, h, w = [], [], 0, 0
         for img in images:
-            elements = 3 * img.shape[-2] * img.shape[-1]
-            if part and (len(part) + 1) * max(size, elements) > PAD_LIMIT:
+            ih, iw = img.shape[-2:]
+            if part and (len(part) + 1) * 3 * max(h, ih) * max(w, iw) > PAD_LIMIT:  # the padded batch's elements
                 out.append(self._resize_part(part))
-                part, size = [], 0
+                part, h, w = [], 0, 0
             part.append(img)
-            size = max(size, elements)
+            h, w = max(h, ih), max(w, iw)
         if part:
             out.append(self._resize_part(part))
         return self.torch.cat(out) if len(out) > 1 else out[0]
