@@ -55,6 +55,11 @@ LOG_KEEP = 3  # previous server logs kept beside the current one: <log>.1 (newes
 # back (perf/fault_recovery.py memory; figures in docs/reliability.md): pool 0 alone still kept hundreds of
 # MB, jemalloc or tcmalloc with the default pool kept more than glibc.
 GRPC_ALLOCATION_POOL = 0
+# Triton's CUDA memory pool per GPU (--cuda-memory-pool-byte-size): the python backend hands GPU tensors between
+# Triton and its stub processes through it (an ensemble's GPU step output, CUDA shared memory inputs); past it, each
+# tensor goes by its own CUDA IPC handle, opened and closed per request. Triton's default, 64 MB, holds one FP32
+# batch of 64 images (38.5 MB), less than two instances' inputs and outputs in flight.
+CUDA_POOL_MB = 1024
 ALLOCATORS = ("auto", "jemalloc", "glibc")  # auto: jemalloc where installed (Debian: libjemalloc2), else glibc
 JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 STUB_PRELOAD_ENV = "MNV3KIT_STUB_LD_PRELOAD"  # the LD_PRELOAD the stubs get back (the one before jemalloc's)
@@ -206,6 +211,20 @@ def _wait_unloaded(api: Triton, names: set, deadline: float) -> bool:
     return True
 
 
+def visible_gpus() -> int:
+    """How many GPUs tritonserver will see: nvidia-smi's count, limited by CUDA_VISIBLE_DEVICES when set."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return count if visible is None else min(count, len([d for d in visible.split(",") if d.strip()]))
+
+
 class LocalTriton:
     """``with LocalTriton(repo) as server:`` -- a ready tritonserver serving ``repo``; stopped on exit.
 
@@ -213,13 +232,13 @@ class LocalTriton:
     admin APIs (generated per start when not given). Models run under explicit model control, all loaded at start,
     so that they can be reloaded one by one and unloaded before the server stops. After the server died, ``stop()``
     then ``start()`` starts it again with the same ports, key and work directory (watchdog.Supervisor does).
-    ``allocator`` and ``grpc_pool``: see GRPC_ALLOCATION_POOL.
+    ``allocator`` and ``grpc_pool``: see GRPC_ALLOCATION_POOL; ``cuda_pool_mb``: see CUDA_POOL_MB (per visible GPU).
     """
 
     def __init__(self, repo: Path, ports: Optional[Ports] = None, log_path: Optional[Path] = None,
                  extra_args: Optional[List[str]] = None, verbose: int = 0, address: str = "127.0.0.1",
                  admin_key: Optional[str] = None, exit_timeout: int = EXIT_TIMEOUT_S, allocator: str = "auto",
-                 grpc_pool: int = GRPC_ALLOCATION_POOL):
+                 grpc_pool: int = GRPC_ALLOCATION_POOL, cuda_pool_mb: int = CUDA_POOL_MB):
         self.repo = Path(repo).resolve()
         self.ports = ports or Ports()
         self.extra_args = list(extra_args or [])
@@ -231,6 +250,7 @@ class LocalTriton:
         self.exit_timeout = exit_timeout
         self.jemalloc = jemalloc_library(allocator)
         self.grpc_pool = grpc_pool
+        self.cuda_pools = [f"--cuda-memory-pool-byte-size={gpu}:{cuda_pool_mb << 20}" for gpu in range(visible_gpus())]
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{next(_instances)}_"
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
@@ -278,7 +298,7 @@ class LocalTriton:
                 # named after this process, so that the next start can remove those of a killed one.
                 "--backend-config=python,shm-default-byte-size=16777216",
                 f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
-                f"--log-verbose={self.verbose}", *self.extra_args]
+                *self.cuda_pools, f"--log-verbose={self.verbose}", *self.extra_args]
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> "LocalTriton":
         if not self.repo.is_dir():

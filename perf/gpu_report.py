@@ -71,7 +71,8 @@ def image_report(res: Path) -> list:
                  if (res / "served_parity.txt").is_file() else "not checked in this run"),
              f"- GPU JPEG decode (the build's accuracy gate): {decode_line(res / 'manifest.json')}", ""]
     lines += soak_section(res)
-    for title, path in (("Speed: served vs in-process (perf/bench_image.py)", res / "bench" / "image_bench.md"),
+    for title, path in (("GPU JPEG decoders (perf/gpu_decoders.py)", res / "decoders" / "decoders.md"),
+                        ("Speed: served vs in-process (perf/bench_image.py)", res / "bench" / "image_bench.md"),
                         ("Parity: GPU path vs client-side preprocessing (perf/gpu_image_parity.py)",
                          res / "parity" / "gpu_image_parity.md")):
         body = path.read_text().split("\n", 1)[1].strip() if path.is_file() else "not run in this run"

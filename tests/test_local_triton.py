@@ -1,5 +1,6 @@
 """The --target local repository loads in the real tritonserver (nvidia-pytriton's) and serves what the files give."""
 
+import os
 import shutil
 
 import numpy as np
@@ -10,7 +11,7 @@ import tritonclient.http as httpclient
 
 from mnv3kit.errors import KitError
 from mnv3kit.parity import allowed_difference, parity_batch
-from mnv3kit.server import LOG_KEEP, LocalTriton, Ports, keep_log
+from mnv3kit.server import LOG_KEEP, LocalTriton, Ports, keep_log, visible_gpus
 from mnv3kit.spec import LOCAL_MODELS, ONNX, PT
 
 
@@ -66,3 +67,20 @@ def test_each_start_keeps_the_previous_logs_up_to_log_keep(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"triton.log.{k}" for k in range(1, LOG_KEEP + 1)]
     for k in range(1, LOG_KEEP + 1):  # newest first
         assert (tmp_path / f"triton.log.{k}").read_text() == f"server {LOG_KEEP + 2 - k}\n"
+
+
+def test_cuda_pool_flag_per_visible_gpu(tmp_path, monkeypatch):
+    """One --cuda-memory-pool-byte-size per GPU tritonserver will see: nvidia-smi -L's lines, limited by
+    CUDA_VISIBLE_DEVICES; none without nvidia-smi (this machine), so CPU hosts start as before."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    if shutil.which("nvidia-smi") is None:
+        assert visible_gpus() == 0 and LocalTriton(tmp_path, Ports.free()).cuda_pools == []
+    smi = tmp_path / "bin" / "nvidia-smi"  # prints what nvidia-smi -L prints on a 2-GPU host
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-b)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    server = LocalTriton(tmp_path, Ports.free(), cuda_pool_mb=512)
+    assert server.cuda_pools == [f"--cuda-memory-pool-byte-size={gpu}:{512 << 20}" for gpu in (0, 1)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert visible_gpus() == 1

@@ -1,5 +1,6 @@
 # Sourced by tools/gpu_run.sh, gpu_image.sh, gpu_tune.sh and multi_gpu_run.sh once PY is set: an admin key in
 # TRITON_ADMIN_KEY, the GPU and torch versions in the log, and start_server REPO LOG, which starts serve.py on REPO
+# (tritonserver's own log beside LOG)
 # in the background (under SERVER_PY when set, else PY), stops it on exit, and returns once Triton answers /v2/health/ready on port 8000; a server
 # that dies first prints its log and fails the script; and soak DIR REPO MODELS LEVELS, the load truth.
 export PYTHON="$PY" PYTHONUNBUFFERED=1
@@ -22,7 +23,7 @@ print("torch", torch.__version__, "torchvision", version("torchvision"), "nvimgc
 PYEOF
 
 start_server() {
-  "${SERVER_PY:-$PY}" serve.py --repo "$1" --timeout 600 > "$2" 2>&1 &
+  "${SERVER_PY:-$PY}" serve.py --repo "$1" --timeout 600 --log-file "$(dirname "$2")/tritonserver.log" > "$2" 2>&1 &
   server=$!
   trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
   "$PY" -m mnv3kit.cli.triton ready -u localhost:8000 --wait 900 --pid $server || { cat "$2"; exit 1; }

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The image ensemble on one GPU host, in one run: build a local-target repository with mobilenetv3_image on
 # KIND_GPU (Large, FP16, --runtime compiled with tools/gpu_run.sh's kernel cache and batch sizes), serve it, then
-#   0. the build's accuracy gate: GPU JPEG decode vs Pillow on 512 photo views (the manifest's gpu_decode);
+#   0. the GPU JPEG decoders side by side: pixels vs Pillow's and speed (perf/gpu_decoders.py), then
+#      the build's accuracy gate: GPU JPEG decode vs Pillow on 512 photo views (the manifest's gpu_decode);
 #   1. parity: GPU preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
 #   2. the soak: the ensemble and its classifier under sustained load at SOAK_LEVELS, every answer checked;
 #   3. served JPEG -> logits vs in-process GPU decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
 # Reports under perf/results/gpu-image-<date>/ (REPORT.md: perf/gpu_report.py). Exit status: the soak's.
 #   bash tools/gpu_image.sh        (after installing the kit on the GPU host; see docs/gpu.md)
-# Env: ARCH (large), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s),
+# Env: ARCH (large), CLASSIFIER (u8: the ensemble hands the classifier uint8 pixels, a quarter of FP32's bytes;
+# pt: normalized FP32), INSTANCES (2), CONCURRENCY (128: single-file requests in flight, the batcher forms the 64s),
 # SOAK_LEVELS (1,8,128,256), GRAPHS, CACHE and SOAK_SECONDS as in tools/gpu_run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-large}
+CLASSIFIER=${CLASSIFIER:-u8}
 INSTANCES=${INSTANCES:-2}
 GRAPHS=${GRAPHS:-1,4,8,16,32,64}
 CACHE=${CACHE:-/tmp/mnv3kit-compile-cache}
@@ -25,8 +28,12 @@ exec > >(tee "$RES/run.log") 2>&1
 
 source tools/gpu_common.sh
 
-echo "== build (arch $ARCH, ensemble -> mobilenetv3_pt, --runtime compiled, KIND_GPU x$INSTANCES, max batch 64, fp16)"
-"$PY" build_repo.py --target local --arch "$ARCH" --models pt --ensemble pt -o "$REPO" --instance-kind KIND_GPU \
+echo "== GPU JPEG decoders: pixels vs Pillow's and speed"
+"$PY" perf/gpu_decoders.py --device cuda:0 -o "$RES/decoders" || true
+
+echo "== build (arch $ARCH, ensemble -> $CLASSIFIER, --runtime compiled, KIND_GPU x$INSTANCES, max batch 64, fp16)"
+"$PY" build_repo.py --target local --arch "$ARCH" --models "$CLASSIFIER" --ensemble "$CLASSIFIER" -o "$REPO" \
+  --instance-kind KIND_GPU \
   --instance-count "$INSTANCES" --max-batch-size 64 --preferred-batch-sizes 16,32,64 --queue-delay-us 0 \
   --runtime compiled --precision fp16 --channels-last --cuda-graph-batches "$GRAPHS" --compile-cache "$CACHE"
 
@@ -41,7 +48,7 @@ echo "== served classifier vs the build's eager FP32 logits"
 echo "== parity: GPU path vs client-side preprocessing"
 "$PY" perf/gpu_image_parity.py --repo "$REPO" -u localhost:8001 -o "$RES/parity" || true
 echo "== soak: every answer checked under sustained load, before any speed is measured"
-soak "$RES/soak" "$REPO" image,pt "${SOAK_LEVELS:-1,8,128,256}"
+soak "$RES/soak" "$REPO" "image,$CLASSIFIER" "${SOAK_LEVELS:-1,8,128,256}"
 
 echo "== served JPEG -> logits vs in-process (500x375 JPEGs, batch 64, p50 at batch 1)"
 "$PY" perf/bench_image.py --repo "$REPO" --device cuda:0 -b 64 -c "${CONCURRENCY:-128}" --jpeg-size 500x375 \

@@ -281,6 +281,7 @@ class TritonPythonModel:
         # OpenVINO's CPU kernels turn NaN inputs into finite logits (its ReLU/HSwish clamp them), so there the
         # inputs are checked; a sum is finite exactly when no element is NaN or Inf (barring overflow of huge values)
         self.check_inputs = params.get("runtime") == "openvino"
+        self._take_streams = {}  # device -> the CUDA stream that copies GPU inputs out of their requests
         if pb_utils is None:  # in-process benchmarks: the runner alone, on this thread
             self.forward = self._runner(args, config, params)
             return
@@ -336,8 +337,15 @@ class TritonPythonModel:
         import torch
         from torch.utils.dlpack import from_dlpack  # in GPU memory already: no copy through the host
 
-        x = from_dlpack(tensor.to_dlpack()).clone()
-        torch.cuda.current_stream(x.device).synchronize()  # the copy is done before Triton frees the source
+        source = from_dlpack(tensor.to_dlpack())
+        # copied on a stream of its own, and only that stream waited for (the copy is done before Triton frees the
+        # source): the worker's stream may be busy with a batch, which the next requests need not wait for
+        stream = self._take_streams.get(source.device)
+        if stream is None:
+            stream = self._take_streams[source.device] = torch.cuda.Stream(source.device)
+        with torch.cuda.stream(stream):
+            x = source.clone()
+        stream.synchronize()
         return x, x.shape[0]
 
     def execute(self, requests):

@@ -186,15 +186,19 @@ class TensorDecoder:
 
     def _resize_part(self, images):
         torch = self.torch
-        weights = [self._weights(*img.shape[-2:]) for img in images]
-        rows = self._padded([r for r, _ in weights])  # [N, 224, H]
-        cols = self._padded([c for _, c in weights])  # [N, W, 224]
+        shapes = {tuple(img.shape[-2:]) for img in images}
+        if len(shapes) == 1:  # one pair of matrices, broadcast over the batch
+            rows, cols = self._weights(*shapes.pop())  # [224, H], [W, 224]
+        else:
+            weights = [self._weights(*img.shape[-2:]) for img in images]
+            rows = self._padded([r for r, _ in weights])[:, None]  # [N, 1, 224, H]
+            cols = self._padded([c for _, c in weights])[:, None]  # [N, 1, W, 224]
         batch = self._padded(images).float()  # [N, 3, H, W]
         tf32 = torch.backends.cuda.matmul.allow_tf32  # TF32 products would move pixels by more than a level
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            tmp = torch.floor(torch.matmul(batch, cols[:, None]) + 0.5).clamp_(0, 255)  # horizontal: [N, 3, H, 224]
-            return torch.floor(torch.matmul(rows[:, None], tmp) + 0.5).clamp_(0, 255).to(torch.uint8)
+            tmp = torch.floor(torch.matmul(batch, cols) + 0.5).clamp_(0, 255)  # horizontal: [N, 3, H, 224]
+            return torch.floor(torch.matmul(rows, tmp) + 0.5).clamp_(0, 255).to(torch.uint8)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -259,15 +263,17 @@ class Preprocessor:
             results[i] = r if isinstance(r, Exception) else self.gpu.torch.from_numpy(r).to(self.gpu.device)
         return results
 
-    def stack(self, items):
-        """Good items of one request -> its output batch (a numpy array, or a tensor on the GPU, computed: the
-        stream that made it is synchronized, so whoever reads it next sees the finished values)."""
+    def batches(self, groups):
+        """Good items of each request -> that request's output batch (a numpy array, or a view into one tensor on
+        the GPU for all requests: one copy, one normalization and one synchronization per batch of requests; the
+        stream that computed it is synchronized, so whoever reads it next sees the finished values)."""
         if self.gpu is None:
-            return np.stack(items)
-        batch = self.gpu.torch.stack(items)
+            return [np.stack(items) for items in groups]
+        torch = self.gpu.torch
+        batch = torch.stack([item for items in groups for item in items])
         batch = batch if self.pixels else self.gpu.normalize(batch)
-        self.gpu.torch.cuda.current_stream(self.gpu.device).synchronize()
-        return batch
+        torch.cuda.current_stream(self.gpu.device).synchronize()
+        return list(torch.split(batch, [len(items) for items in groups]))
 
     def bind_thread(self) -> None:
         """Make the decode GPU the current device of the calling thread (CUDA's current device is per thread)."""
@@ -324,7 +330,7 @@ class TritonPythonModel:
 
     def _respond(self, per_request):
         results = self.preprocess([d for datas in per_request for d in datas])
-        responses, start = [], 0
+        responses, start, good = [], 0, []
         for datas in per_request:
             mine = results[start:start + len(datas)]
             start += len(datas)
@@ -333,13 +339,15 @@ class TritonPythonModel:
                 message = "; ".join(errors) or "the request has no image"
                 error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)  # the client's input: 400
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            batch = self.preprocess.stack(mine)
+            else:
+                good.append(len(responses))
+                responses.append(mine)
+        for i, batch in zip(good, self.preprocess.batches([responses[i] for i in good]) if good else []):
             # a GPU batch stays on the GPU (the classifier takes it from there); handed over as the tensor itself,
             # not a DLPack capsule, so the backend also synchronizes with the stream that computed it
             tensor = (pb_utils.Tensor(self.output_name, batch) if isinstance(batch, np.ndarray)
                       else pb_utils.Tensor.from_dlpack(self.output_name, batch))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
         return responses
 
     def finalize(self):

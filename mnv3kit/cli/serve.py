@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mnv3kit.cli import add_ports, add_repo, ports_of
 from mnv3kit.errors import KitError, cli_errors, prog_name
-from mnv3kit.server import ALLOCATORS
+from mnv3kit.server import ALLOCATORS, CUDA_POOL_MB
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV
 from mnv3kit.watchdog import RESTART_WINDOW_S
 
@@ -54,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allocator", choices=ALLOCATORS, default="auto",
                    help="the server's malloc: jemalloc (auto: where installed, as Debian's libjemalloc2) gives "
                    "the memory of large or refused requests back within a second; glibc's keeps it (default auto)")
+    p.add_argument("--cuda-pool-mb", type=int, default=CUDA_POOL_MB, metavar="MB",
+                   help=f"Triton's CUDA memory pool on each GPU, through which GPU tensors pass between Triton and "
+                   f"the python-backend models without a CUDA IPC handle per tensor (default {CUDA_POOL_MB}; "
+                   f"Triton's own default is 64; no effect without a GPU)")
     p.add_argument("--restarts", type=int, default=3, metavar="N",
                    help=f"start a tritonserver that died again, at most N times in {WINDOW}; one more death ends "
                    "serve.py with exit 2 (default 3; 0: never)")
@@ -89,10 +93,13 @@ def main(argv=None) -> int:
             signal.signal(sig, _stop_on_signal)
         if args.restarts < 0:
             raise KitError(f"--restarts {args.restarts}: give 0 or more")
+        if args.cuda_pool_mb < 0:
+            raise KitError(f"--cuda-pool-mb {args.cuda_pool_mb}: give 0 or more")
 
         server = LocalTriton(args.repo, ports_of(args),
                              log_path=args.log_file, verbose=args.log_verbose, address=args.address,
-                             admin_key=os.environ.get(ADMIN_KEY_ENV), allocator=args.allocator)
+                             admin_key=os.environ.get(ADMIN_KEY_ENV), allocator=args.allocator,
+                             cuda_pool_mb=args.cuda_pool_mb)
         supervisor = Supervisor(server, restarts=args.restarts, watchdog=not args.no_watchdog, timeout=args.timeout,
                                 log=say)
         stopping = False

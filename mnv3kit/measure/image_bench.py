@@ -71,7 +71,7 @@ def in_process(repo: Path, files: Sequence[Path], batch: int, device: str, secon
     preprocess, classify, classifier = load_pipeline(repo, device)
     blobs = [f.read_bytes() for f in files]
 
-    def call(n: int):
+    def call(n: int, classifier: bool = True):
         start = call.i
         call.i += n
         datas = [blobs[(start + k) % len(blobs)] for k in range(n)]
@@ -79,12 +79,14 @@ def in_process(repo: Path, files: Sequence[Path], batch: int, device: str, secon
         bad = [str(x) for x in items if isinstance(x, Exception)]
         if bad:
             raise KitError(f"in-process preprocessing failed: {bad[0]}")
-        return classify(preprocess.stack(items))
+        batch = preprocess.batches([items])[0]  # computed: the GPU stream is synchronized
+        return classify(batch) if classifier else batch
 
     call.i = 0
-    result = {"classifier": classifier, "device": device, "decode_threads": preprocess.threads}
-    for key, n in (("batch", batch), ("batch1", 1)):
-        times = measure(lambda: call(n), warmup=5, iters=10, seconds=seconds)
+    result = {"classifier": classifier, "device": device, "decode_threads": preprocess.threads,
+              "decoder": preprocess.gpu.name if preprocess.gpu else "Pillow"}
+    for key, n, whole in (("batch", batch, True), ("batch1", 1, True), ("decode", batch, False)):
+        times = measure(lambda: call(n, whole), warmup=5, iters=10, seconds=seconds)
         result[key] = {"size": n, "img_per_s": n * 1e3 / float(np.mean(times)), "p50_ms": float(np.median(times))}
     preprocess.close()
     return result
@@ -122,6 +124,8 @@ def render(result: dict) -> str:
 
     ratio = (f"{srv['batch']['img_per_s'] / ins['batch']['img_per_s']:.2f}" if "img_per_s" in srv["batch"] else "-")
     rows = [
+        [f"in-process: decode + preprocess ({ins.get('decoder', '-')})", f"batch {ins['decode']['size']}",
+         f"{ins['decode']['img_per_s']:.1f}", "-", "-", "-"],
         ["in-process: decode + preprocess + classifier", f"batch {ins['batch']['size']}",
          f"{ins['batch']['img_per_s']:.1f}", f"{ins['batch1']['p50_ms']:.2f}", "-", "1.00"],
         [f"served `{ENSEMBLE}` (perf_analyzer, 1 file per request)", f"concurrency {srv['batch']['concurrency']}",
