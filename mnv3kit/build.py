@@ -47,6 +47,7 @@ class BuildOptions:
     models: Optional[Tuple[str, ...]] = None  # spec keys (pt, onnx, trt); None: every model of the target
     allow_constant_logits: bool = False
     ensemble: Optional[str] = None  # spec key of the classifier the image ensemble feeds; None: no ensemble
+    image_model: str = "ensemble"  # how mobilenetv3_image is served: ensemble | fused (one python model, local)
     openvino_min_agreement: float = MIN_AGREEMENT  # the BF16 accuracy gate's top-1 agreement with FP32 eager
 
 
@@ -178,14 +179,16 @@ def build(opts: BuildOptions) -> Path:
             for old in kept[spec.name]:
                 shutil.copytree(Path(opts.output) / spec.name / str(old), staging / spec.name / str(old))
         if image_classifier is not None:
-            write_image_models(staging, image_classifier, cfg, labels, decode_entry)
+            write_image_models(staging, image_classifier, cfg, labels, decode_entry, opts.image_model)
         manifest = {
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": cfg.target, "arch": opts.arch, "num_classes": model.num_classes, "labels": labels,
             "max_batch_size": cfg.max_batch_size, "version": cfg.version,
             "kept_versions": {name: kept_ for name, kept_ in kept.items() if kept_},
-            "models": [spec.name for spec in models] + ([PREPROCESS, ENSEMBLE] if image_classifier else []),
-            "ensemble": {"name": ENSEMBLE, "classifier": image_classifier.name} if image_classifier else None,
+            "models": [spec.name for spec in models] + (
+                ([ENSEMBLE] if opts.image_model == "fused" else [PREPROCESS, ENSEMBLE]) if image_classifier else []),
+            "ensemble": {"name": ENSEMBLE, "classifier": image_classifier.name, "kind": opts.image_model}
+            if image_classifier else None,
             "weights": {"path": str(opts.weights), "sha256": sha256(opts.weights)} if trained
             else {"path": None, "random_init": True},
             "versions": {**versions("torch", "onnx", "onnxruntime", "onnxsim", "tensorrt"), "onnx_opset": ONNX_OPSET},
@@ -354,7 +357,7 @@ def _image_classifier(opts: BuildOptions, models: List[ModelSpec]) -> Optional[M
     """The classifier --ensemble names, added to the default model set if missing; None without --ensemble."""
     if opts.ensemble is None:
         return None
-    classifier = classifier_for(opts.ensemble, opts.config.target)
+    classifier = classifier_for(opts.ensemble, opts.config.target, opts.image_model)
     if classifier not in models:
         if opts.models is not None:
             raise KitError(f"--ensemble {opts.ensemble} feeds {classifier.name}: add {classifier.key} to --models")

@@ -1,9 +1,11 @@
-"""The image ensemble: `mobilenetv3_image` = `mobilenetv3_preprocess` (encoded bytes -> tensor) -> a classifier.
+"""The image model: `mobilenetv3_image` = `mobilenetv3_preprocess` (encoded bytes -> tensor) -> a classifier.
 
-Renders both configs from mnv3kit/templates/, writes the preprocessing model's files (local: the python-backend model and
-the kit's preprocessing copied beside it; ngc: the DALI pipeline) and validates ensembles for --check: every step
-names a model of the repository, every mapped tensor exists in that model's config, and the tensors that flow
-between steps (and in and out of the ensemble) agree in data type and dims.
+An ensemble of the two models, or (--image-model fused, local target) one python model that runs both in one
+process (mnv3kit/backend/image_model.py). Renders the configs from mnv3kit/templates/, writes the models' files
+(local: the python-backend models and the kit's preprocessing copied beside them; ngc: the DALI pipeline) and
+validates them for --check: every ensemble step names a model of the repository, every mapped tensor exists in that
+model's config, and the tensors that flow between steps (and in and out of the ensemble) agree in data type and
+dims; a fused model's files and classifier are there.
 """
 
 import io
@@ -13,14 +15,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
-from .backend import KIT_DIR, PREPROCESS_MODEL, PYTHON_MODEL_FILES, VENDORED, install_python_model
+from .backend import (FUSED_COPIES, IMAGE_MODEL, KIT_DIR, PREPROCESS_MODEL, PYTHON_MODEL_FILES, VENDORED,
+                      install_python_model)
 from .errors import KitError
-from .render import ConfigOptions, _env, instance_queue_size, queue_size, warmup_batches
-from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, IMAGE_INPUT, IMAGE_SIZE, INPUT_DIMS, LABELS_FILE,
-                   MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, WARMUP_DIR, ModelSpec)
+from .render import ConfigOptions, _env, _python_parameters, instance_queue_size, queue_size, warmup_batches
+from .spec import (ENSEMBLE, ENSEMBLE_CLASSIFIERS, ENSEMBLE_OUTPUT, ENSEMBLE_PLATFORM, IMAGE_INPUT, IMAGE_SIZE,
+                   INPUT_DIMS, LABELS_FILE, MEAN, PREPROCESS, PREPROCESSED, RESIZE_SIZE, STD, WARMUP_DIR, ModelSpec)
 
 DataType = model_config_pb2.DataType
 IMAGE_MODELS = (ENSEMBLE, PREPROCESS)
+IMAGE_MODEL_KINDS = ("ensemble", "fused")  # --image-model
 VENDOR_DIR = "mnv3kit_preprocess"  # <preprocess>/<version>/mnv3kit_preprocess/: the kit's preprocessing, for model.py
 DALI_FILE = "dali.py"  # the pipeline the DALI backend serializes at load
 DALI_TEMPLATE = "mobilenetv3_preprocess_dali.py.j2"
@@ -39,27 +43,53 @@ def warmup_jpeg() -> bytes:
     return out.getvalue()
 
 
-def classifier_for(key: str, target: str) -> ModelSpec:
+def classifier_for(key: str, target: str, kind: str = "ensemble") -> ModelSpec:
     offered = {spec.key: spec for spec in ENSEMBLE_CLASSIFIERS[target]}
+    if kind not in IMAGE_MODEL_KINDS:
+        raise KitError(f"--image-model {kind}: choose one of {', '.join(IMAGE_MODEL_KINDS)}")
+    if kind == "fused" and target != "local":
+        raise KitError("--image-model fused runs in the python backend: --target local (on NVIDIA's image the "
+                       "ensemble's steps run inside tritonserver, DALI and the native backends)")
     if key not in offered:
         raise KitError(f"--ensemble {key}: on the {target} target the image ensemble can feed {', '.join(offered)}")
     return offered[key]
 
 
-def render_image_configs(classifier: ModelSpec, opts: ConfigOptions,
-                         gpu_decode: Optional[dict] = None) -> Dict[str, str]:
-    """model name -> config.pbtxt text, for the preprocessing model and the ensemble. ``gpu_decode``: the build's
-    decision on GPU JPEG decode ({"use": "on"|"off", "reason": ...}) for GPU instances on the local target."""
+def image_classifier(config: model_config_pb2.ModelConfig) -> str:
+    """The classifier an image model feeds: the ensemble's last step, or a fused model's `classifier` parameter."""
+    if config.platform == ENSEMBLE_PLATFORM:
+        return config.ensemble_scheduling.step[-1].model_name
+    return config.parameters["classifier"].string_value
+
+
+def fused_parameters(classifier: ModelSpec, opts: ConfigOptions) -> Dict[str, str]:
+    """What a fused image model adds to the preprocessing's parameters: the classifier, its input, its runner's."""
+    params = {"classifier": classifier.name, "classifier_input": classifier.input_dtype,
+              "classifier_input_name": classifier.input_name}
+    params.update({k: v for k, v in _python_parameters(classifier, opts).items()
+                   if k not in ("max_queue_size", "queue_timeout_us", "FORCE_CPU_ONLY_INPUT_TENSORS")})
+    return params
+
+
+def render_image_configs(classifier: ModelSpec, opts: ConfigOptions, gpu_decode: Optional[dict] = None,
+                         kind: str = "ensemble") -> Dict[str, str]:
+    """model name -> config.pbtxt text: the preprocessing model and the ensemble, or the fused image model.
+    ``gpu_decode``: the build's decision on GPU JPEG decode ({"use": "on"|"off", "reason": ...}) for GPU instances
+    on the local target."""
     common = dict(max_batch_size=opts.max_batch_size, image_input=IMAGE_INPUT, classifier=classifier,
                   target=opts.target)
     env = _env()
+    step = dict(template=f"{PREPROCESS}.pbtxt.j2", input_dims=INPUT_DIMS, instance=opts.instances,
+                batching=opts.batching, queue_size=queue_size(opts), queue_in_model=opts.target == "local",
+                instance_queue_size=instance_queue_size(opts), warmup_batches=warmup_batches(opts),
+                warmup_file=WARMUP_FILE, warmup_bytes=len(warmup_jpeg()), gpu_decode=gpu_decode,
+                num_classes=opts.num_classes, labels_file=LABELS_FILE, **common)
+    if kind == "fused":
+        return {ENSEMBLE: env.get_template(step["template"]).render(
+            name=ENSEMBLE, output=ENSEMBLE_OUTPUT, fused=fused_parameters(classifier, opts), **step)}
     return {
-        PREPROCESS: env.get_template(f"{PREPROCESS}.pbtxt.j2").render(
-            template=f"{PREPROCESS}.pbtxt.j2", name=PREPROCESS, output=PREPROCESSED, input_dims=INPUT_DIMS,
-            instance=opts.instances, batching=opts.batching, queue_size=queue_size(opts),
-            queue_in_model=opts.target == "local", instance_queue_size=instance_queue_size(opts),
-            warmup_batches=warmup_batches(opts), warmup_file=WARMUP_FILE, warmup_bytes=len(warmup_jpeg()),
-            gpu_decode=gpu_decode, **common),
+        PREPROCESS: env.get_template(step["template"]).render(name=PREPROCESS, output=PREPROCESSED, fused=None,
+                                                              **step),
         ENSEMBLE: env.get_template(f"{ENSEMBLE}.pbtxt.j2").render(
             template=f"{ENSEMBLE}.pbtxt.j2", name=ENSEMBLE, output=ENSEMBLE_OUTPUT, preprocess=PREPROCESS,
             preprocessed=PREPROCESSED, num_classes=opts.num_classes, labels_file=LABELS_FILE, **common),
@@ -72,22 +102,27 @@ def render_dali_pipeline() -> str:
 
 
 def write_image_models(repo: Path, classifier: ModelSpec, opts: ConfigOptions, labels: List[str],
-                       gpu_decode: Optional[dict] = None) -> None:
-    """Both model directories with their configs and files, into ``repo`` (a build's staging directory)."""
-    version = repo / PREPROCESS / str(opts.version)
+                       gpu_decode: Optional[dict] = None, kind: str = "ensemble") -> None:
+    """The image model's directories with their configs and files, into ``repo`` (a build's staging directory)."""
+    fused = kind == "fused"
+    model_dir = repo / (ENSEMBLE if fused else PREPROCESS)
+    version = model_dir / str(opts.version)
     version.mkdir(parents=True)
     if opts.target == "local":
-        install_python_model(PREPROCESS_MODEL, version)
+        install_python_model(IMAGE_MODEL if fused else PREPROCESS_MODEL, version)
+        if fused:
+            for source, copy in FUSED_COPIES.items():
+                shutil.copyfile(source, version / copy)
         (version / VENDOR_DIR).mkdir()
         for name in VENDORED:
             shutil.copyfile(KIT_DIR / name, version / VENDOR_DIR / name)
     else:
         (version / DALI_FILE).write_text(render_dali_pipeline())
-    (repo / PREPROCESS / WARMUP_DIR).mkdir()
-    (repo / PREPROCESS / WARMUP_DIR / WARMUP_FILE).write_bytes(warmup_jpeg())
-    (repo / ENSEMBLE / str(opts.version)).mkdir(parents=True)  # Triton wants a version directory, even empty
+    (model_dir / WARMUP_DIR).mkdir()
+    (model_dir / WARMUP_DIR / WARMUP_FILE).write_bytes(warmup_jpeg())
+    (repo / ENSEMBLE / str(opts.version)).mkdir(parents=True, exist_ok=True)  # an ensemble's is empty
     (repo / ENSEMBLE / LABELS_FILE).write_text("\n".join(labels) + "\n")
-    for name, text in render_image_configs(classifier, opts, gpu_decode).items():
+    for name, text in render_image_configs(classifier, opts, gpu_decode, kind).items():
         (repo / name / "config.pbtxt").write_text(text)
 
 
@@ -166,8 +201,10 @@ def check_ensemble(repo: Path, config: model_config_pb2.ModelConfig,
 
 
 def check_preprocess(model_dir: Path, config: model_config_pb2.ModelConfig) -> List[str]:
-    """The preprocessing model's contract and files (the python backend's model.py and its copy of the kit)."""
+    """The contract and files of a model that takes encoded images: the preprocessing model, or the fused image
+    model (its output the logits, and its classifier's artifact in the repository)."""
     where = f"{model_dir.name}/config.pbtxt"
+    fused = config.name == ENSEMBLE
     problems = []
     if len(config.input) != 1 or len(config.output) != 1:
         return [f"{where}: expected one input (encoded image bytes) and one output"]
@@ -176,9 +213,12 @@ def check_preprocess(model_dir: Path, config: model_config_pb2.ModelConfig) -> L
         problems.append(f"{where}: input {inp.name!r} must be TYPE_UINT8 [-1] (the file's bytes)")
     elif not inp.allow_ragged_batch and config.max_batch_size > 0:
         problems.append(f"{where}: input {inp.name!r} needs allow_ragged_batch: files differ in length")
-    if tuple(out.dims) != INPUT_DIMS:
+    if fused:
+        problems += _check_fused(model_dir, config, where)
+    elif tuple(out.dims) != INPUT_DIMS:
         problems.append(f"{where}: output dims {list(out.dims)}, expected {list(INPUT_DIMS)}")
-    files = {"python": [*PYTHON_MODEL_FILES] + [f"{VENDOR_DIR}/{name}" for name in VENDORED], "dali": [DALI_FILE]}
+    files = {"python": [*PYTHON_MODEL_FILES] + [f"{VENDOR_DIR}/{name}" for name in VENDORED]
+             + (list(FUSED_COPIES.values()) if fused else []), "dali": [DALI_FILE]}
     if config.backend not in files:
         return problems + [f"{where}: backend {config.backend!r}; the kit's preprocessing runs on python or dali"]
     for warmup in config.model_warmup:  # Triton fails the load on a missing or short file
@@ -200,4 +240,29 @@ def check_preprocess(model_dir: Path, config: model_config_pb2.ModelConfig) -> L
             continue  # a serialized pipeline instead of autoserialization
         problems += [f"{model_dir.name}/{vdir.name}/{name}: missing" for name in files[config.backend]
                      if not (vdir / name).is_file()]
+    return problems
+
+
+def _check_fused(model_dir: Path, config: model_config_pb2.ModelConfig, where: str) -> List[str]:
+    """A fused image model's output (labelled logits) and the classifier whose artifact it runs."""
+    out, problems = config.output[0], []
+    if len(out.dims) != 1 or out.data_type != model_config_pb2.TYPE_FP32:
+        problems.append(f"{where}: output {out.name!r} must be TYPE_FP32 [classes] (the logits)")
+    elif out.label_filename:
+        labels = model_dir / out.label_filename
+        count = len([x for x in labels.read_text().splitlines() if x.strip()]) if labels.is_file() else None
+        if count is None:
+            problems.append(f"{model_dir.name}/{out.label_filename}: missing")
+        elif count != out.dims[0]:
+            problems.append(f"{model_dir.name}/{out.label_filename}: {count} labels, output has {out.dims[0]}")
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    missing = [key for key in ("classifier", "classifier_input", "classifier_input_name", "artifact", "runtime")
+               if not params.get(key)]
+    if missing:
+        return problems + [f"{where}: parameters {', '.join(missing)} missing (the classifier it runs)"]
+    for vdir in (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        artifact = model_dir.parent / params["classifier"] / vdir.name / params["artifact"]
+        if not artifact.is_file():
+            problems.append(f"{where}: classifier {params['classifier']!r} has no {params['artifact']} in version "
+                            f"{vdir.name} ({artifact.relative_to(model_dir.parent)}): build it with the image model")
     return problems

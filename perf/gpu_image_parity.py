@@ -35,6 +35,7 @@ def main() -> int:
 
     from mnv3kit.measure.edge_images import BAD, make_edge_cases
     from mnv3kit.backend.preprocess_model import Preprocessor, gpu_decodable
+    from mnv3kit.ensemble import image_classifier
     from mnv3kit.measure.image_bench import make_jpegs
     from mnv3kit.parity import sample_photos
     from mnv3kit.preprocess import preprocess_file
@@ -46,7 +47,7 @@ def main() -> int:
     edge = make_edge_cases(photos[1], args.output / "edge")
     files = [*photos, *make_jpegs(photos, args.output / "jpeg500", (500, 375)),
              *(path for name, path in edge.items() if name not in BAD)]
-    classifier = parse_config(args.repo / ENSEMBLE / "config.pbtxt").ensemble_scheduling.step[-1].model_name
+    classifier = image_classifier(parse_config(args.repo / ENSEMBLE / "config.pbtxt"))
     config = parse_config(args.repo / classifier / "config.pbtxt")
     pixels_in = config.input[0].data_type == model_config_pb2.TYPE_UINT8  # the classifier normalizes itself
     gpu = Preprocessor(True, device=args.device)

@@ -108,6 +108,18 @@ def test_undecodable_images_fall_back_or_fail_alone(tensor_path, photos):
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[3]))
 
 
+def test_nvimgcodec_header_check_agrees_with_pillows(tensor_path, views, photos, tmp_path):
+    """TensorDecoder.decodable (nvImageCodec's header parser, Pillow only for EXIF) takes exactly what
+    gpu_decodable (Pillow's header) takes: photos, views, edge cases, CMYK and EXIF-rotated JPEGs, broken files."""
+    edge = make_edge_cases(photos[1], tmp_path / "edge")
+    datas = [p.read_bytes() for p in photos] + [v.jpeg for v in views] + [
+        p.read_bytes() if p.is_file() else b"" for p in edge.values()]
+    datas += [datas[0][:len(datas[0]) // 2], datas[0] + bytes(100), b"\xff\xd8garbage\xff\xd9"]
+    expected = [preprocess_model.gpu_decodable(d) for d in datas]
+    assert tensor_path.gpu.decodable(datas) == expected
+    assert sum(expected) > len(views) and not all(expected)
+
+
 def test_the_gate_passes_the_tensor_path(tensor_path, views, classify):
     report = decode_gate("tensor path", views, lambda datas: crops(tensor_path, datas), classify)
     assert report.ok and report.top1_agreement == 1.0 and report.images == len(views)

@@ -83,7 +83,7 @@ def test_build_writes_ensemble_and_self_contained_preprocessing(repo):
         tensor = w.inputs[IMAGE_INPUT]
         assert (tensor.input_data_file, list(tensor.dims)) == (WARMUP_FILE, [len(warmup_jpeg)])
     manifest = json.loads((repo / "manifest.json").read_text())
-    assert manifest["ensemble"] == {"name": ENSEMBLE, "classifier": PT.name}
+    assert manifest["ensemble"] == {"name": ENSEMBLE, "classifier": PT.name, "kind": "ensemble"}
     assert {PREPROCESS, ENSEMBLE} <= set(manifest["models"])
     # the stub imports the kit's preprocessing from the copy beside model.py: it must be the kit's, byte for byte
     vendored = repo / PREPROCESS / "1" / VENDOR_DIR
@@ -100,7 +100,36 @@ def test_build_flag_errors(tmp_path):
     assert_one_line_error(proc, "--ensemble trt", "pt, onnx, u8")
     proc = run_cli("build_repo.py", "--target", "local", "--models", "pt", "--ensemble", "onnx", "-o", tmp_path / "r")
     assert_one_line_error(proc, "add onnx to --models")
+    proc = run_cli("build_repo.py", "--target", "ngc", "--ensemble", "trt", "--image-model", "fused", "-o",
+                   tmp_path / "r")
+    assert_one_line_error(proc, "--image-model fused runs in the python backend", "--target local")
     assert not (tmp_path / "r").exists()
+
+
+def test_build_writes_the_fused_image_model(tmp_path):
+    """--image-model fused: mobilenetv3_image is one python model with both models' files beside it (byte for byte
+    the kit's) and the classifier's parameters; no mobilenetv3_preprocess. --check finds its classifier missing."""
+    repo = tmp_path / "repo"
+    build(BuildOptions(arch="small", output=repo, ensemble="u8", models=("u8",), image_model="fused",
+                       config=ConfigOptions(target="local")))
+    config = parse(repo / ENSEMBLE / "config.pbtxt")
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    assert config.backend == "python" and config.input[0].allow_ragged_batch and not (repo / PREPROCESS).exists()
+    assert (config.output[0].name, list(config.output[0].dims), config.output[0].label_filename) == (
+        ENSEMBLE_OUTPUT, [5], "labels.txt")
+    assert (params["classifier"], params["classifier_input"], params["artifact"]) == (U8.name, "TYPE_UINT8", U8.artifact)
+    assert queue_bound(config) == (32, 5_000_000)
+    version = repo / ENSEMBLE / "1"
+    for copy, source in (("model.py", "image_model.py"), ("mnv3kit_preprocessing.py", "preprocess_model.py"),
+                         ("mnv3kit_classifier.py", "classifier_model.py"), ("mnv3kit_serving.py", "serving.py")):
+        assert (version / copy).read_bytes() == (KIT_DIR / "backend" / source).read_bytes(), copy
+    assert sorted(p.name for p in (version / VENDOR_DIR).iterdir()) == sorted(VENDORED)
+    manifest = json.loads((repo / "manifest.json").read_text())
+    assert manifest["ensemble"]["kind"] == "fused" and PREPROCESS not in manifest["models"]
+    assert check_repository(repo).ok
+    shutil.rmtree(repo / U8.name)
+    problems = check_repository(repo).problems
+    assert any(f"classifier '{U8.name}' has no {U8.artifact}" in m for m in problems), problems
 
 
 STEP2 = f'model_name: "{PT.name}"'
@@ -286,22 +315,27 @@ def test_run_perf_measures_the_ensemble_with_real_jpegs(server, photos, tmp_path
 
 # ---------------------------------------------------------------- one bad image in a batch
 
-@pytest.fixture(scope="module")
-def batching_server(tmp_path_factory):
-    """u8 classifier behind the ensemble; batches wait up to 3 s for 8 requests."""
+@pytest.fixture(scope="module", params=["ensemble", "fused"])
+def batching_server(request, tmp_path_factory):
+    """u8 classifier behind the image model (the ensemble, or fused into one model); batches wait up to 3 s for 8
+    requests. Yields the server and the model that batches the files."""
     out = tmp_path_factory.mktemp("image-batch") / "repo"
-    build(BuildOptions(arch="small", output=out, ensemble="u8", models=("u8",),
+    build(BuildOptions(arch="small", output=out, ensemble="u8", models=("u8",), image_model=request.param,
                        config=ConfigOptions(target="local", instances=Instances("KIND_CPU"),
                                             batching=Batching(True, (8,), BATCH_DELAY_US))))
-    assert parse(out / PREPROCESS / "config.pbtxt").output[0].data_type == model_config_pb2.TYPE_UINT8
+    batcher = PREPROCESS if request.param == "ensemble" else ENSEMBLE
+    assert (parse(out / batcher / "config.pbtxt").output[0].data_type
+            == (model_config_pb2.TYPE_UINT8 if batcher == PREPROCESS else model_config_pb2.TYPE_FP32))
+    assert request.param == "ensemble" or not (out / PREPROCESS).exists()
     with LocalTriton(out, Ports.free()) as srv:
-        yield srv
+        yield srv, batcher
 
 
 def test_bad_images_fail_alone_inside_one_batch(batching_server, photos, edge):
     import tritonclient.grpc as grpc
     from tritonclient.utils import InferenceServerException
 
+    batching_server, batcher = batching_server
     client = grpc.InferenceServerClient(batching_server.grpc_url)
     good = [photos[0], photos[1], edge["grayscale"], edge["exif_rotated"]]
     bad = [edge[name] for name in ("not_an_image", "truncated", "empty", "bomb")]
@@ -309,7 +343,7 @@ def test_bad_images_fail_alone_inside_one_batch(batching_server, photos, edge):
     results, done = {}, threading.Semaphore(0)
 
     def statistics():  # counts since load, model_warmup's included
-        stats = client.get_inference_statistics(PREPROCESS, as_json=True, headers=batching_server.headers("grpc"))
+        stats = client.get_inference_statistics(batcher, as_json=True, headers=batching_server.headers("grpc"))
         stats = stats["model_stats"][0]
         return (int(stats.get("execution_count", 0)), int(stats.get("inference_count", 0)),
                 {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])})
@@ -320,7 +354,7 @@ def test_bad_images_fail_alone_inside_one_batch(batching_server, photos, edge):
         results[path] = error if error is not None else result.as_numpy(ENSEMBLE_OUTPUT)
         done.release()
 
-    for path in paths:  # all 8 in flight at once: the preprocessing model sees them as one batch
+    for path in paths:  # all 8 in flight at once: the batching model sees them as one batch
         inp = grpc.InferInput(IMAGE_INPUT, [1, path.stat().st_size], "UINT8")
         inp.set_data_from_numpy(np.frombuffer(path.read_bytes(), np.uint8).reshape(1, -1))
         client.async_infer(ENSEMBLE, [inp], lambda result, error, path=path: callback(path, result, error))

@@ -5,6 +5,9 @@ from pathlib import Path
 
 PYTHON_MODEL = Path(__file__).with_name("classifier_model.py")
 PREPROCESS_MODEL = Path(__file__).with_name("preprocess_model.py")
+# --image-model fused: one model that preprocesses and classifies; it imports the two models above, copied beside it
+IMAGE_MODEL = Path(__file__).with_name("image_model.py")
+FUSED_COPIES = {PREPROCESS_MODEL: "mnv3kit_preprocessing.py", PYTHON_MODEL: "mnv3kit_classifier.py"}
 # The request queue both models import, copied beside their model.py under a name an installed kit cannot shadow.
 SERVING_MODULE = Path(__file__).with_name("serving.py")
 SERVING_COPY = "mnv3kit_serving.py"

@@ -271,6 +271,50 @@ class OpenVinoRunner:
         return self.request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)[self.output].copy()
 
 
+def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, uint8_input: bool, input_name: str,
+                label: str):
+    """TorchRunner (checked against the build's logits in version_dir's parity.npz), OnnxRunner or OpenVinoRunner,
+    for the artifact in ``version_dir`` as the config's parameters say; ``label`` names the model in messages."""
+    artifact = str(version_dir / params["artifact"])
+    runtime = params["runtime"]
+    error = pb_utils.TritonModelException if pb_utils else RuntimeError
+    if runtime in ("torch", "compiled"):
+        try:
+            runner = TorchRunner(
+                artifact, f"cuda:{device_id}" if on_gpu else "cpu", params.get("precision", "fp32"),
+                params.get("channels_last") == "true",
+                [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
+                _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input,
+                params.get("compile_cache") or None)
+            if (version_dir / PARITY_FILE).is_file():
+                summary = runner.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
+                _log(f"{label}: {summary}")
+            return runner
+        except RunnerError as exc:
+            raise error(f"{label}: {exc}") from None
+    if runtime == "onnxruntime" and not uint8_input:
+        return OnnxRunner(artifact, input_name, device_id if on_gpu else None)
+    if runtime == "openvino" and not uint8_input and not on_gpu:
+        try:
+            return OpenVinoRunner(artifact, params.get("precision", "fp32"), int(params.get("threads", "0") or 0))
+        except RunnerError as exc:
+            raise error(f"{label}: {exc}") from None
+    raise error(f"{label}: unsupported runtime {runtime!r} for a {'uint8' if uint8_input else 'float32'} input")
+
+
+def logit_responses(output_name: str, logits: np.ndarray, sizes, finite=None) -> list:
+    """One response per request of ``sizes`` rows, in order. NaN/Inf in a request's input come back as non-finite
+    logits, which Triton would label as a class: that request alone gets an error (checking the few logits costs
+    nothing); ``finite``: per request, False where its input was found non-finite already."""
+    bounds = np.cumsum([0, *sizes])
+    finite = finite or [True] * len(sizes)
+    return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(output_name, logits[a:b])])
+            if ok and np.isfinite(logits[a:b]).all() else pb_utils.InferenceResponse(output_tensors=[], error=(
+                pb_utils.TritonError("input contains NaN or Inf values (its logits are not finite)",
+                                     pb_utils.TritonError.INVALID_ARG)))  # the client's input: 400
+            for ok, a, b in zip(finite, bounds[:-1], bounds[1:])]
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -282,12 +326,19 @@ class TritonPythonModel:
         # inputs are checked; a sum is finite exactly when no element is NaN or Inf (barring overflow of huge values)
         self.check_inputs = params.get("runtime") == "openvino"
         self._take_streams = {}  # device -> the CUDA stream that copies GPU inputs out of their requests
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+
+        def runner():
+            return make_runner(version_dir, params, args["model_instance_kind"] == "GPU",
+                               int(args["model_instance_device_id"]), self.input_dtype == np.uint8, self.input_name,
+                               args.get("model_instance_name", config["name"]))
+
         if pb_utils is None:  # in-process benchmarks: the runner alone, on this thread
-            self.forward = self._runner(args, config, params)
+            self.forward = runner()
             return
 
         def setup():
-            self.forward = self._runner(args, config, params)
+            self.forward = runner()
 
         # Torch keeps an OpenMP thread team per thread that calls it, and two teams on a 2-core CPU doubled a
         # batch-1 forward pass (13 -> 25 ms, Large): the runner is made, checked and run on the worker thread alone.
@@ -295,38 +346,6 @@ class TritonPythonModel:
             args.get("model_instance_name", config["name"]), self._respond, self._take,
             int(config.get("max_batch_size", 0)) or 1, int(params.get("max_queue_size", "0") or 0),
             int(params.get("queue_timeout_us", "0") or 0), setup, _log)
-
-    def _runner(self, args, config, params):
-        """TorchRunner (checked against the build's logits), OnnxRunner or OpenVinoRunner, as the config says."""
-        uint8_input = self.input_dtype == np.uint8
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        artifact = str(version_dir / params["artifact"])
-        on_gpu = args["model_instance_kind"] == "GPU"
-        device_id = int(args["model_instance_device_id"])
-        runtime = params["runtime"]
-        error = pb_utils.TritonModelException if pb_utils else RuntimeError
-        if runtime in ("torch", "compiled"):
-            try:
-                runner = TorchRunner(
-                    artifact, f"cuda:{device_id}" if on_gpu else "cpu", params.get("precision", "fp32"),
-                    params.get("channels_last") == "true",
-                    [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
-                    _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input,
-                    params.get("compile_cache") or None)
-                if (version_dir / PARITY_FILE).is_file():
-                    summary = runner.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
-                    _log(f"{args.get('model_instance_name', config['name'])}: {summary}")
-                return runner
-            except RunnerError as exc:
-                raise error(f"{config['name']}: {exc}") from None
-        if runtime == "onnxruntime" and not uint8_input:
-            return OnnxRunner(artifact, self.input_name, device_id if on_gpu else None)
-        if runtime == "openvino" and not uint8_input and not on_gpu:
-            try:
-                return OpenVinoRunner(artifact, params.get("precision", "fp32"), int(params.get("threads", "0") or 0))
-            except RunnerError as exc:
-                raise error(f"{config['name']}: {exc}") from None
-        raise error(f"unsupported runtime {runtime!r} for a {self.input_dtype} input")
 
     def _take(self, request):
         """This request's input, copied: Triton frees the request's tensors when execute() returns."""
@@ -353,15 +372,8 @@ class TritonPythonModel:
 
     def _respond(self, parts):
         logits = self.forward(*parts)
-        bounds = np.cumsum([0] + [p.shape[0] for p in parts])
-        finite = [bool(np.isfinite(p.sum())) if self.check_inputs else True for p in parts]
-        # NaN/Inf in a request's input come back as non-finite logits, which Triton would label as a class: that
-        # request alone gets an error. Checking the few logits costs nothing; the inputs are 4-38 MB a batch.
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, logits[a:b])])
-                if ok and np.isfinite(logits[a:b]).all() else pb_utils.InferenceResponse(output_tensors=[], error=(
-                    pb_utils.TritonError("input contains NaN or Inf values (its logits are not finite)",
-                                         pb_utils.TritonError.INVALID_ARG)))  # the client's input: 400
-                for ok, a, b in zip(finite, bounds[:-1], bounds[1:])]
+        finite = [bool(np.isfinite(p.sum())) for p in parts] if self.check_inputs else None
+        return logit_responses(self.output_name, logits, [p.shape[0] for p in parts], finite)
 
     def finalize(self):
         self.queue.close()

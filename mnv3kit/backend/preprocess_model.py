@@ -39,7 +39,8 @@ except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks
                                     shorter_side_size)
     from mnv3kit.spec import IMAGE_SIZE, MEAN, STD, WARMUP_DIR
 
-JPEG_EOI = b"\xff\xd9"
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+EXIF = b"Exif\x00\x00"  # an APP1 EXIF segment, which may rotate the image: Pillow reads its orientation
 
 
 def cpu_preprocess(data: bytes, pixels: bool) -> np.ndarray:
@@ -48,11 +49,21 @@ def cpu_preprocess(data: bytes, pixels: bool) -> np.ndarray:
     return chw if pixels else normalize(chw)
 
 
+def has_exif(data: bytes) -> bool:
+    """Whether a JPEG's APP segments (right after SOI, before any other marker) include an EXIF one."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF and (0xE0 <= data[i + 1] <= 0xEF or data[i + 1] == 0xFE):
+        if data[i + 1] == 0xE1 and data[i + 4:i + 10] == EXIF:
+            return True
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
+
+
 def gpu_decodable(data: bytes) -> bool:
     """A JPEG nvJPEG decodes to what Pillow would: RGB or gray, no EXIF rotation, complete, not a bomb."""
     from PIL import Image
 
-    if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(JPEG_EOI):
+    if not data.startswith(JPEG_SOI) or not data.rstrip(b"\x00").endswith(JPEG_EOI):
         return False
     try:
         with Image.open(io.BytesIO(data)) as img:  # the header only
@@ -124,6 +135,28 @@ class TensorDecoder:
             self.decode_jpeg = lambda tensors: decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
             self.decode = self._torchvision
             self.name = f"torchvision {torchvision.__version__} nvJPEG"
+
+    def decodable(self, datas):
+        """gpu_decodable of each image; with nvImageCodec its own header parser answers for JPEGs without EXIF (a
+        fraction of Pillow's time per image)."""
+        if self.decode != self._nvimgcodec:
+            return [gpu_decodable(d) for d in datas]
+        from nvidia import nvimgcodec
+
+        out = []
+        for data in datas:
+            if not data.startswith(JPEG_SOI) or not data.rstrip(b"\x00").endswith(JPEG_EOI):
+                out.append(False)
+            elif has_exif(data):
+                out.append(gpu_decodable(data))
+            else:
+                try:
+                    stream = nvimgcodec.CodeStream(data)
+                    out.append(stream.codec_name == "jpeg" and stream.num_channels in (1, 3)
+                               and stream.width * stream.height <= MAX_PIXELS)
+                except Exception:  # noqa: BLE001 - the CPU path reports what is wrong with it
+                    out.append(False)
+        return out
 
     def _nvimgcodec(self, datas):
         """uint8 CHW tensors on the device, None where the image did not decode."""
@@ -253,7 +286,7 @@ class Preprocessor:
         """Per image: its preprocessed array (GPU: a uint8 CHW tensor on the device), or its ImageError."""
         if self.gpu is None:
             return self._cpu(datas, self.pixels)
-        on_gpu = [i for i, d in enumerate(datas) if gpu_decodable(d)]
+        on_gpu = [i for i, ok in enumerate(self.gpu.decodable(datas)) if ok]
         results = [None] * len(datas)
         for i, crop in zip(on_gpu, self.gpu([datas[i] for i in on_gpu]) if on_gpu else []):
             results[i] = crop  # None: it did not decode there; Pillow says what is wrong with it, or reads it
@@ -263,17 +296,24 @@ class Preprocessor:
             results[i] = r if isinstance(r, Exception) else self.gpu.torch.from_numpy(r).to(self.gpu.device)
         return results
 
+    def batch(self, items):
+        """Good items -> one batch (a numpy array, or a tensor on the GPU, computed: the stream that made it is
+        synchronized, so whoever reads it next sees the finished values; one copy and one normalization)."""
+        if self.gpu is None:
+            return np.stack(items)
+        torch = self.gpu.torch
+        batch = torch.stack(items)
+        batch = batch if self.pixels else self.gpu.normalize(batch)
+        if self.gpu.device.type == "cuda":
+            torch.cuda.current_stream(self.gpu.device).synchronize()
+        return batch
+
     def batches(self, groups):
-        """Good items of each request -> that request's output batch (a numpy array, or a view into one tensor on
-        the GPU for all requests: one copy, one normalization and one synchronization per batch of requests; the
-        stream that computed it is synchronized, so whoever reads it next sees the finished values)."""
+        """Good items of each request -> that request's output batch (views into one batch on the GPU)."""
         if self.gpu is None:
             return [np.stack(items) for items in groups]
-        torch = self.gpu.torch
-        batch = torch.stack([item for items in groups for item in items])
-        batch = batch if self.pixels else self.gpu.normalize(batch)
-        torch.cuda.current_stream(self.gpu.device).synchronize()
-        return list(torch.split(batch, [len(items) for items in groups]))
+        return list(self.gpu.torch.split(self.batch([item for items in groups for item in items]),
+                                         [len(items) for items in groups]))
 
     def bind_thread(self) -> None:
         """Make the decode GPU the current device of the calling thread (CUDA's current device is per thread)."""
@@ -284,6 +324,57 @@ class Preprocessor:
         self.pool.shutdown(wait=False)
 
 
+def make_preprocessor(args: dict, params: dict, pixels: bool) -> Preprocessor:
+    """The Preprocessor of a model instance (Triton's initialize args), as its config's parameters say."""
+    name = args["model_instance_name"]
+    device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
+    preprocess = Preprocessor(pixels, int(params.get("decode_threads", "0") or 0), decode_device(params, device),
+                              lambda message: pb_utils.Logger.log_info(f"{name}: {message}"),
+                              lambda message: pb_utils.Logger.log_warn(f"{name}: {message}"))
+    if device != "cpu" and preprocess.gpu is None and params.get("gpu_decode") == "off":
+        pb_utils.Logger.log_warn(f"{name}: JPEG decode with Pillow on the CPU: gpu_decode is off in its "
+                                 f"config.pbtxt ({params.get('gpu_decode_reason', 'see the manifest')})")
+    return preprocess
+
+
+def check_warmup(config: dict, model_dir: Path, pixels: bool) -> None:
+    """Decode every model_warmup file here, before Triton runs the samples: an unreadable one fails the load with
+    its name. Triton 2.51 left to find it aborted now and then (boost::interprocess::lock_exception in the server
+    process while it tore the failed instance down: 2 of 5 starts here)."""
+    for sample in config.get("model_warmup", []):
+        for tensor in sample.get("inputs", {}).values():
+            if tensor.get("input_data_file"):
+                path = model_dir / WARMUP_DIR / tensor["input_data_file"]
+                try:
+                    cpu_preprocess(path.read_bytes(), pixels)
+                except (OSError, ImageError) as exc:
+                    raise pb_utils.TritonModelException(
+                        f"warmup sample {sample.get('name')!r} ({WARMUP_DIR}/{path.name}): {exc}") from None
+
+
+def take_images(request, input_name: str):
+    """The bytes of each image of the request: one per batch row (trailing zeros allowed), copied."""
+    rows = pb_utils.get_input_tensor_by_name(request, input_name).as_numpy()
+    datas = [row.tobytes() for row in rows.reshape(rows.shape[0], -1)]
+    return datas, len(datas)
+
+
+def group_results(per_request, results) -> list:
+    """Per request: its list of preprocessed items, or an error response (any of its images unreadable, or none)."""
+    out, start = [], 0
+    for datas in per_request:
+        mine = results[start:start + len(datas)]
+        start += len(datas)
+        errors = [str(r) for r in mine if isinstance(r, Exception)]
+        if errors or not mine:
+            message = "; ".join(errors) or "the request has no image"
+            error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)  # the client's input: 400
+            out.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+        else:
+            out.append(mine)
+    return out
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -291,57 +382,20 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         name = args["model_instance_name"]
-        device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
-        self.preprocess = Preprocessor(
-            config["output"][0]["data_type"] == "TYPE_UINT8", int(params.get("decode_threads", "0") or 0),
-            decode_device(params, device), lambda message: pb_utils.Logger.log_info(f"{name}: {message}"),
-            lambda message: pb_utils.Logger.log_warn(f"{name}: {message}"))
-        if device != "cpu" and self.preprocess.gpu is None and params.get("gpu_decode") == "off":
-            pb_utils.Logger.log_warn(f"{name}: JPEG decode with Pillow on the CPU: gpu_decode is off in its "
-                                     f"config.pbtxt ({params.get('gpu_decode_reason', 'see the manifest')})")
-        self._check_warmup(config, Path(args["model_repository"]))
-        self.queue = RequestQueue(name, self._respond, self._take, int(config.get("max_batch_size", 0)) or 1,
+        self.preprocess = make_preprocessor(args, params, config["output"][0]["data_type"] == "TYPE_UINT8")
+        check_warmup(config, Path(args["model_repository"]), self.preprocess.pixels)
+        self.queue = RequestQueue(name, self._respond, lambda request: take_images(request, self.input_name),
+                                  int(config.get("max_batch_size", 0)) or 1,
                                   int(params.get("max_queue_size", "0") or 0),
                                   int(params.get("queue_timeout_us", "0") or 0), self.preprocess.bind_thread,
                                   pb_utils.Logger.log_warn)
-
-    def _check_warmup(self, config, model_dir: Path) -> None:
-        """Decode every model_warmup file here, before Triton runs the samples: an unreadable one fails the load
-        with its name. Triton 2.51 left to find it aborted now and then (boost::interprocess::lock_exception in the
-        server process while it tore the failed instance down: 2 of 5 starts here)."""
-        for sample in config.get("model_warmup", []):
-            for tensor in sample.get("inputs", {}).values():
-                if tensor.get("input_data_file"):
-                    path = model_dir / WARMUP_DIR / tensor["input_data_file"]
-                    try:
-                        cpu_preprocess(path.read_bytes(), self.preprocess.pixels)
-                    except (OSError, ImageError) as exc:
-                        raise pb_utils.TritonModelException(
-                            f"warmup sample {sample.get('name')!r} ({WARMUP_DIR}/{path.name}): {exc}") from None
-
-    def _take(self, request):
-        """The bytes of each image of the request: one per batch row (trailing zeros allowed), copied."""
-        rows = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-        datas = [row.tobytes() for row in rows.reshape(rows.shape[0], -1)]
-        return datas, len(datas)
 
     def execute(self, requests):
         self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender
 
     def _respond(self, per_request):
-        results = self.preprocess([d for datas in per_request for d in datas])
-        responses, start, good = [], 0, []
-        for datas in per_request:
-            mine = results[start:start + len(datas)]
-            start += len(datas)
-            errors = [str(r) for r in mine if isinstance(r, Exception)]
-            if errors or not mine:
-                message = "; ".join(errors) or "the request has no image"
-                error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)  # the client's input: 400
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-            else:
-                good.append(len(responses))
-                responses.append(mine)
+        responses = group_results(per_request, self.preprocess([d for datas in per_request for d in datas]))
+        good = [i for i, r in enumerate(responses) if isinstance(r, list)]
         for i, batch in zip(good, self.preprocess.batches([responses[i] for i in good]) if good else []):
             # a GPU batch stays on the GPU (the classifier takes it from there); handed over as the tensor itself,
             # not a DLPack capsule, so the backend also synchronizes with the stream that computed it

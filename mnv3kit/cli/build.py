@@ -19,6 +19,7 @@ from mnv3kit.errors import cli_errors, prog_name
 
 def parse_args(argv=None) -> argparse.Namespace:
     from mnv3kit.build import TRT_MODES
+    from mnv3kit.ensemble import IMAGE_MODEL_KINDS
     from mnv3kit.model import ARCHS
     from mnv3kit.render import GPU_DECODE, GPU_PARITY_TOLERANCE, ONNX_ACCELERATORS, TARGETS, GpuOptions
     from mnv3kit.spec import RUNTIMES
@@ -53,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--ensemble", metavar="CLASSIFIER", help="also build mobilenetv3_image, the ensemble that takes "
                    "encoded image bytes (JPEG, PNG, ...), preprocesses them on the server (mobilenetv3_preprocess) "
                    "and feeds this classifier: pt, onnx, u8 or ov on --target local, pt, onnx, trt or ov on ngc")
+    g.add_argument("--image-model", choices=IMAGE_MODEL_KINDS, default="ensemble",
+                   help="how --ensemble serves mobilenetv3_image: ensemble (default: mobilenetv3_preprocess, then the "
+                        "classifier, two models Triton chains) or fused (local target: one python model that decodes "
+                        "and classifies in one process with the classifier's artifact; on a GPU no tensor is handed "
+                        "between processes, the fastest image path)")
     g.add_argument("--max-batch-size", type=int, default=8, help="config max_batch_size (default 8)")
     g.add_argument("--instance-kind", choices=("auto", "KIND_GPU", "KIND_CPU"), default="auto",
                    help="auto: KIND_GPU for ngc, KIND_CPU for local")
@@ -160,6 +166,7 @@ def main(argv=None) -> int:
             opts = BuildOptions(arch=args.arch, weights=args.weights, labels=args.labels, output=args.output,
                                 config=config, trt=args.trt, parity_images=args.parity_images,
                                 parity_tolerance=args.parity_tolerance, models=args.models, ensemble=args.ensemble,
+                                image_model=args.image_model,
                                 allow_constant_logits=args.allow_constant_logits,
                                 openvino_min_agreement=args.openvino_min_agreement,
                                 plan=PlanOptions(args.opt_batch, max_batch, args.fp16, args.workspace_mb))

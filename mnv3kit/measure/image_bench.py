@@ -20,7 +20,8 @@ from tritonclient.grpc import model_config_pb2
 from ..bench import initialize_args, measure
 from ..errors import KitError
 from ..report import hardware, hardware_line, markdown_table, now
-from ..spec import ADMIN_KEY_ENV, ENSEMBLE, PREPROCESS
+from ..ensemble import image_classifier
+from ..spec import ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_PLATFORM, PREPROCESS
 from ..validate import parse_config
 
 FP32_TENSOR_BYTES = 3 * 224 * 224 * 4
@@ -50,13 +51,13 @@ def load_pipeline(repo: Path, device: str):
     from ..backend.classifier_model import TritonPythonModel
     from ..backend.preprocess_model import Preprocessor, decode_device
 
-    ensemble = parse_config(repo / ENSEMBLE / "config.pbtxt")
-    name = ensemble.ensemble_scheduling.step[-1].model_name
+    image = parse_config(repo / ENSEMBLE / "config.pbtxt")
+    name = image_classifier(image)
     config = parse_config(repo / name / "config.pbtxt")
     if config.backend != "python":
         raise KitError(f"{name} is a {config.platform or config.backend} model: in-process comparison needs a "
                        f"--target local repository")
-    pre = parse_config(repo / PREPROCESS / "config.pbtxt")
+    pre = parse_config(repo / PREPROCESS / "config.pbtxt") if image.platform == ENSEMBLE_PLATFORM else image
     params = {key: value.string_value for key, value in pre.parameters.items()}
     threads = int(params.get("decode_threads") or 0)
     model = TritonPythonModel()

@@ -24,7 +24,8 @@ from .edge_images import BAD, make_edge_cases
 from ..errors import KitError
 from ..parity import TOLERANCE, allowed_difference, parity_pixels, sample_photos
 from ..preprocess import decode_image, eval_pixels, normalize
-from ..spec import COMPILED_ARTIFACT, ENSEMBLE_PLATFORM, ONNX, OV, OVERLOADED, PREPROCESS, PT, TRT
+from ..ensemble import image_classifier
+from ..spec import COMPILED_ARTIFACT, ENSEMBLE, ENSEMBLE_PLATFORM, ONNX, OV, OVERLOADED, PREPROCESS, PT, TRT
 
 STALL_FACTOR = 10
 PHOTOS = 16  # distinct images: the photographs and mirrored / rotated / cropped views of them
@@ -159,15 +160,15 @@ def targets(repo: Path, names: Optional[Sequence[str]], workdir: Path) -> List[T
     for name in wanted:
         config = _config(dirs[name])
         inp, outp = config.input[0], config.output[0]
-        if config.platform == ENSEMBLE_PLATFORM:
-            classifier = config.ensemble_scheduling.step[-1].model_name
+        if name == ENSEMBLE:  # the ensemble, or the fused image model
+            classifier = image_classifier(config)
             ref, tolerance = classifier_logits(classifier)
             files = _encoded(pixels)
             # the reference of a file is the classifier on the file's own Pillow decode (JPEG re-encoding moved it)
             decoded = normalize(np.stack([eval_pixels(decode_image(f)) for f in files]))
             ref = reference_forward(repo, dirs[classifier])(decoded)
-            pre = _config(dirs[PREPROCESS]) if PREPROCESS in dirs else None
-            if (pre is not None and pre.instance_group
+            pre = _config(dirs[PREPROCESS]) if config.platform == ENSEMBLE_PLATFORM and PREPROCESS in dirs else config
+            if (pre.instance_group
                     and pre.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
                     and pre.parameters["gpu_decode"].string_value != "off"):  # Pillow's pixels when off
                 tolerance = max(tolerance, GPU_DECODE_TOLERANCE)
