@@ -50,6 +50,21 @@ def test_every_served_model_answers_right_under_sustained_load(repo, tmp_path):
     assert "| mobilenetv3_image | 32 |" in (out / "soak.md").read_text()
 
 
+def test_the_fused_image_model_answers_right_under_load(tmp_path):
+    """--image-model fused: the one-process image model under c1 and c8 beside its classifier, every answer checked
+    against the classifier's in-process logits of the file's Pillow decode; bad files refused."""
+    repo = tmp_path / "repo"
+    build(BuildOptions(arch="small", output=repo, models=("u8",), ensemble="u8", image_model="fused",
+                       config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
+    out = tmp_path / "out"
+    proc = soak("--repo", repo, "-c", "1,8", "--seconds", 6, "-o", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((out / "soak.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {U8.name, ENSEMBLE}
+    assert all(r["ok"] > 0 and r["wrong"] == 0 and r["failed"] == 0 for r in rows), proc.stdout
+    assert sum(r["refused_as_expected"] for r in rows if r["model"] == ENSEMBLE) > 0, proc.stdout
+
+
 def test_the_soak_reports_a_model_that_answers_wrong(repo, tmp_path):
     """The served ONNX model stays loaded while the artifact on disk, which the references come from, changes by a
     constant on the output bias: every answer is then wrong, and the soak says so and exits 1."""

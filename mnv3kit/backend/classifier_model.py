@@ -16,7 +16,6 @@ Self-contained on purpose: it runs inside Triton's stub process, which need not 
 kit's benchmarks import TorchRunner from here so that served and raw numbers run the same code.
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -29,9 +28,9 @@ except ImportError:  # imported outside Triton by the kit's benchmarks
     pb_utils = None
 
 try:  # in a model repository: the copy beside this file (the stub puts the version directory on sys.path)
-    from mnv3kit_serving import RequestQueue
+    from mnv3kit_serving import RequestQueue, read_config
 except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks)
-    from mnv3kit.backend.serving import RequestQueue
+    from mnv3kit.backend.serving import RequestQueue, read_config
 
 PARITY_FILE = "parity.npz"  # pixels (uint8 NCHW), mean, std, logits (eager FP32 at build time)
 COMPILED_SUFFIX = ".pt2"
@@ -317,10 +316,7 @@ def logit_responses(output_name: str, logits: np.ndarray, sizes, finite=None) ->
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        config, params, self.input_name, self.output_name = read_config(args)
         self.input_dtype = np.uint8 if config["input"][0]["data_type"] == "TYPE_UINT8" else np.float32
         # OpenVINO's CPU kernels turn NaN inputs into finite logits (its ReLU/HSwish clamp them), so there the
         # inputs are checked; a sum is finite exactly when no element is NaN or Inf (barring overflow of huge values)

@@ -13,8 +13,9 @@ Copied into <model>/<version>/model.py with the two models' files beside it (mnv
 mnv3kit_classifier.py, mnv3kit_serving.py and the kit's preprocessing in mnv3kit_preprocess/).
 """
 
-import json
 from pathlib import Path
+
+import numpy as np
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -22,21 +23,18 @@ except ImportError:  # imported outside Triton by the kit's tests
     pb_utils = None
 
 try:  # in a model repository: the copies beside this file (the stub puts the version directory on sys.path)
-    from mnv3kit_classifier import logit_responses, make_runner
+    from mnv3kit_classifier import TorchRunner, logit_responses, make_runner
     from mnv3kit_preprocessing import check_warmup, group_results, make_preprocessor, take_images
-    from mnv3kit_serving import RequestQueue
+    from mnv3kit_serving import RequestQueue, read_config
 except ModuleNotFoundError:  # imported by the kit itself
-    from mnv3kit.backend.classifier_model import logit_responses, make_runner
+    from mnv3kit.backend.classifier_model import TorchRunner, logit_responses, make_runner
     from mnv3kit.backend.preprocess_model import check_warmup, group_results, make_preprocessor, take_images
-    from mnv3kit.backend.serving import RequestQueue
+    from mnv3kit.backend.serving import RequestQueue, read_config
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        config, params, self.input_name, self.output_name = read_config(args)
         name = args["model_instance_name"]
         pixels = params["classifier_input"] == "TYPE_UINT8"  # a classifier that normalizes: uint8 pixels go in
         self.preprocess = make_preprocessor(args, params, pixels)
@@ -62,7 +60,10 @@ class TritonPythonModel:
         responses = group_results(per_request, self.preprocess([d for datas in per_request for d in datas]))
         good = [i for i, r in enumerate(responses) if isinstance(r, list)]
         if good:  # one batch of every readable request, one forward pass
-            logits = self.forward(self.preprocess.batch([item for i in good for item in responses[i]]))
+            batch = self.preprocess.batch([item for i in good for item in responses[i]])
+            if not isinstance(batch, np.ndarray) and not isinstance(self.forward, TorchRunner):
+                batch = batch.cpu().numpy()  # ONNX Runtime and OpenVINO take host arrays
+            logits = self.forward(batch)
             for i, response in zip(good, logit_responses(self.output_name, logits, [len(responses[i]) for i in good])):
                 responses[i] = response
         return responses

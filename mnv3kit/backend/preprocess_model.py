@@ -13,7 +13,6 @@ read fails its own request only.
 """
 
 import io
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -32,9 +31,9 @@ try:  # in a model repository: the copies beside this file (the stub puts the ve
     from mnv3kit_preprocess.preprocess import (MAX_PIXELS, ImageError, crop_offsets, decode_image, eval_pixels,
                                                normalize, shorter_side_size)
     from mnv3kit_preprocess.spec import IMAGE_SIZE, MEAN, STD, WARMUP_DIR
-    from mnv3kit_serving import RequestQueue
+    from mnv3kit_serving import RequestQueue, read_config
 except ModuleNotFoundError:  # imported by the kit itself (in-process benchmarks)
-    from mnv3kit.backend.serving import RequestQueue
+    from mnv3kit.backend.serving import RequestQueue, read_config
     from mnv3kit.preprocess import (MAX_PIXELS, ImageError, crop_offsets, decode_image, eval_pixels, normalize,
                                     shorter_side_size)
     from mnv3kit.spec import IMAGE_SIZE, MEAN, STD, WARMUP_DIR
@@ -377,10 +376,7 @@ def group_results(per_request, results) -> list:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        config, params, self.input_name, self.output_name = read_config(args)
         name = args["model_instance_name"]
         self.preprocess = make_preprocessor(args, params, config["output"][0]["data_type"] == "TYPE_UINT8")
         check_warmup(config, Path(args["model_repository"]), self.preprocess.pixels)

@@ -17,10 +17,11 @@ waits briefly for the rest, see GATHER).
 Copied beside model.py as mnv3kit_serving.py (the stub puts the version directory on sys.path).
 """
 
+import json
 import threading
 import time
 from collections import deque
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -32,6 +33,13 @@ except ImportError:  # imported outside Triton by the kit's tests and benchmarks
 GATHER = 0.25
 QUEUE_FULL = "Exceeds maximum queue size"  # Triton's own message for a queue policy's refusal
 TIMED_OUT = "Request timeout expired"  # and for a request that waited past its timeout
+
+
+def read_config(args: dict) -> Tuple[dict, Dict[str, str], str, str]:
+    """From Triton's initialize() args: the model's config, its string parameters, its input and output names."""
+    config = json.loads(args["model_config"])
+    params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+    return config, params, config["input"][0]["name"], config["output"][0]["name"]
 
 
 def error_response(message: str, code: Optional[int] = None):
