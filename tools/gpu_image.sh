@@ -5,7 +5,7 @@
 #   0. the GPU JPEG decoders side by side: pixels vs Pillow's and speed (perf/gpu_decoders.py), then
 #      the build's accuracy gate: GPU JPEG decode vs Pillow on 512 photo views (the manifest's gpu_decode);
 #   1. parity: GPU preprocessing + classifier vs the client-side path (perf/gpu_image_parity.py);
-#   2. the soak: the ensemble and its classifier under sustained load at SOAK_LEVELS, every answer checked;
+#   2. the soak: the image model and its classifier under sustained load at SOAK_LEVELS, every answer checked;
 #   3. served JPEG -> logits vs in-process GPU decode + classifier, 500x375 JPEGs, batch 64 and p50 at batch 1
 #      (perf/bench_image.py).
 # Reports under perf/results/gpu-image-<date>/ (REPORT.md: perf/gpu_report.py). Exit status: the soak's.
