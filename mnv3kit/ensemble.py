@@ -184,13 +184,7 @@ def check_ensemble(repo: Path, config: model_config_pb2.ModelConfig,
             else:
                 available[value] = outputs[key]
     for out in config.output:
-        labels = repo / config.name / out.label_filename
-        if out.label_filename and len(out.dims) == 1 and labels.is_file():
-            count = len([x for x in labels.read_text().splitlines() if x.strip()])
-            if count != out.dims[0]:
-                problems.append(f"{config.name}/{out.label_filename}: {count} labels, output has {out.dims[0]}")
-        elif out.label_filename:
-            problems.append(f"{config.name}/{out.label_filename}: missing")
+        problems += _check_labels(repo / config.name, out)
     for name, tensor in _tensors(config, "output").items():
         if name not in available:
             problems.append(f"{where}: ensemble output {name!r} is produced by no step")
@@ -243,18 +237,25 @@ def check_preprocess(model_dir: Path, config: model_config_pb2.ModelConfig) -> L
     return problems
 
 
+def _check_labels(model_dir: Path, out) -> List[str]:
+    """An image model output's label_filename, if it has one: there, with one label per class."""
+    if not out.label_filename:
+        return []
+    labels = model_dir / out.label_filename
+    if len(out.dims) == 1 and labels.is_file():
+        count = len([x for x in labels.read_text().splitlines() if x.strip()])
+        return [] if count == out.dims[0] else [
+            f"{model_dir.name}/{out.label_filename}: {count} labels, output has {out.dims[0]}"]
+    return [f"{model_dir.name}/{out.label_filename}: missing"]
+
+
 def _check_fused(model_dir: Path, config: model_config_pb2.ModelConfig, where: str) -> List[str]:
     """A fused image model's output (labelled logits) and the classifier whose artifact it runs."""
     out, problems = config.output[0], []
     if len(out.dims) != 1 or out.data_type != model_config_pb2.TYPE_FP32:
         problems.append(f"{where}: output {out.name!r} must be TYPE_FP32 [classes] (the logits)")
-    elif out.label_filename:
-        labels = model_dir / out.label_filename
-        count = len([x for x in labels.read_text().splitlines() if x.strip()]) if labels.is_file() else None
-        if count is None:
-            problems.append(f"{model_dir.name}/{out.label_filename}: missing")
-        elif count != out.dims[0]:
-            problems.append(f"{model_dir.name}/{out.label_filename}: {count} labels, output has {out.dims[0]}")
+    else:
+        problems += _check_labels(model_dir, out)
     params = {key: value.string_value for key, value in config.parameters.items()}
     missing = [key for key in ("classifier", "classifier_input", "classifier_input_name", "artifact", "runtime")
                if not params.get(key)]

@@ -48,6 +48,11 @@ def cpu_preprocess(data: bytes, pixels: bool) -> np.ndarray:
     return chw if pixels else normalize(chw)
 
 
+def jpeg_complete(data: bytes) -> bool:
+    """Starts with SOI and ends with EOI (trailing zeros allowed: a zero-padded batch row)."""
+    return data.startswith(JPEG_SOI) and data.rstrip(b"\x00").endswith(JPEG_EOI)
+
+
 def has_exif(data: bytes) -> bool:
     """Whether a JPEG's APP segments (right after SOI, before any other marker) include an EXIF one."""
     i = 2
@@ -62,7 +67,7 @@ def gpu_decodable(data: bytes) -> bool:
     """A JPEG nvJPEG decodes to what Pillow would: RGB or gray, no EXIF rotation, complete, not a bomb."""
     from PIL import Image
 
-    if not data.startswith(JPEG_SOI) or not data.rstrip(b"\x00").endswith(JPEG_EOI):
+    if not jpeg_complete(data):
         return False
     try:
         with Image.open(io.BytesIO(data)) as img:  # the header only
@@ -144,7 +149,7 @@ class TensorDecoder:
 
         out = []
         for data in datas:
-            if not data.startswith(JPEG_SOI) or not data.rstrip(b"\x00").endswith(JPEG_EOI):
+            if not jpeg_complete(data):
                 out.append(False)
             elif has_exif(data):
                 out.append(gpu_decodable(data))
