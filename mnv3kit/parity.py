@@ -84,22 +84,26 @@ def compare(fmt: str, out: np.ndarray, reference: np.ndarray) -> ParityRow:
                      bool((out.argmax(1) == reference.argmax(1)).all()))
 
 
-def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, images: np.ndarray,
+def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, pixels: np.ndarray,
                batch_sizes: Sequence[int], program_path: Optional[Path] = None,
-               openvino_path: Optional[Path] = None) -> List[ParityRow]:
-    """Eager PyTorch against the TorchScript file, the ONNX file (ONNX Runtime) and, when given, the torch.export
-    program and OpenVINO's IR (FP32), at each batch size."""
+               openvino_paths: Sequence[Path] = ()) -> List[ParityRow]:
+    """Eager PyTorch on the normalized ``pixels`` (uint8 NCHW) against the TorchScript file, the ONNX file (ONNX
+    Runtime) and, when given, the torch.export program and OpenVINO's IRs (FP32; an IR with a UINT8 input is given
+    the pixels), at each batch size."""
     import onnxruntime as ort
 
+    images = normalize(pixels)
     runners = {"torchscript": torch.jit.load(str(torchscript_path), map_location="cpu").eval()}
     if program_path is not None:
         runners["torch.export"] = torch.export.load(str(program_path)).module()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    openvino = None
-    if openvino_path is not None:
+    openvino = {}
+    if openvino_paths:
         from .backend.classifier_model import OpenVinoRunner
 
-        openvino = OpenVinoRunner(str(openvino_path), "fp32")
+        for path in openvino_paths:
+            runner = OpenVinoRunner(str(path), "fp32")
+            openvino["openvino u8" if runner.input_dtype == np.uint8 else "openvino"] = runner
     rows = []
     for batch in batch_sizes:
         x = images[:batch]
@@ -107,8 +111,8 @@ def run_parity(model: torch.nn.Module, torchscript_path: Path, onnx_path: Path, 
             reference = model.eval()(torch.from_numpy(x)).numpy()
             outputs = {fmt: run(torch.from_numpy(x)).numpy() for fmt, run in runners.items()}
         outputs["onnx"] = session.run([ONNX.output_name], {ONNX.input_name: x})[0]
-        if openvino is not None:
-            outputs["openvino"] = openvino(x)
+        for fmt, runner in openvino.items():
+            outputs[fmt] = runner(pixels[:batch] if runner.input_dtype == np.uint8 else x)
         rows += [compare(fmt, out, reference) for fmt, out in outputs.items()]
     return rows
 

@@ -104,6 +104,11 @@ def normalize(pixels: np.ndarray) -> np.ndarray:
     return (pixels.astype(np.float32) / 255.0 - _MEAN) / _STD
 
 
+def pixels_of(images: np.ndarray) -> np.ndarray:
+    """normalize's inverse: the uint8 pixels of normalized images (exact for images normalize made)."""
+    return np.clip(np.rint((images * _STD + _MEAN) * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_chw(img: Image.Image) -> np.ndarray:
     return normalize(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 

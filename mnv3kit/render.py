@@ -7,8 +7,8 @@ import jinja2
 
 from .errors import KitError
 from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, ONNX_PLATFORM,
-                   OPENVINO_BACKEND, OV, PLAN_INFO_FILE, PT, PYTHON_BACKEND, RUNTIMES, STD, TENSORRT_PLATFORM,
-                   TORCHSCRIPT_PLATFORM, TRT, U8, ModelSpec)
+                   OPENVINO_BACKEND, OPENVINO_MODELS, PLAN_INFO_FILE, PT, PYTHON_BACKEND, RUNTIMES, STD,
+                   TENSORRT_PLATFORM, TORCHSCRIPT_PLATFORM, TRT, U8, ModelSpec)
 
 TARGETS = ("ngc", "local")
 ONNX_ACCELERATORS = ("none", "tensorrt")
@@ -148,7 +148,7 @@ def python_runtime(model: ModelSpec, opts: "ConfigOptions") -> str:
     """The `runtime` parameter model.py reads: torch (TorchScript), compiled, onnxruntime or openvino."""
     if model == ONNX:
         return "onnxruntime"
-    if model == OV:
+    if model in OPENVINO_MODELS:
         return "openvino"
     return "compiled" if opts.runtime == "compiled" else "torch"
 
@@ -170,7 +170,7 @@ def _python_parameters(model: ModelSpec, opts: "ConfigOptions") -> dict:
             params["compile_cache"] = opts.gpu.compile_cache
         if on_gpu:  # inputs already in GPU memory (CUDA shared memory, a GPU ensemble step) skip the host copy
             params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
-    if model.input_dtype == "TYPE_UINT8":  # normalized inside the model
+    if model.input_dtype == "TYPE_UINT8" and runtime != "openvino":  # normalized by the runner (an IR: in its graph)
         params.update(mean=",".join(map(str, MEAN)), std=",".join(map(str, STD)))
     return params
 
@@ -181,7 +181,7 @@ def serving_blocks(model: ModelSpec, opts: "ConfigOptions") -> dict:
     blocks = {"platform": "", "backend": "", "parameters": {}, "accelerator": None, "cuda_graph_batches": ()}
     if python_backend(model, opts):
         return {**blocks, "backend": PYTHON_BACKEND, "parameters": _python_parameters(model, opts)}
-    if model == OV:
+    if model in OPENVINO_MODELS:
         # Triton's OpenVINO backend (24.10) takes no FP32 switch: HINT_BF16 is its only precision parameter, and
         # OpenVINO computes in BF16 by default on a CPU that has it; the build's accuracy gate covers that case.
         parameters = {"PERFORMANCE_HINT": "LATENCY"}
@@ -225,7 +225,7 @@ def check_config_options(opts: "ConfigOptions") -> None:
 
 def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     check_config_options(opts)
-    if not python_backend(model, opts) and model.input_dtype != "TYPE_FP32":
+    if not python_backend(model, opts) and model.input_dtype != "TYPE_FP32" and model not in OPENVINO_MODELS:
         raise KitError(f"{model.name} is served by the python backend only: --target local or --runtime compiled")
     bad = [b for b in opts.batching.preferred if not 1 <= b <= opts.max_batch_size]
     if opts.batching.enabled and bad:
@@ -233,7 +233,7 @@ def render_config(model: ModelSpec, opts: ConfigOptions) -> str:
     if opts.batching.queue_timeout_us < 0 or (opts.batching.max_queue_size or 0) < 0:
         raise KitError("the queue size and timeout must be >= 0 (0: no bound)")
     # OpenVINO runs on CPUs only (Triton's OpenVINO backend and the python backend's runner alike)
-    instances = Instances("KIND_CPU", opts.instances.count) if model == OV else opts.instances
+    instances = Instances("KIND_CPU", opts.instances.count) if model in OPENVINO_MODELS else opts.instances
     return _env().get_template(CLASSIFIER_TEMPLATE).render(
         template=CLASSIFIER_TEMPLATE, model=model, max_batch_size=opts.max_batch_size, num_classes=opts.num_classes,
         input_dims=INPUT_DIMS, labels_file=LABELS_FILE, version_policy=opts.version_policy, instance=instances,

@@ -68,9 +68,13 @@ U8 = ModelSpec("u8", "mobilenetv3_u8", TORCHSCRIPT_PLATFORM, "PIXELS", "OUTPUT__
 # OpenVINO's IR of model.onnx (model.xml, weights in model.bin beside it): Triton's OpenVINO backend on the ngc
 # target, OpenVINO's runtime in the python backend on local. On request (--models ...,ov): the openvino extra.
 OV = ModelSpec("ov", "mobilenetv3_openvino", OPENVINO_BACKEND, "image", "outputs", "model.xml")
+# The same IR behind the UINT8 contract: OpenVINO's PrePostProcessor puts the u8 -> FP32 conversion and the
+# normalization into the graph, so Triton's OpenVINO backend serves it as it is too. On request (--models ...,ov_u8).
+OV_U8 = ModelSpec("ov_u8", "mobilenetv3_openvino_u8", OPENVINO_BACKEND, "PIXELS", "outputs", "model.xml", "TYPE_UINT8")
 OV_WEIGHTS = "model.bin"
+OPENVINO_MODELS = (OV, OV_U8)
 MODELS = (PT, ONNX, TRT)
-OPTIONAL = (U8, OV)
+OPTIONAL = (U8, OV, OV_U8)
 MODELS_BY_NAME = {m.name: m for m in (*MODELS, *OPTIONAL)}
 
 # Triton's words for a request refused under load (a full queue, a request past its timeout); the kit's
@@ -79,7 +83,7 @@ OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
 
 # What the embedded (python-backend) Triton can run: no TensorRT there.
 LOCAL_MODELS = (PT, ONNX)
-LOCAL_OPTIONAL = (U8, OV)
+LOCAL_OPTIONAL = (U8, OV, OV_U8)
 
 # The image ensemble: a client sends the encoded file (JPEG, PNG, ...), the server decodes and preprocesses it
 # (mobilenetv3_preprocess) and feeds one of the classifiers above. One image per batch item as UINT8 [-1] with
@@ -91,4 +95,4 @@ IMAGE_INPUT = "IMAGE"  # ensemble and preprocessing input: the file's bytes
 PREPROCESSED = "PREPROCESSED"  # preprocessing output: the classifier's input (FP32 normalized, or UINT8 pixels)
 ENSEMBLE_OUTPUT = "LOGITS"
 WARMUP_DIR = "warmup"  # <model>/warmup/: where Triton reads model_warmup's input_data_file
-ENSEMBLE_CLASSIFIERS = {"local": (PT, ONNX, U8, OV), "ngc": (PT, ONNX, TRT, OV)}
+ENSEMBLE_CLASSIFIERS = {"local": (PT, ONNX, U8, OV, OV_U8), "ngc": (PT, ONNX, TRT, OV)}  # DALI hands over FP32

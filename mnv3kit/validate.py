@@ -330,7 +330,8 @@ def _check_model(model_dir: Path, manifest: dict, report: Report, run_artifacts:
         elif artifact == OV.artifact:
             from .openvino import check_ir
 
-            for problem in check_ir(path, config.max_batch_size, classes):
+            spec = MODELS_BY_NAME.get(config.name, OV)
+            for problem in check_ir(path, config.max_batch_size, classes, spec):
                 report.error(problem, rel)
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""PyTriton serving the model.pt, model.onnx and model.xml a kit repository holds: the reference the kit's own server is measured
+"""PyTriton serving the model.pt, model.onnx and model.xml (both IRs) a kit repository holds: the reference the kit's own server is measured
 against (perf/regression.py starts it).
 
   python perf/pytriton_server.py --repo model_repository_local --grpc-port 8101 --http-port 8100 --metrics-port 8102
 
 Same tritonserver binary (the nvidia-pytriton wheel's), same model names, tensor names, max_batch_size, preferred
 batch sizes and queue delay as the repository's configs; the models run in this process (TorchScript on the CPU for
-mobilenetv3_pt, ONNX Runtime for mobilenetv3_onnx, OpenVINO at the config's precision for mobilenetv3_openvino), as
+mobilenetv3_pt, ONNX Runtime for mobilenetv3_onnx, OpenVINO at the config's precision for mobilenetv3_openvino and
+mobilenetv3_openvino_u8), as
 a PyTriton user would write them. No endpoint is restricted
 (perf_analyzer reads the statistics API without a key). Runs until SIGINT/SIGTERM.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnv3kit.spec import ONNX, OV, PT
+from mnv3kit.spec import ONNX, OV, OV_U8, PT
 from mnv3kit.validate import parse_config
 
 
@@ -35,7 +36,8 @@ def bind(triton, repo: Path, spec, infer_one) -> None:
         return {spec.output_name: infer_one(inputs[spec.input_name])}
 
     triton.bind(model_name=spec.name, infer_func=infer,
-                inputs=[Tensor(name=spec.input_name, dtype=np.float32, shape=(3, 224, 224))],
+                inputs=[Tensor(name=spec.input_name, dtype=np.uint8 if spec.input_dtype == "TYPE_UINT8" else np.float32,
+                               shape=(3, 224, 224))],
                 outputs=[Tensor(name=spec.output_name, dtype=np.float32, shape=(classes,))],
                 config=ModelConfig(max_batch_size=config.max_batch_size, batcher=DynamicBatcher(
                     preferred_batch_size=list(batching.preferred_batch_size),
@@ -76,13 +78,14 @@ def main(argv=None) -> int:
     def openvino(path):
         from mnv3kit.backend.classifier_model import OpenVinoRunner
 
-        params = parse_config(args.repo / OV.name / "config.pbtxt").parameters
+        params = parse_config(Path(path).parents[1] / "config.pbtxt").parameters
         return OpenVinoRunner(path, params["precision"].string_value)
 
-    runners = [(spec, make) for spec, make in ((PT, torchscript), (ONNX, onnxruntime), (OV, openvino))
+    runners = [(spec, make) for spec, make in ((PT, torchscript), (ONNX, onnxruntime), (OV, openvino),
+                                               (OV_U8, openvino))
                if (args.repo / spec.name).is_dir()]
     if not runners:
-        p.error(f"{args.repo} holds none of {PT.name}, {ONNX.name}, {OV.name}")
+        p.error(f"{args.repo} holds none of {PT.name}, {ONNX.name}, {OV.name}, {OV_U8.name}")
     config = TritonConfig(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           http_address="127.0.0.1", grpc_address="127.0.0.1")
     with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:

@@ -12,7 +12,7 @@ the repository's artifacts at the model's load-time tolerance (mnv3kit.measure.s
 reported next to img/s. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime / OpenVINO, this process),
 batch 1 back to back (what concurrency 1 can reach) and batch max_batch_size (what dynamic batching can reach).
 Then perf_analyzer at concurrency 1 with its default windows on each server, to show whether it measures stably.
-Writes OUT/REPORT.md and OUT/regression.json; the medians over rounds and their spread (min-max) are reported.
+Writes OUT/REPORT.md, OUT/regression.json and OUT/logs/ (PyTriton's output: pytriton.log); the medians over rounds and their spread (min-max) are reported.
 """
 
 import argparse
@@ -22,41 +22,55 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from mnv3kit.perf import PointFailed, Settings, measure_point
 from mnv3kit.report import hardware, hardware_line, markdown_table, now
-from mnv3kit.spec import ONNX, OV, PT
+from mnv3kit.spec import ONNX, OV, OV_U8, PT
 
 SERVERS = ("kit", "pytriton")
 WARMUP_S = 10.0  # per server and model, at the highest level
+PYTRITON_START_S = 300
 
 
-def start_pytriton(repo: Path):
+def start_pytriton(repo: Path, log: Path):
+    """PyTriton serving ``repo`` (perf/pytriton_server.py), its output in ``log``; returns once it prints "ready".
+    The output goes to a file, not a pipe: a pipe nobody reads after startup would stall PyTriton once it fills."""
     from mnv3kit.server import Ports
 
     ports = Ports.free()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pytriton_server.py")), "--repo",
-                             str(repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
-                             "--metrics-port", str(ports.metrics)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-    for line in proc.stdout:  # PyTriton logs to stdout too; the script prints "ready" once serving
-        if line.strip() == "ready":
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pytriton_server.py")), "--repo",
+                                 str(repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
+                                 "--metrics-port", str(ports.metrics)], stdout=sink, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    deadline = time.monotonic() + PYTRITON_START_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "ready" in log.read_text().splitlines():
             return proc, f"127.0.0.1:{ports.grpc}"
-    raise SystemExit(f"regression.py: error: PyTriton did not start (exit {proc.wait()})")
+        time.sleep(0.5)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    tail = " | ".join(log.read_text().strip().splitlines()[-3:])
+    raise SystemExit(f"regression.py: error: PyTriton did not become ready within {PYTRITON_START_S} s "
+                     f"(exit {proc.wait()}); its log {log} ends: {tail}")
 
 
 def in_process(repo: Path, model: str, max_batch: int, seconds: float) -> dict:
     """img/s of the runner model.py uses, at batch 1 and at max_batch, back to back."""
-    from mnv3kit.measure.soak import reference_forward
+    from mnv3kit.measure.soak import artifact_runner
     from mnv3kit.bench import measure_loop
 
-    run = reference_forward(repo, repo / model)  # the runner model.py uses, at the served precision
+    run = artifact_runner(repo, repo / model)  # the runner model.py uses, at the served precision
     out = {}
     for batch in (1, max_batch):
-        x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8) if getattr(run, "input_dtype", None) == np.uint8 \
+            else rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
         probe = measure_loop(lambda: run(x), 10, 3)  # TorchScript optimizes on its first calls per shape
         iters = max(5, int(seconds * 1000 / probe))
         out[batch] = batch * 1000 / measure_loop(lambda: run(x), 2, iters)
@@ -82,8 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="per point (default 15)")
     p.add_argument("-c", "--concurrency", default="1,8", help="levels (default 1,8)")
     p.add_argument("-m", "--models", default=None,
-                   help="Triton model names, comma-separated (default: mobilenetv3_pt, mobilenetv3_onnx and "
-                        "mobilenetv3_openvino, those the repository holds)")
+                   help="Triton model names, comma-separated (default: mobilenetv3_pt, mobilenetv3_onnx, "
+                        "mobilenetv3_openvino and mobilenetv3_openvino_u8, those the repository holds)")
     args = p.parse_args(argv)
     from mnv3kit.measure.soak import SoakOptions, load_level, targets
     from mnv3kit.server import LocalTriton, Ports
@@ -93,7 +107,7 @@ def main(argv=None) -> int:
     host, started = hardware(), now()
     levels = [int(c) for c in args.concurrency.split(",")]
     models = args.models.split(",") if args.models else [
-        s.name for s in (PT, ONNX, OV) if (args.repo / s.name / "config.pbtxt").is_file()]
+        s.name for s in (PT, ONNX, OV, OV_U8) if (args.repo / s.name / "config.pbtxt").is_file()]
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mnv3kit-regression-") as work:  # the edge images the soak writes
@@ -105,7 +119,7 @@ def main(argv=None) -> int:
     points = []
     supervisor = Supervisor(LocalTriton(args.repo, Ports.free()), log=lambda line: print(line, file=sys.stderr))
     kit = supervisor.start()
-    pyt, pyt_url = start_pytriton(args.repo)
+    pyt, pyt_url = start_pytriton(args.repo, out / "logs" / "pytriton.log")
     urls = {"kit": kit.grpc_url, "pytriton": pyt_url}
     stability = {}
     try:

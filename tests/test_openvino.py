@@ -1,19 +1,20 @@
-"""The OpenVINO model (--models ...,ov): the IR in the parity gate, its configs for both targets parsed with Triton's
-schema and checked by --check, the BF16 accuracy gate refusing and passing, and the served model's answers on the
-real embedded Triton (its load truth runs in tests/test_soak.py)."""
+"""The OpenVINO models (--models ...,ov,ov_u8): the IRs in the parity gate, their configs for both targets parsed with
+Triton's schema and checked by --check, the BF16 accuracy gate refusing and passing, and the served models' answers
+on the real embedded Triton, the UINT8 IR also behind the fused image model, all under sustained load."""
 
 import json
 import shutil
 
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.backend.classifier_model import OpenVinoRunner
 from mnv3kit.demo_data import write as write_digits
 from mnv3kit.openvino import bf16_supported
 from mnv3kit.server import LocalTriton, Ports
-from mnv3kit.spec import OV, OV_WEIGHTS
+from mnv3kit.spec import ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, OV, OV_U8, OV_WEIGHTS
 from mnv3kit.validate import check_repository, parse_config
 
 WEIGHTS = ["--weights", ROOT / "demo" / "weights" / "MobileNetV3_Small.pth",
@@ -36,8 +37,9 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_repo(tmp_path_factory):
+    """Both IRs, and the UINT8 one behind the fused image model."""
     out = tmp_path_factory.mktemp("ov") / "repo"
-    proc = build(out, "--target", "local", "-m", "onnx,ov")
+    proc = build(out, "--target", "local", "-m", "onnx,ov,ov_u8", "--ensemble", "ov_u8", "--image-model", "fused")
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -81,6 +83,68 @@ def test_served_answers_equal_the_in_process_runtime(local_repo, photos):
         client.close()
 
 
+def test_the_uint8_ir_normalizes_in_its_graph(local_repo, photos):
+    """ov_u8: the parity gate's rows for it, its config (UINT8 PIXELS, nothing for the runner to normalize), and the
+    served answers for raw pixels (alone, and through the fused image model for the files) against the FP32 IR in
+    this process on the normalized pixels."""
+    import tritonclient.grpc as grpc
+
+    from mnv3kit.parity import parity_pixels
+    from mnv3kit.preprocess import eval_pixels, load_image, normalize
+
+    rows = [r for r in json.loads((local_repo / "manifest.json").read_text())["parity"]["rows"]
+            if r["format"] == "openvino u8"]
+    assert [r["batch"] for r in rows] == [1, 8]
+    assert all(r["max_abs_diff"] <= 1e-4 * max(1.0, r["max_abs_logit"]) and r["top1_agree"] for r in rows)
+    config = parse_config(local_repo / OV_U8.name / "config.pbtxt")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.input[0].name == "PIXELS" and config.input[0].data_type == model_config_pb2.TYPE_UINT8
+    assert params["runtime"] == "openvino" and "mean" not in params and "std" not in params
+    assert check_repository(local_repo).ok
+
+    pixels = parity_pixels(photos, 3)
+    fp32 = OpenVinoRunner(str(local_repo / OV.name / "1" / OV.artifact), "fp32")
+    expected = fp32(normalize(pixels))
+    with LocalTriton(local_repo, Ports.free()) as server:
+        client = grpc.InferenceServerClient(server.grpc_url)
+        inp = grpc.InferInput(OV_U8.input_name, list(pixels.shape), "UINT8")
+        inp.set_data_from_numpy(pixels)
+        got = client.infer(OV_U8.name, [inp]).as_numpy(OV_U8.output_name)
+        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+        data = photos[0].read_bytes()
+        inp = grpc.InferInput(IMAGE_INPUT, [1, len(data)], "UINT8")
+        inp.set_data_from_numpy(np.frombuffer(data, np.uint8)[None])
+        got = client.infer(ENSEMBLE, [inp]).as_numpy(ENSEMBLE_OUTPUT)
+        want = fp32(normalize(eval_pixels(load_image(photos[0]))[None]))
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+        client.close()
+
+
+def test_ngc_configs_are_triton_openvino_backend(digits, tmp_path):
+    """Triton's OpenVINO backend has no FP32 switch and computes in BF16 on CPUs that have it: there the ngc build
+    runs the accuracy gate even for fp32. Both IRs' configs are the backend's own (KIND_CPU, its parameters), the
+    UINT8 one served as it is (no python model to normalize); --check runs each on zeros of its input type and finds
+    an IR whose input is not the one its config names."""
+    out = tmp_path / "repo"
+    proc = build(out, "--target", "ngc", "-m", "onnx,ov,ov_u8", "--trt", "skip", "--parity-images", digits,
+                 "--openvino-min-agreement", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    for spec, dtype in ((OV, model_config_pb2.TYPE_FP32), (OV_U8, model_config_pb2.TYPE_UINT8)):
+        config = parse_config(out / spec.name / "config.pbtxt")
+        assert config.backend == "openvino" and not config.platform
+        assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_CPU]
+        assert {k: v.string_value for k, v in config.parameters.items()} == {"PERFORMANCE_HINT": "LATENCY"}
+        assert (config.input[0].name, config.input[0].data_type) == (spec.input_name, dtype)
+    gate = json.loads((out / "manifest.json").read_text())["openvino"]["gate"]
+    assert gate["ok"] if bf16_supported() else gate.startswith("not run: this CPU has no BF16")
+    check = run_cli("build_repo.py", "--check", out)
+    assert check.returncode == 0 and OV_U8.name in check.stdout + check.stderr, check.stderr
+    xml = out / OV_U8.name / "1" / OV.artifact
+    xml.write_text(xml.read_text().replace('"PIXELS"', '"image"'))
+    proc = run_cli("build_repo.py", "--check", out)
+    assert proc.returncode != 0 and "config expects 'PIXELS'->'outputs'" in proc.stdout + proc.stderr
+
+
 @needs_bf16
 def test_bf16_below_the_gate_is_refused_and_the_previous_repository_kept(local_repo, tmp_path):
     """The demo's digits model on photo views: BF16 changes the class of more than 0.5 % of them."""
@@ -106,23 +170,6 @@ def test_bf16_that_passes_the_gate_is_served_and_reported(digits, tmp_path):
     assert params["precision"].string_value == "bf16"
 
 
-@needs_bf16
-def test_ngc_config_is_triton_openvino_backend_gated_for_bf16(digits, tmp_path):
-    """Triton's OpenVINO backend has no FP32 switch and computes in BF16 on CPUs that have it: the ngc build runs the
-    accuracy gate even for fp32, and its config is the backend's own (KIND_CPU, its parameters)."""
-    out = tmp_path / "repo"
-    proc = build(out, "--target", "ngc", "-m", "onnx,ov", "--trt", "skip", "--parity-images", digits,
-                 "--openvino-min-agreement", "0.9")
-    assert proc.returncode == 0, proc.stderr
-    config = parse_config(out / OV.name / "config.pbtxt")
-    assert config.backend == "openvino" and not config.platform
-    assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_CPU]
-    assert {k: v.string_value for k, v in config.parameters.items()} == {"PERFORMANCE_HINT": "LATENCY"}
-    assert json.loads((out / "manifest.json").read_text())["openvino"]["gate"]["ok"]
-    check = run_cli("build_repo.py", "--check", out)
-    assert check.returncode == 0 and "mobilenetv3_openvino" in check.stdout + check.stderr, check.stderr
-
-
 def test_a_broken_ir_is_found_by_check(local_repo, tmp_path):
     out = tmp_path / "repo"
     shutil.copytree(local_repo, out)
@@ -136,19 +183,19 @@ def test_bad_gate_threshold_is_one_line(tmp_path):
     assert_one_line_error(proc, "--openvino-min-agreement must lie in (0, 1]")
 
 
-def test_load_truth_of_the_openvino_model(local_repo, tmp_path):
-    """The soak on the served IR alone: sustained concurrency 1 and 8, real photographs and edge inputs, every answer
-    checked against OpenVINO FP32 in-process; NaN inputs refused, not answered."""
+def test_load_truth_of_the_openvino_models(local_repo, tmp_path):
+    """The soak on both served IRs and the fused image model on the UINT8 one: sustained concurrency 1 and 8, real
+    photographs and edge inputs, every answer checked against OpenVINO FP32 in-process; NaN inputs refused."""
     import subprocess
     import sys
 
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "mnv3kit.cli.perf", "soak", "--repo", str(local_repo), "-m", "ov",
-                           "-c", "1,8", "--seconds", "8", "-o", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "mnv3kit.cli.perf", "soak", "--repo", str(local_repo), "-m",
+                           "ov,ov_u8,image", "-c", "1,8", "--seconds", "5", "-o", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads((out / "soak.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == [OV.name, OV.name]
+    assert sorted(r["model"] for r in rows) == sorted([OV.name, OV_U8.name, ENSEMBLE] * 2)
     assert all(r["ok"] > 0 and r["wrong"] == 0 and r["failed"] == 0 for r in rows), proc.stdout
     assert sum(r["refused_as_expected"] for r in rows) > 0, proc.stdout
 

@@ -242,7 +242,8 @@ class OnnxRunner:
 
 
 class OpenVinoRunner:
-    """model.xml on OpenVINO's CPU plugin: compiled once, one infer request, called from one thread.
+    """model.xml on OpenVINO's CPU plugin: compiled once, one infer request, called from one thread, with batches of
+    the IR's input type (FP32 normalized, or UINT8 pixels for an IR that normalizes).
 
     The precision is always set: OpenVINO's own default on a CPU with BF16 (AVX512_BF16 or AMX) is BF16, which would
     not serve the FP32 model the build checked. LATENCY is one stream over every core: on 2 cores the fastest for
@@ -263,11 +264,13 @@ class OpenVinoRunner:
         self.compiled = core.compile_model(path, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
+        self.input_dtype = self.compiled.input(0).get_element_type().to_dtype()
 
     def __call__(self, *parts: np.ndarray) -> np.ndarray:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        # share_inputs: the C-contiguous FP32 batch is read in place; the result is copied out of the request
-        return self.request.infer([np.ascontiguousarray(batch, np.float32)], share_inputs=True)[self.output].copy()
+        # share_inputs: the C-contiguous batch is read in place; the result is copied out of the request
+        return self.request.infer([np.ascontiguousarray(batch, self.input_dtype)], share_inputs=True)[
+            self.output].copy()
 
 
 def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, uint8_input: bool, input_name: str,
@@ -293,7 +296,7 @@ def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, u
             raise error(f"{label}: {exc}") from None
     if runtime == "onnxruntime" and not uint8_input:
         return OnnxRunner(artifact, input_name, device_id if on_gpu else None)
-    if runtime == "openvino" and not uint8_input and not on_gpu:
+    if runtime == "openvino" and not on_gpu:
         try:
             return OpenVinoRunner(artifact, params.get("precision", "fp32"), int(params.get("threads", "0") or 0))
         except RunnerError as exc:
@@ -319,8 +322,8 @@ class TritonPythonModel:
         config, params, self.input_name, self.output_name = read_config(args)
         self.input_dtype = np.uint8 if config["input"][0]["data_type"] == "TYPE_UINT8" else np.float32
         # OpenVINO's CPU kernels turn NaN inputs into finite logits (its ReLU/HSwish clamp them), so there the
-        # inputs are checked; a sum is finite exactly when no element is NaN or Inf (barring overflow of huge values)
-        self.check_inputs = params.get("runtime") == "openvino"
+        # FP32 inputs are checked; a sum is finite exactly when no element is NaN or Inf (barring overflow of huge values)
+        self.check_inputs = params.get("runtime") == "openvino" and self.input_dtype == np.float32
         self._take_streams = {}  # device -> the CUDA stream that copies GPU inputs out of their requests
         version_dir = Path(args["model_repository"]) / args["model_version"]
 

@@ -50,10 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "E.g. --target local --models onnx for a server without torch. Local also offers u8: "
                         "mobilenetv3_u8, the TorchScript model behind a UINT8 pixel input normalized on the device. "
                         "Both targets offer ov: mobilenetv3_openvino, OpenVINO's IR of model.onnx on CPU instances "
-                        "(the openvino extra)")
+                        "(the openvino extra), and ov_u8: mobilenetv3_openvino_u8, the same IR behind a UINT8 pixel "
+                        "input, the normalization inside its graph")
     g.add_argument("--ensemble", metavar="CLASSIFIER", help="also build mobilenetv3_image, the ensemble that takes "
                    "encoded image bytes (JPEG, PNG, ...), preprocesses them on the server (mobilenetv3_preprocess) "
-                   "and feeds this classifier: pt, onnx, u8 or ov on --target local, pt, onnx, trt or ov on ngc")
+                   "and feeds this classifier: pt, onnx, u8, ov or ov_u8 on --target local, pt, onnx, trt or ov on ngc")
     g.add_argument("--image-model", choices=IMAGE_MODEL_KINDS, default="ensemble",
                    help="how --ensemble serves mobilenetv3_image: ensemble (default: mobilenetv3_preprocess, then the "
                         "classifier, two models Triton chains) or fused (local target: one python model that decodes "
@@ -105,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "libjpeg-turbo's chroma upsampling, else torchvision's nvJPEG). gated (default): only if its "
                         "top-1 classes agree with Pillow's on >= 99.5 %% of 512 photo views, checked at build time "
                         "on this machine's GPU (no GPU here: Pillow on the CPU); on: without the check; off: Pillow")
-    g = p.add_argument_group("OpenVINO (--models ...,ov)")
+    g = p.add_argument_group("OpenVINO (--models ...,ov or ov_u8)")
     g.add_argument("--openvino-precision", choices=("fp32", "bf16"), default="fp32",
                    help="compute precision of the OpenVINO model. fp32 (default): exact, in the parity gate like "
                         "ONNX. bf16: a CPU's AVX512_BF16/AMX units, about twice as fast, built only when its top-1 "

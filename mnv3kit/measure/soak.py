@@ -23,7 +23,7 @@ import numpy as np
 from .edge_images import BAD, make_edge_cases
 from ..errors import KitError
 from ..parity import TOLERANCE, allowed_difference, parity_pixels, sample_photos
-from ..preprocess import decode_image, eval_pixels, normalize
+from ..preprocess import decode_image, eval_pixels, normalize, pixels_of
 from ..ensemble import image_classifier
 from ..spec import COMPILED_ARTIFACT, ENSEMBLE, ENSEMBLE_PLATFORM, ONNX, OV, OVERLOADED, PREPROCESS, PT, TRT
 
@@ -81,6 +81,15 @@ def _version_dir(model_dir: Path) -> Path:
 
 def reference_forward(repo: Path, model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """FP32 logits on the CPU from the model's own artifact, for normalized FP32 input."""
+    runner = artifact_runner(repo, model_dir)
+    if getattr(runner, "input_dtype", np.float32) == np.uint8:  # an IR that normalizes in its graph: the pixels
+        return lambda images: runner(pixels_of(images))
+    return runner
+
+
+def artifact_runner(repo: Path, model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The runner of the model's own artifact on the CPU, taking the artifact's input: normalized FP32, or UINT8
+    pixels for an OpenVINO IR that normalizes in its graph (its ``input_dtype``)."""
     from ..backend.classifier_model import OnnxRunner, OpenVinoRunner, TorchRunner
 
     vdir = _version_dir(model_dir)
