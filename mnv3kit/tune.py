@@ -1,18 +1,21 @@
 """Tune: the serving configuration with the most throughput while p99 stays under a budget (mnv3-tune).
 
-Candidates vary the runtime (pt: TorchScript, onnx: ONNX Runtime, ov: OpenVINO), the instance count, max_batch_size, the preferred
-batch sizes and the max queue delay. Each is rendered by the kit's templates from a built --target local repository's
+Candidates vary the model and its runtime (pt: TorchScript, u8: the same behind the UINT8 pixel contract, onnx: ONNX
+Runtime, ov / ov_u8: OpenVINO; the torch models also TorchInductor, --runtime compiled, given a repository built with
+it), the instance count, max_batch_size, the preferred batch sizes, the max queue delay and, on a GPU, the CUDA graphs
+the torch models capture (none, one per preferred size, or one per power of two up to max batch). Each is rendered by the kit's templates from a built --target local repository's
 artifacts (mnv3kit.build.render_model), loaded into the embedded Triton through the repository API (explicit model
 control: a new config swaps in without a restart) and measured with perf_analyzer over the client's concurrency range
 (mnv3kit.perf.measure_point, one request = one image, as clients send). A candidate's score is its best throughput
 at a concurrency whose p99 is within the budget.
 
 The search (Search), instead of the full grid:
-  1. the kit's default config (1 instance, max batch 8, preferred 4,8, 100 us) per runtime: the single-instance
+  1. the kit's default config (1 instance, max batch 8, preferred 4,8, 100 us, no CUDA graphs) per model and torch
+     runtime: the single-instance
      curve. Runtimes scoring below PRUNE_RUNTIME x the best are dropped, and max batch sizes above the largest
      concurrency (which closed-loop clients can never fill) are dropped;
-  2. coordinate search from the best: one dimension at a time (runtime, instances, max batch, queue delay, preferred
-     sizes), every value of it with the others fixed; the best of everything measured replaces the incumbent when it
+  2. coordinate search from the best: one dimension at a time (model, torch runtime, instances, max batch, CUDA
+     graphs, queue delay, preferred sizes), every value of it with the others fixed; the best of everything measured replaces the incumbent when it
      beats it by MIN_GAIN, or, when it is the cheaper config (fewer instances, smaller batches, shorter delay), when
      it ties or beats it; again while a pass moved, within --budget-min.
 A challenger whose lead is enough but under NOISE (what one lucky window on a busy host makes) does not move the search
@@ -29,11 +32,12 @@ Triton, a fake one in tests/test_tune_search.py.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from itertools import product
 from pathlib import Path
@@ -43,17 +47,19 @@ from .build import BuildOptions, build, built_config, render_model, rerender
 from .errors import KitError
 from .perf import PointFailed, Settings, concurrency_range, measure_point
 from .report import hardware, hardware_line, latency_axes, markdown_table, now, save
-from .render import QUEUE_BATCHES, Batching, ConfigOptions, Instances
+from .render import QUEUE_BATCHES, Batching, ConfigOptions, GpuOptions, Instances
 from .server import LocalTriton
-from .spec import ONNX, OV, PT
+from .spec import ONNX, OV, OV_U8, PT, U8
 
-RUNTIMES = {spec.key: spec for spec in (PT, ONNX, OV)}  # what the tuner can serve a candidate with
+RUNTIMES = {spec.key: spec for spec in (PT, U8, ONNX, OV, OV_U8)}  # what the tuner can serve a candidate with
+TORCH_KEYS = (PT.key, U8.key)  # the models --runtime (torchscript | compiled) applies to
+GRAPH_CHOICES = ("none", "preferred", "all")
 
 PRUNE_RUNTIME = 0.8  # a runtime whose default scores below this fraction of the best one's is not refined
 MIN_GAIN = 1.03  # a move must beat the incumbent by 3 %: less is within a busy machine's noise
 NOISE = 1.25  # a lead under 25 % can be one lucky perf_analyzer window on a busy 2-core host: measured again
 REPEATS = 2  # more runs of each side of such a near-tie, at most: a median of 3 outvotes one lucky window
-DIMENSIONS = ("runtime", "instances", "max_batch", "delay_us", "preferred")  # the coordinate search's order
+DIMENSIONS = ("runtime", "compiled", "graphs", "instances", "max_batch", "delay_us", "preferred")  # the coordinate search's order
 REPORT_MD, RESULT_JSON, PARETO_PNG = "report.md", "tune.json", "pareto.png"
 WINNER_DIR = "model_repository"
 DEFAULT = Batching()  # the kit's defaults, as build_repo.py writes them
@@ -62,16 +68,23 @@ DEFAULT_MAX_BATCH = ConfigOptions().max_batch_size
 
 @dataclass(frozen=True)
 class Candidate:
-    runtime: str  # spec key: pt or onnx
+    runtime: str  # spec key of the model served: a key of RUNTIMES
     instances: int
     max_batch: int
     preferred: Tuple[int, ...]
     delay_us: int
+    compiled: bool = False  # a torch model run by TorchInductor (--runtime compiled) instead of TorchScript
+    graphs: str = "none"  # CUDA graphs a torch model captures on a GPU: a GRAPH_CHOICES value
 
     @property
     def label(self) -> str:
-        return (f"{self.runtime} i{self.instances} b{self.max_batch} "
-                f"p{','.join(map(str, self.preferred)) or '-'} d{self.delay_us}")
+        return (f"{self.runtime}{' compiled' if self.compiled else ''} i{self.instances} b{self.max_batch} "
+                f"p{','.join(map(str, self.preferred)) or '-'} d{self.delay_us}"
+                + (f" g{','.join(map(str, self.graph_batches))}" if self.graph_batches else ""))
+
+    @property
+    def graph_batches(self) -> Tuple[int, ...]:
+        return graph_sizes(self.graphs, self.max_batch, self.preferred)
 
     @property
     def stem(self) -> str:
@@ -82,15 +95,28 @@ class Candidate:
         return RUNTIMES[self.runtime]
 
     def config(self, base: ConfigOptions, kind: str, clients: int) -> ConfigOptions:
-        """The options to render; the queue bound holds at least ``clients`` requests: the planned load is served,
-        not refused (the kit's bound, QUEUE_BATCHES full batches per instance, is smaller at max batch 1)."""
-        queue = max(QUEUE_BATCHES * self.max_batch * self.instances, clients)
+        """The options to render; each instance's queue bound holds at least ``clients`` requests: the planned load
+        is served, not refused (the kit's bound, QUEUE_BATCHES full batches per instance, is smaller at max batch 1;
+        and Triton may hand one instance most of the requests, its queue being the model's own)."""
+        queue = max(QUEUE_BATCHES * self.max_batch, clients) * self.instances
         return replace(base, max_batch_size=self.max_batch, instances=Instances(kind, self.instances),
-                       batching=Batching(True, self.preferred, self.delay_us, max_queue_size=queue))
+                       batching=Batching(True, self.preferred, self.delay_us, max_queue_size=queue),
+                       runtime="compiled" if self.compiled else "torchscript",
+                       gpu=replace(base.gpu, cuda_graph_batches=self.graph_batches))
 
 
-def default_candidate(runtime: str) -> Candidate:
-    return Candidate(runtime, 1, DEFAULT_MAX_BATCH, DEFAULT.preferred, DEFAULT.queue_delay_us)
+def graph_sizes(choice: str, max_batch: int, preferred: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The batch sizes CUDA graphs are captured for (a batch runs padded to the next one): none; the preferred sizes
+    and max batch (what the batcher forms most); or every power of two up to max batch, and max batch."""
+    if choice == "none":
+        return ()
+    if choice == "preferred":
+        return tuple(sorted({*preferred, max_batch}))
+    return tuple(sorted({*(1 << k for k in range(max_batch.bit_length()) if 1 << k <= max_batch), max_batch}))
+
+
+def default_candidate(runtime: str, compiled: bool = False) -> Candidate:
+    return Candidate(runtime, 1, DEFAULT_MAX_BATCH, DEFAULT.preferred, DEFAULT.queue_delay_us, compiled)
 
 
 def preferred_for(choice: str, max_batch: int) -> Tuple[int, ...]:
@@ -126,12 +152,25 @@ class Space:
     max_batches: List[int]
     preferred: List[str]
     delays_us: List[int]
+    compiled: List[bool] = field(default_factory=lambda: [False])  # torch runtimes: [False] TorchScript, True compiled
+    graphs: List[str] = field(default_factory=lambda: ["none"])  # GRAPH_CHOICES to try (torch models on a GPU)
+
+    def torch_runtimes(self, runtime: str) -> List[bool]:
+        return self.compiled if runtime in TORCH_KEYS else [False]
+
+    def graph_choices(self, runtime: str) -> List[str]:
+        return self.graphs if runtime in TORCH_KEYS else ["none"]
+
+    def defaults(self) -> List[Candidate]:
+        """The kit's default config of every model and torch runtime."""
+        return [default_candidate(r, c) for r in self.runtimes for c in self.torch_runtimes(r)]
 
     def grid(self) -> List[Candidate]:
         """Every distinct config (max batch 1 once per runtime and instance count: nothing to batch)."""
-        return list({Candidate(r, i, b, preferred_for(p, b) if b > 1 else (), d if b > 1 else 0)
-                     for r, i, b, p, d in product(self.runtimes, self.instances, self.max_batches, self.preferred,
-                                                  self.delays_us)})
+        return list({Candidate(r, i, b, pref, d if b > 1 else 0, c, g)
+                     for r in self.runtimes for c in self.torch_runtimes(r) for g in self.graph_choices(r)
+                     for i, b, p, d in product(self.instances, self.max_batches, self.preferred, self.delays_us)
+                     for pref in [preferred_for(p, b) if b > 1 else ()]})
 
 
 def cost(c: Candidate) -> Tuple[int, int, int]:
@@ -157,8 +196,13 @@ def with_max_batch(c: Candidate, max_batch: int, choice: str) -> Candidate:
 def neighbours(c: Candidate, dim: str, space: Space) -> List[Candidate]:
     """Every value of ``dim`` in ``space``, the other dimensions as in ``c``."""
     preferred = next((p for p in PREFERRED_CHOICES if preferred_for(p, c.max_batch) == c.preferred), "both")
-    if dim == "runtime":
-        return [replace(c, runtime=r) for r in space.runtimes if r != c.runtime]
+    if dim == "runtime":  # another model keeps the torch runtime where it can, and drops graphs it cannot capture
+        return [replace(c, runtime=r, compiled=c.compiled and r in TORCH_KEYS,
+                        graphs=c.graphs if r in TORCH_KEYS else "none") for r in space.runtimes if r != c.runtime]
+    if dim == "compiled":
+        return [replace(c, compiled=x) for x in space.torch_runtimes(c.runtime) if x != c.compiled]
+    if dim == "graphs":
+        return [replace(c, graphs=g) for g in space.graph_choices(c.runtime) if g != c.graphs]
     if dim == "instances":
         return [replace(c, instances=i) for i in space.instances]
     if dim == "max_batch":
@@ -180,9 +224,11 @@ class Measurer(Protocol):
 class TritonMeasurer:
     """Measures candidates one after another in one embedded Triton, swapping configs through the repository API."""
 
-    def __init__(self, source: Path, out: Path, triton: LocalTriton, work: Path, base: ConfigOptions, kind: str,
-                 protocol: str, settings: Settings, budget_ms: float, deadline: float):
-        self.source, self.out, self.triton, self.work = source, out, triton, work
+    def __init__(self, sources: Dict[bool, Path], out: Path, triton: LocalTriton, work: Path, base: ConfigOptions,
+                 kind: str, protocol: str, settings: Settings, budget_ms: float, deadline: float):
+        """``sources``: the built repository of each torch runtime (False: TorchScript, True: compiled)."""
+        self.sources, self.out, self.triton, self.work = sources, out, triton, work
+        self.copied: Dict[str, Path] = {}  # model name -> the source its directory in ``work`` was copied from
         self.base, self.kind, self.protocol, self.settings = base, kind, protocol, settings
         self.budget_ms, self.deadline = budget_ms, deadline
         self.loaded: Optional[str] = None
@@ -202,7 +248,11 @@ class TritonMeasurer:
             if self.loaded and self.loaded != name:  # one model at a time: an idle one would still hold memory
                 self.triton.unload(self.loaded)
                 self.loaded = None
-            render_model(self.source, self.work, candidate.spec, candidate.config(self.base, self.kind, self.clients))
+            source = self.sources.get(candidate.compiled) or self.sources[True]  # onnx, ov: any source has them
+            if self.copied.get(name, source) != source:  # the other torch runtime's artifact: copied anew
+                shutil.rmtree(self.work / name)
+            render_model(source, self.work, candidate.spec, candidate.config(self.base, self.kind, self.clients))
+            self.copied[name] = source
             self.triton.load(name)  # a changed config: Triton loads it anew (instances, batcher) before answering
             self.loaded = name
             stem = candidate.stem + tag
@@ -267,21 +317,34 @@ class Search:
         return min(scored, key=lambda c: (-self.score(c), cost(c)), default=None)
 
     def search(self) -> Optional[Candidate]:
-        """The winner: the best of the runtimes' defaults, refined (None: no default met the budget)."""
-        defaults = [default_candidate(r) for r in self.space.runtimes]
+        """The winner: the best of the runtimes' defaults (or, when none met the budget, the closest), refined (None:
+        nothing measured met the budget)."""
+        defaults = self.space.defaults()
         for c in defaults:
             if not self.out_of_time():
                 self.measure(c, "default")
-        start = self.best(defaults)
-        return self.refine(start, self.pruned(self.score(start))) if start else None
+        start = self.best(defaults) or self.closest(defaults)
+        if start is None:
+            return None
+        winner = self.refine(start, self.pruned(self.score(start)))
+        return winner if self.score(winner) > 0 else None
+
+    def closest(self, among: Iterable[Candidate]) -> Optional[Candidate]:
+        """Of candidates none of which met the budget, the one with the lowest p99 at any concurrency: where the
+        search starts when no default meets it (e.g. a GPU's defaults with batches of new sizes still to warm)."""
+        p99 = {c: min(r["p99_ms"] for r in self.result(c).rows) for c in among if c in self.results
+               and self.result(c).rows}
+        return min(p99, key=lambda c: (p99[c], cost(c)), default=None)
 
     def pruned(self, top: float) -> Space:
-        """The space without the runtimes whose default scored under PRUNE_RUNTIME x ``top`` and without the max
-        batch sizes over the clients' concurrency, which closed-loop clients never fill."""
-        keep = [r for r in self.space.runtimes if default_candidate(r) in self.results
-                and self.score(default_candidate(r)) >= PRUNE_RUNTIME * top]
+        """The space without the models and torch runtimes whose defaults scored under PRUNE_RUNTIME x ``top`` and
+        without the max batch sizes over the clients' concurrency, which closed-loop clients never fill."""
+        kept = [c for c in self.space.defaults() if c in self.results and self.score(c) >= PRUNE_RUNTIME * top
+                and (top > 0 or c == self.closest(self.space.defaults()))]
+        runtimes = [r for r in self.space.runtimes if any(c.runtime == r for c in kept)]
+        compiled = [x for x in self.space.compiled if any(c.compiled == x for c in kept)] or [False]
         batches = [b for b in self.space.max_batches if b <= self.clients] or [min(self.space.max_batches)]
-        return replace(self.space, runtimes=keep, max_batches=batches)
+        return replace(self.space, runtimes=runtimes, compiled=compiled, max_batches=batches)
 
     def refine(self, current: Candidate, space: Space) -> Candidate:
         """Coordinate search: every value of one dimension at a time, then a move to the best of everything measured
@@ -428,46 +491,56 @@ def render_report(info: dict) -> str:
 def tune(args: argparse.Namespace, ports) -> int:
     """Runs the search mnv3-tune's arguments ask for (mnv3kit/cli/tune.py) on an embedded Triton on ``ports``."""
     started, date = time.monotonic(), now()
-    if args.repo:
-        built_config(args.repo)  # a repository that cannot be tuned is refused before anything is written
+    import torch
+
+    kind = "KIND_GPU" if torch.cuda.is_available() else "KIND_CPU"
+    compiled = [runtime == "compiled" for runtime in args.torch_runtimes]
+    if kind != "KIND_GPU" and (True in compiled or args.cuda_graphs != ["none"]):
+        raise KitError("--torch-runtimes compiled and --cuda-graphs other than none need a CUDA GPU (KIND_GPU "
+                       "instances); none is visible here")
+    sources = {runtime == "compiled": repo for runtime, repo in zip(args.torch_runtimes, args.repo or [])}
+    for repo in args.repo or []:
+        built_config(repo)  # a repository that cannot be tuned is refused before anything is written
     out = args.output or Path("perf/out") / f"tune-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     winner_dir = args.winner or out / WINNER_DIR
     host = hardware()
-    import torch
-
-    kind = "KIND_GPU" if torch.cuda.is_available() else "KIND_CPU"
     space = Space(args.runtimes, args.instances or list(range(1, (os.cpu_count() or 1) + 1)), args.max_batch_sizes,
-                  args.preferred, args.queue_delays_us)
+                  args.preferred, args.queue_delays_us, compiled, args.cuda_graphs)
     settings = Settings(args.concurrency, args.shared_memory, args.window, None if args.window else args.count or 30,
                         args.stability)
     with tempfile.TemporaryDirectory(prefix="mnv3kit-tune-") as tmp:
-        source = args.repo
-        if source is None:
-            source = build(BuildOptions(arch=args.arch, weights=args.weights, output=Path(tmp) / "built",
-                                        models=tuple(args.runtimes),
-                                        config=ConfigOptions(target="local", instances=Instances("KIND_CPU"))))
-        manifest, base = built_config(source)
+        for x in compiled if not sources else ():  # --arch: one build per torch runtime, for every max batch tried
+            sources[x] = build(BuildOptions(
+                arch=args.arch, weights=args.weights, output=Path(tmp) / f"built-{'compiled' if x else 'torchscript'}",
+                models=tuple(r for r in args.runtimes if not x or r in TORCH_KEYS),
+                config=ConfigOptions(target="local", instances=Instances(kind), max_batch_size=max(args.max_batch_sizes),
+                                     runtime="compiled" if x else "torchscript",
+                                     gpu=replace(GpuOptions(), precision=args.precision))))
+        manifest, base = built_config(sources[compiled[0]])
+        base = replace(base, gpu=replace(base.gpu, precision=args.precision))
         work = Path(tmp) / "repository"
         work.mkdir()
-        first = default_candidate(args.runtimes[0])
-        render_model(source, work, first.spec, first.config(base, kind, max(concurrency_range(args.concurrency))))
+        first = space.defaults()[0]
+        render_model(sources[first.compiled], work, first.spec,
+                     first.config(base, kind, max(concurrency_range(args.concurrency))))
         deadline = started + args.budget_min * 60
         with LocalTriton(work, ports, log_path=out / "tritonserver.log") as triton:
-            measurer = TritonMeasurer(Path(source), out, triton, work, base, kind, args.protocol, settings,
+            measurer = TritonMeasurer(sources, out, triton, work, base, kind, args.protocol, settings,
                                       args.p99_ms, deadline)
-            measurer.loaded = first.spec.name
+            measurer.loaded, measurer.copied[first.spec.name] = first.spec.name, sources[first.compiled]
             search = Search(measurer, space, measurer.clients, args.p99_ms, deadline)
             best = search.search()
-            default = search.best([default_candidate(r) for r in args.runtimes])
+            default = search.best(space.defaults())
             confirmed = (search.confirm(best, default, args.confirm) if args.confirm and best and default
                          and best != default else None)
         if best is not None:
-            rerender(Path(source), winner_dir, best.spec, best.config(base, kind, measurer.clients),
+            rerender(Path(sources[best.compiled]), winner_dir, best.spec, best.config(base, kind, measurer.clients),
                      {"tuned": {"p99_ms": args.p99_ms, "concurrency": args.concurrency, "protocol": args.protocol,
                                 "candidate": asdict(best), "report": str(out / REPORT_MD)}})
         arch = manifest.get("arch", "?")
-        source_text = str(args.repo) if args.repo else f"built here from --arch {args.arch}"
+        source_text = (", ".join(map(str, args.repo)) if args.repo else
+                       f"built here from --arch {args.arch} ({', '.join(args.torch_runtimes)})")
     levels = len(concurrency_range(args.concurrency))
 
     def point(candidate: Optional[Candidate]) -> Optional[dict]:
@@ -480,7 +553,7 @@ def tune(args: argparse.Namespace, ports) -> int:
                 "rows": median.rows, "best": median.best(args.p99_ms), "error": median.error,
                 "scores": search.scores(candidate), "score": search.score(candidate)}
 
-    grid = set(space.grid()) | {default_candidate(r) for r in args.runtimes}
+    grid = set(space.grid()) | set(space.defaults())
     info = {"date": date, "hardware": host, "kind": kind, "protocol": args.protocol,
             "shared_memory": args.shared_memory, "concurrency": args.concurrency, "perf_args": settings.args(),
             "p99_ms": args.p99_ms, "source": source_text, "arch": arch, "repository": str(winner_dir),

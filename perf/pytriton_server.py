@@ -5,11 +5,12 @@ against (perf/regression.py starts it).
   python perf/pytriton_server.py --repo model_repository_local --grpc-port 8101 --http-port 8100 --metrics-port 8102
 
 Same tritonserver binary (the nvidia-pytriton wheel's), same model names, tensor names, max_batch_size, preferred
-batch sizes and queue delay as the repository's configs; the models run in this process (TorchScript on the CPU for
-mobilenetv3_pt, ONNX Runtime for mobilenetv3_onnx, OpenVINO at the config's precision for mobilenetv3_openvino and
-mobilenetv3_openvino_u8), as
-a PyTriton user would write them. No endpoint is restricted
-(perf_analyzer reads the statistics API without a key). Runs until SIGINT/SIGTERM.
+batch sizes and queue delay as the repository's configs; the models run in this process with the runtimes the kit's
+models use (TorchScript on the CPU, frozen and optimized for oneDNN, for mobilenetv3_pt, or with --torchscript plain
+as torch.jit.load gives it; ONNX Runtime for
+mobilenetv3_onnx; OpenVINO at the config's precision for mobilenetv3_openvino and mobilenetv3_openvino_u8), so the
+comparison is of the serving path alone. No endpoint is restricted (perf_analyzer reads the statistics API without a
+key). Runs until SIGINT/SIGTERM.
 """
 
 import argparse
@@ -51,9 +52,11 @@ def main(argv=None) -> int:
     p.add_argument("--http-port", type=int, required=True, help="HTTP port")
     p.add_argument("--grpc-port", type=int, required=True, help="gRPC port")
     p.add_argument("--metrics-port", type=int, required=True, help="metrics port")
+    p.add_argument("--torchscript", choices=("kit", "plain"), default="kit",
+                   help="how model.pt runs: kit (the kit's runner: frozen, optimized for oneDNN; default) or plain "
+                        "(torch.jit.load as it is)")
     args = p.parse_args(argv)
     import onnxruntime as ort
-    import torch
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from mnv3kit.server import pytriton_root, server_env
@@ -64,6 +67,12 @@ def main(argv=None) -> int:
     version = "1"
 
     def torchscript(path):
+        if args.torchscript == "kit":  # the same frozen, oneDNN-optimized module the kit serves
+            from mnv3kit.backend.classifier_model import TorchRunner
+
+            return TorchRunner(path)
+        import torch
+
         module = torch.jit.load(path).eval()
 
         def infer(x):

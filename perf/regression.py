@@ -34,9 +34,11 @@ from mnv3kit.spec import ONNX, OV, OV_U8, PT
 SERVERS = ("kit", "pytriton")
 WARMUP_S = 10.0  # per server and model, at the highest level
 PYTRITON_START_S = 300
+PYTRITON_TORCHSCRIPT = {"kit": "with the kit's runner (frozen, optimized for oneDNN)",
+                        "plain": "as torch.jit.load gives it"}
 
 
-def start_pytriton(repo: Path, log: Path):
+def start_pytriton(repo: Path, log: Path, torchscript: str = "kit"):
     """PyTriton serving ``repo`` (perf/pytriton_server.py), its output in ``log``; returns once it prints "ready".
     The output goes to a file, not a pipe: a pipe nobody reads after startup would stall PyTriton once it fills."""
     from mnv3kit.server import Ports
@@ -46,7 +48,7 @@ def start_pytriton(repo: Path, log: Path):
     with open(log, "w") as sink:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pytriton_server.py")), "--repo",
                                  str(repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
-                                 "--metrics-port", str(ports.metrics)], stdout=sink, stderr=subprocess.STDOUT,
+                                 "--metrics-port", str(ports.metrics), "--torchscript", torchscript], stdout=sink, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
     deadline = time.monotonic() + PYTRITON_START_S
     while time.monotonic() < deadline and proc.poll() is None:
@@ -98,6 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("-m", "--models", default=None,
                    help="Triton model names, comma-separated (default: mobilenetv3_pt, mobilenetv3_onnx, "
                         "mobilenetv3_openvino and mobilenetv3_openvino_u8, those the repository holds)")
+    p.add_argument("--pytriton-torchscript", choices=("kit", "plain"), default="kit",
+                   help="how PyTriton runs model.pt: kit (the kit's runner; default) or plain (torch.jit.load as it "
+                        "is, what a PyTriton user writes first)")
     args = p.parse_args(argv)
     from mnv3kit.measure.soak import SoakOptions, load_level, targets
     from mnv3kit.server import LocalTriton, Ports
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
     points = []
     supervisor = Supervisor(LocalTriton(args.repo, Ports.free()), log=lambda line: print(line, file=sys.stderr))
     kit = supervisor.start()
-    pyt, pyt_url = start_pytriton(args.repo, out / "logs" / "pytriton.log")
+    pyt, pyt_url = start_pytriton(args.repo, out / "logs" / "pytriton.log", args.pytriton_torchscript)
     urls = {"kit": kit.grpc_url, "pytriton": pyt_url}
     stability = {}
     try:
@@ -151,7 +156,7 @@ def main(argv=None) -> int:
             os.killpg(pyt.pid, signal.SIGKILL)
     result = {"started": started, "hardware": host, "repo": str(args.repo), "rounds": args.rounds,
               "seconds": args.seconds, "in_process": local, "points": points, "perf_analyzer_c1": stability,
-              "watchdog_events": events}
+              "watchdog_events": events, "pytriton_torchscript": args.pytriton_torchscript}
     (out / "regression.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "REPORT.md").write_text(report(result, models, levels, max_batch))
     print(report(result, models, levels, max_batch))
@@ -184,7 +189,8 @@ def report(result: dict, models, levels, max_batch) -> str:
     stab = "\n".join(f"- {server}: {text}" for server, text in result["perf_analyzer_c1"].items())
     return (f"# CPU serving regression benchmark\n\n{result['started']}; {hardware_line(result['hardware'])}; "
             f"repository {result['repo']}; {result['rounds']} alternating rounds of {result['seconds']:g} s per "
-            f"point; batch-1 gRPC requests of real photographs, every answer checked against in-process logits.\n\n"
+            f"point; batch-1 gRPC requests of real photographs, every answer checked against in-process logits; "
+            f"PyTriton runs model.pt {PYTRITON_TORCHSCRIPT[result['pytriton_torchscript']]}.\n\n"
             f"{table}\n\nperf_analyzer, concurrency 1, default windows ({models[0]}, zeros):\n{stab}\n\n"
             f"Watchdog reloads on the kit's server: {len(result['watchdog_events'])}.\n")
 

@@ -117,7 +117,9 @@ def test_load_time_parity_gate(built_repo, tmp_path):
     repo = built_repo("small", "local")
     vdir = repo / PT.name / "1"
     runner = TorchRunner(str(vdir / PT.artifact))
-    assert "max |logit difference| 0.000e+00" in runner.check_parity(vdir / PARITY_FILE, 1e-4)
+    # on a CPU frozen and optimized for oneDNN: within the build's tolerance of eager FP32, not bit-equal
+    assert "top-1 same" in runner.check_parity(vdir / PARITY_FILE, 1e-4)
+    assert "to_mkldnn" in str(runner.module.graph)
 
     broken = tmp_path / "repo"
     shutil.copytree(repo, broken)

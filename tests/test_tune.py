@@ -7,6 +7,8 @@ import statistics
 import subprocess
 import sys
 
+import torch
+
 import matplotlib.image
 import pytest
 
@@ -106,5 +108,16 @@ def test_bad_input_is_one_line_error(tmp_path, built_repo):
     assert_one_line_error(tune("--repo", tmp_path, "--p99-ms", 50, "-o", tmp_path / "out"), "manifest.json")
     assert not (tmp_path / "out").exists()
     assert_one_line_error(tune("--repo", built_repo("small", "local"), "--p99-ms", 50, "-m", "trt"),
-                          "the tuner tries pt, onnx, ov")
+                          "the tuner tries pt, u8, onnx, ov, ov_u8")
     assert_one_line_error(tune("--arch", "small", "--p99-ms", 0), "--p99-ms and --budget-min must be > 0")
+    repo = built_repo("small", "local")
+    assert_one_line_error(tune("--repo", repo, "--repo", repo, "--p99-ms", 50),
+                          "one repository, or two built with different --runtime")
+    assert_one_line_error(tune("--repo", repo, "--p99-ms", 50, "--torch-runtimes", "compiled"),
+                          "--torch-runtimes goes with --arch")
+    if not torch.cuda.is_available():
+        for flags in (["--torch-runtimes", "torchscript,compiled"], ["--cuda-graphs", "none,all"]):
+            out = tmp_path / "gpu-only"
+            assert_one_line_error(tune("--arch", "small", "--p99-ms", 50, "-o", out, *flags),
+                                  "--torch-runtimes compiled and --cuda-graphs other than none need a CUDA GPU")
+            assert not out.exists()

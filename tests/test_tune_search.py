@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from mnv3kit.tune import (MIN_GAIN, NOISE, PREFERRED_CHOICES, PRUNE_RUNTIME, REPEATS, Candidate, Result, Search,
-                          Space, default_candidate, preferred_for)
+from mnv3kit.tune import (GRAPH_CHOICES, MIN_GAIN, NOISE, PREFERRED_CHOICES, PRUNE_RUNTIME, REPEATS, TORCH_KEYS,
+                          Candidate, Result, Search, Space, default_candidate, graph_sizes, preferred_for)
 
 BUDGET_MS = 100.0
 CLIENTS = 8  # max batch 16 is over it: never measured
@@ -201,7 +201,28 @@ def test_the_deadline_cuts_repeats_short_and_the_medians_still_decide():
 
 def test_nothing_within_the_budget_is_no_winner():
     search = searcher(FakeMeasurer(flat(runtime={"pt": 0, "onnx": 0})), FULL)
-    assert search.search() is None and search.runs == 2
+    assert search.search() is None and search.runs > 2  # refined from the default closest to the budget
+
+
+def test_defaults_over_the_budget_are_refined_from_the_closest():
+    # no default meets the budget (their p99 differs); CUDA graphs bring the compiled u8 model within it
+    def surface(c):
+        return 100.0 if c.graphs != "none" else 0.0
+
+    def p99(c):
+        return {"pt": 60.0, "u8": 50.0, "onnx": 70.0}[c.runtime] - 5 * c.compiled
+
+    class OverBudget(FakeMeasurer):
+        def measure(self, candidate, stage, tag=""):
+            result = super().measure(candidate, stage, tag)
+            if not result.rows[0]["throughput"]:
+                result.rows[0]["p99_ms"] = BUDGET_MS + p99(candidate)
+            return result
+
+    search = searcher(OverBudget(surface), GPU)
+    winner = search.search()
+    assert search.closest(GPU.defaults()) == default_candidate("u8", compiled=True)
+    assert winner.runtime == "u8" and winner.compiled and winner.graphs != "none"
 
 
 def test_confirmation_alternates_and_counts_its_runs():
@@ -213,3 +234,45 @@ def test_confirmation_alternates_and_counts_its_runs():
     assert search.runs == before + 4
     assert [(c.instances, tag) for c, _, tag in fake.calls[before:]] == [(1, "_confirm1"), (2, "_confirm1"),
                                                                           (1, "_confirm2"), (2, "_confirm2")]
+
+
+# the GPU space: the torch models (pt, u8) also compiled and with CUDA graphs; onnx has neither
+GPU = Space(["pt", "u8", "onnx"], [1, 2, 4], [1, 8, 16], list(PREFERRED_CHOICES), [0, 100, 1000], [False, True],
+            list(GRAPH_CHOICES))
+GPU_RUNTIME = {"pt": 0.9, "u8": 1.1, "onnx": 1.0}
+COMPILED = {False: 1.0, True: 1.6}
+GRAPHS = {"none": 1.0, "preferred": 1.4, "all": 1.3}
+
+
+def gpu_surface(c: Candidate) -> float:
+    batching = DELAY_US[c.delay_us] * PREFERRED[choice(c)] if c.max_batch > 1 else 1.0
+    return (100 * GPU_RUNTIME[c.runtime] * COMPILED[c.compiled] * GRAPHS[c.graphs] * INSTANCES[c.instances]
+            * MAX_BATCH[c.max_batch] * batching)
+
+
+def test_graph_sizes():
+    assert graph_sizes("none", 8, (4, 8)) == ()
+    assert graph_sizes("preferred", 8, (4, 8)) == (4, 8) and graph_sizes("preferred", 6, ()) == (6,)
+    assert graph_sizes("all", 8, ()) == (1, 2, 4, 8) and graph_sizes("all", 12, (6, 12)) == (1, 2, 4, 8, 12)
+    c = replace(default_candidate("pt", compiled=True), graphs="preferred")
+    assert c.graph_batches == (4, 8) and c.label == "pt compiled i1 b8 p4,8 d100 g4,8"
+
+
+def test_the_gpu_space_searches_compiled_and_graphs_for_the_torch_models_only():
+    assert GPU.defaults() == [default_candidate("pt"), default_candidate("pt", True), default_candidate("u8"),
+                              default_candidate("u8", True), default_candidate("onnx")]
+    grid = GPU.grid()
+    assert all(c.runtime in TORCH_KEYS or (not c.compiled and c.graphs == "none") for c in grid)
+    fake = FakeMeasurer(gpu_surface)
+    search = searcher(fake, GPU)
+    winner = search.search()
+    assert winner == optimum(GPU, gpu_surface) == Candidate("u8", 4, 8, (8,), 1000, True, "preferred")
+    assert search.runs < len(grid) / 5
+    assert all(c.runtime in TORCH_KEYS or (not c.compiled and c.graphs == "none") for c in search.results)
+
+
+def test_a_slow_compiled_runtime_is_not_refined():
+    fake = FakeMeasurer(lambda c: gpu_surface(c) * (0.5 if c.compiled else 1.0) / COMPILED[c.compiled])
+    search = searcher(fake, GPU)
+    assert not search.search().compiled
+    assert [c for c in search.results if c.compiled] == [default_candidate("pt", True), default_candidate("u8", True)]

@@ -11,7 +11,8 @@ from mnv3kit.cli import add_output, add_ports, concurrency_text, model_names, po
 from mnv3kit.errors import cli_errors, prog_name
 from mnv3kit.model import ARCHS
 from mnv3kit.spec import MANIFEST_FILE, ONNX, OV, PROTOCOLS, PT
-from mnv3kit.tune import PREFERRED_CHOICES, RUNTIMES, WINNER_DIR, tune
+from mnv3kit.spec import RUNTIMES as TORCH_RUNTIMES
+from mnv3kit.tune import GRAPH_CHOICES, PREFERRED_CHOICES, RUNTIMES, TORCH_KEYS, WINNER_DIR, tune
 from mnv3kit.tune import __doc__ as TUNE_DOC
 
 
@@ -39,8 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog_name("mnv3kit.cli.tune"), description=TUNE_DOC.split("\n\n")[0],
                                 epilog="Exit status: 0 a winner written; 1 no candidate met the budget; 2 bad input.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--repo", type=Path, metavar="DIR", help="a repository built with build_repo.py --target local")
-    src.add_argument("--arch", choices=ARCHS, help="build one first (--target local, pt and onnx)")
+    src.add_argument("--repo", type=Path, action="append", metavar="DIR",
+                     help="a repository built with build_repo.py --target local; twice (one built with --runtime "
+                          "compiled, one with torchscript) to search both torch runtimes")
+    src.add_argument("--arch", choices=ARCHS, help="build one first (--target local, the --models asked for), one per "
+                                                   "--torch-runtimes value")
     p.add_argument("--weights", type=Path, help="with --arch: the weights to build with (default: seeded random)")
     p.add_argument("--p99-ms", type=float, required=True, metavar="MS", help="latency budget: p99 of a request")
     p.add_argument("-c", "--concurrency", type=concurrency_text, default="1:8:1", metavar="RANGE",
@@ -49,8 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shared-memory", choices=("none", "system"), default="none",
                    help="how perf_analyzer passes tensors (default none)")
     p.add_argument("-m", "--models", type=model_names, default=None, metavar="LIST",
-                   help="runtimes to try: pt (TorchScript), onnx (ONNX Runtime), ov (OpenVINO) (default pt,onnx, "
-                        "and ov where OpenVINO is installed; with --repo, those the repository holds)")
+                   help="models to try: pt (TorchScript or compiled), u8 (the same on UINT8 pixels), onnx (ONNX "
+                        "Runtime), ov, ov_u8 (OpenVINO) (default pt,onnx, and ov where OpenVINO is installed; with "
+                        "--repo, the tuner's models the repositories hold)")
+    p.add_argument("--torch-runtimes", type=choice_list(TORCH_RUNTIMES), default=None, metavar="LIST",
+                   help="with --arch: how the torch models run, torchscript and/or compiled (TorchInductor, GPU only) "
+                        "(default torchscript; with --repo: the repositories' own)")
+    p.add_argument("--cuda-graphs", type=choice_list(GRAPH_CHOICES), default=["none"], metavar="LIST",
+                   help="GPU: CUDA graphs the torch models capture, to try: none, preferred (the preferred sizes and "
+                        "max batch), all (every power of two up to max batch) (default none)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="GPU: the torch models' precision (fp16: computed in half, checked at load) (default fp32)")
     p.add_argument("--instances", type=int_list, metavar="LIST",
                    help="instance counts to try (default 1..the host's cores)")
     p.add_argument("--max-batch-sizes", type=int_list, default=[1, 2, 4, 8, 16], metavar="LIST",
@@ -79,11 +92,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.weights and not args.arch:
         p.error("--weights goes with --arch (a --repo is already built)")
     runtimes = {spec.name: key for key, spec in RUNTIMES.items()}
-    if args.models is None and args.repo is not None and (args.repo / MANIFEST_FILE).is_file():
-        held = json.loads((args.repo / MANIFEST_FILE).read_text()).get("models", [])
-        args.models = [name for name in runtimes if name in held]
-        if not args.models:
-            p.error(f"--repo {args.repo} holds none of the models the tuner serves ({', '.join(runtimes)})")
+    if args.repo and all((r / MANIFEST_FILE).is_file() for r in args.repo):  # else: refused by tune(), with why
+        manifests = [json.loads((r / MANIFEST_FILE).read_text()) for r in args.repo]
+        held_by = [set(m.get("models", [])) for m in manifests]
+        if args.torch_runtimes is not None:
+            p.error("--torch-runtimes goes with --arch: a --repo's runtime is the one it was built with")
+        args.torch_runtimes = [m.get("runtime", "torchscript") for m in manifests]
+        if len(args.repo) > 2 or len(set(args.torch_runtimes)) < len(args.repo):
+            p.error("--repo: one repository, or two built with different --runtime (torchscript and compiled)")
+        if args.models is None:  # torch models: in every repository (one per runtime); the others: in any
+            args.models = [name for name in runtimes if any(name in h for h in held_by)
+                           and (runtimes[name] not in TORCH_KEYS or all(name in h for h in held_by))]
+            if not args.models:
+                p.error(f"--repo {', '.join(map(str, args.repo))}: none of the models the tuner serves "
+                        f"({', '.join(runtimes)}) is there")
+    args.torch_runtimes = args.torch_runtimes or ["torchscript"]
     if args.models is None:
         args.models = [PT.name, ONNX.name] + ([OV.name] if importlib.util.find_spec("openvino") else [])
     bad = [m for m in args.models if m not in runtimes]
