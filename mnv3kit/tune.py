@@ -54,6 +54,7 @@ from .spec import ONNX, OV, OV_U8, PT, U8
 RUNTIMES = {spec.key: spec for spec in (PT, U8, ONNX, OV, OV_U8)}  # what the tuner can serve a candidate with
 TORCH_KEYS = (PT.key, U8.key)  # the models --runtime (torchscript | compiled) applies to
 GRAPH_CHOICES = ("none", "preferred", "all")
+MARKERS = "osv^D"  # pareto.png: one per RUNTIMES key, in order
 
 PRUNE_RUNTIME = 0.8  # a runtime whose default scores below this fraction of the best one's is not refined
 MIN_GAIN = 1.03  # a move must beat the incumbent by 3 %: less is within a busy machine's noise
@@ -401,7 +402,7 @@ def pareto(points: List[dict]) -> List[dict]:
 def plot(points: List[dict], budget_ms: float, winner: Optional[dict], default: Optional[dict], title: str,
          path: Path) -> None:
     fig, ax = latency_axes(title, fontsize=9)
-    for runtime, marker in zip(RUNTIMES, "os^"):
+    for runtime, marker in zip(RUNTIMES, MARKERS):
         mine = [p for p in points if p["runtime"] == runtime]
         if mine:
             ax.scatter([p["p99_ms"] for p in mine], [p["throughput"] for p in mine], marker=marker, alpha=0.4,

@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from mnv3kit.tune import (GRAPH_CHOICES, MIN_GAIN, NOISE, PREFERRED_CHOICES, PRUNE_RUNTIME, REPEATS, TORCH_KEYS,
-                          Candidate, Result, Search, Space, default_candidate, graph_sizes, preferred_for)
+from mnv3kit.tune import (GRAPH_CHOICES, MARKERS, MIN_GAIN, NOISE, PREFERRED_CHOICES, PRUNE_RUNTIME, REPEATS,
+                          RUNTIMES, TORCH_KEYS, Candidate, Result, Search, Space, default_candidate, graph_sizes,
+                          preferred_for)
 
 BUDGET_MS = 100.0
 CLIENTS = 8  # max batch 16 is over it: never measured
@@ -248,6 +249,10 @@ def gpu_surface(c: Candidate) -> float:
     batching = DELAY_US[c.delay_us] * PREFERRED[choice(c)] if c.max_batch > 1 else 1.0
     return (100 * GPU_RUNTIME[c.runtime] * COMPILED[c.compiled] * GRAPHS[c.graphs] * INSTANCES[c.instances]
             * MAX_BATCH[c.max_batch] * batching)
+
+
+def test_every_runtime_has_its_marker_in_the_plot():
+    assert len(MARKERS) == len(set(MARKERS)) == len(RUNTIMES)
 
 
 def test_graph_sizes():
