@@ -1,4 +1,4 @@
-"""Processes seen through /proc: liveness, a process tree, resident memory. Used by the embedded server, its
+"""Processes seen through /proc: liveness, a process tree, resident memory, CPU time. Used by the embedded server, its
 watchdog, the readiness command and the load harnesses."""
 
 import os
@@ -44,3 +44,15 @@ def rss_mb(pid: int, tree: bool = True) -> float:
         except OSError:
             pass
     return total / 1024
+
+
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU time of a process and (tree) its live descendants, seconds."""
+    total = 0
+    for p in descendants(pid) if tree else [pid]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return total / os.sysconf("SC_CLK_TCK")

@@ -7,8 +7,9 @@ Starts serve.py's server on loopback (random ports), measures capacity with a cl
 2 x max_batch_size concurrent batch-1 requests), then sends batch-1 requests at --factor x capacity, open loop, for
 --duration seconds and waits for every answer. Prints one JSON object: capacity, rate sent, answered / rejected
 (Triton's queue policy: UNAVAILABLE) / failed, p50 and p99 latency of the answered requests, p99 of the rejections,
-the time to drain after the last request, and the server's resident memory (tritonserver + stubs) before, at its
-peak and after. Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound).
+the time to drain after the last request, the server's resident memory (tritonserver + stubs) before, at its
+peak and after, and the cores the server and this client used during the probe and the overload (on a small host
+the client's share is taken from the server). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound).
 """
 
 import argparse
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     with cli_errors():
         from mnv3kit.measure.loadgen import OpenLoop, capacity, summarize
-        from mnv3kit.process import rss_mb
+        from mnv3kit.process import cpu_seconds, rss_mb
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import parse_config, queue_bound
 
@@ -46,7 +47,16 @@ def main(argv=None) -> int:
             raise KitError(f"{args.repo} has no model {args.model!r}")
         config = parse_config(args.repo / args.model / "config.pbtxt")
         with LocalTriton(args.repo, Ports.free()) as server:
-            cap = capacity(server.grpc_url, spec, args.probe_s, 2 * max(1, config.max_batch_size))
+            def cores(run):
+                """run(), and the cores the server's process tree and this process used meanwhile."""
+                start, server_cpu, own_cpu = time.monotonic(), cpu_seconds(server.proc.pid), time.process_time()
+                value = run()
+                wall = time.monotonic() - start
+                return value, {"server": round((cpu_seconds(server.proc.pid) - server_cpu) / wall, 2),
+                               "client": round((time.process_time() - own_cpu) / wall, 2)}
+
+            cap, probe_cores = cores(lambda: capacity(server.grpc_url, spec, args.probe_s,
+                                                      2 * max(1, config.max_batch_size)))
             rate = args.rate or args.factor * cap
             time.sleep(2)  # let the probe's queue empty
             before = rss_mb(server.proc.pid)
@@ -60,7 +70,7 @@ def main(argv=None) -> int:
             sampler = threading.Thread(target=sample)
             sampler.start()
             load = OpenLoop(server.grpc_url, spec, timeout_s=args.timeout)
-            outcomes = load.run(rate, args.duration)
+            outcomes, load_cores = cores(lambda: load.run(rate, args.duration))
             load.close()
             last_sent = max(o.sent for o in outcomes)
             time.sleep(5)
@@ -71,7 +81,8 @@ def main(argv=None) -> int:
                       "capacity_rps": round(cap, 1), "duration_s": args.duration,
                       **summarize(outcomes, args.duration),
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
-                      "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])}}
+                      "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])},
+                      "cores": {"probe": probe_cores, "overload": load_cores}}
         print(json.dumps(result))
         return 0
 

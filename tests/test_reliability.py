@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
 from mnv3kit.measure.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.measure.loadgen import OpenLoop, background_load, capacity, summarize
-from mnv3kit.process import descendants, rss_mb
+from mnv3kit.process import cpu_seconds, descendants, rss_mb
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT
@@ -189,6 +189,13 @@ def test_memory_of_refused_200_mb_requests_is_given_back(server):
     assert rss["status"] == "INVALID_ARGUMENT", rss
     assert rss["after_10"] < rss["before"] + 400, rss  # at most two messages' worth in flight, not ten
     assert rss["5s_later"] < rss["before"] + 50, rss
+
+
+def test_cpu_seconds_counts_a_busy_process():
+    before, start = cpu_seconds(os.getpid(), tree=False), time.process_time()
+    while time.process_time() - start < 0.3:
+        pass
+    assert 0.2 < cpu_seconds(os.getpid(), tree=False) - before < 1.0
 
 
 def test_overload_is_refused_fast_and_memory_stays_bounded(server):

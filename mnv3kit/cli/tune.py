@@ -43,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--repo", type=Path, action="append", metavar="DIR",
                      help="a repository built with build_repo.py --target local; twice (one built with --runtime "
                           "compiled, one with torchscript) to search both torch runtimes")
-    src.add_argument("--arch", choices=ARCHS, help="build one first (--target local, the --models asked for), one per "
-                                                   "--torch-runtimes value")
+    src.add_argument("--arch", choices=ARCHS, help="build one first (--target local, the models asked for), one per "
+                                                   "torch runtime asked for")
     p.add_argument("--weights", type=Path, help="with --arch: the weights to build with (default: seeded random)")
     p.add_argument("--p99-ms", type=float, required=True, metavar="MS", help="latency budget: p99 of a request")
     p.add_argument("-c", "--concurrency", type=concurrency_text, default="1:8:1", metavar="RANGE",
