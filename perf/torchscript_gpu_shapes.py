@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """TorchScript on a GPU under the batch sizes a dynamic batcher forms: what each new size costs the first time, and
 the steady speed, with cuDNN's autotuner (torch.backends.cudnn.benchmark) off (the kit's runner without CUDA graphs)
-and on.
+and on, with cuDNN off, and in channels-last memory format.
 
   python perf/torchscript_gpu_shapes.py --arch large --precision fp16 -o perf/out/ts-shapes
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 SIZES = [1, 3, 8, 5, 2, 7, 4, 6, 16, 32, 64, 33, 17, 12, 48, 1, 8, 64]  # new sizes first, then seen ones
-VARIANTS = ("cudnn-benchmark", "no-cudnn-benchmark")
+VARIANTS = ("cudnn-benchmark", "no-cudnn-benchmark", "cudnn-off", "channels-last")
 
 
 def child(variant: str, arch: str, precision: str, pt: Path) -> dict:
@@ -28,7 +28,8 @@ def child(variant: str, arch: str, precision: str, pt: Path) -> dict:
     from mnv3kit.backend.classifier_model import TorchRunner
     from mnv3kit.model import build_model
 
-    run = TorchRunner(str(pt), "cuda:0", precision)
+    torch.backends.cudnn.enabled = variant != "cudnn-off"
+    run = TorchRunner(str(pt), "cuda:0", precision, channels_last=variant == "channels-last")
     torch.backends.cudnn.benchmark = variant == "cudnn-benchmark"  # the runner sets it only with CUDA graphs
     eager = build_model(arch, 5, seed=0).eval()
     rng = torch.Generator().manual_seed(0)
@@ -60,9 +61,13 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="large", choices=("large", "small"))
     p.add_argument("--precision", default="fp16", choices=("fp32", "fp16"))
     p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (default all)")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--pt", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants {','.join(bad)}: choose from {', '.join(VARIANTS)}")
     if args.child:
         print(json.dumps(child(args.child, args.arch, args.precision, args.pt)))
         return 0
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pt = Path(tmp) / "model.pt"
         export_torchscript(build_model(args.arch, 5, seed=0).eval(), pt)
-        for variant in VARIANTS:
+        for variant in args.variants.split(","):
             proc = subprocess.run([sys.executable, __file__, "--child", variant, "--arch", args.arch, "--precision",
                                    args.precision, "--pt", str(pt), "-o", str(args.output)],
                                   capture_output=True, text=True, check=True)
