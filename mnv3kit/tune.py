@@ -116,6 +116,11 @@ def graph_sizes(choice: str, max_batch: int, preferred: Tuple[int, ...]) -> Tupl
     return tuple(sorted({*(1 << k for k in range(max_batch.bit_length()) if 1 << k <= max_batch), max_batch}))
 
 
+def source_of(sources: Dict[bool, Path], candidate: Candidate) -> Path:
+    """The built repository ``candidate``'s artifact comes from: its torch runtime's (onnx, ov: any has them)."""
+    return sources.get(candidate.compiled) or next(iter(sources.values()))
+
+
 def default_candidate(runtime: str, compiled: bool = False) -> Candidate:
     return Candidate(runtime, 1, DEFAULT_MAX_BATCH, DEFAULT.preferred, DEFAULT.queue_delay_us, compiled)
 
@@ -249,7 +254,7 @@ class TritonMeasurer:
             if self.loaded and self.loaded != name:  # one model at a time: an idle one would still hold memory
                 self.triton.unload(self.loaded)
                 self.loaded = None
-            source = self.sources.get(candidate.compiled) or self.sources[True]  # onnx, ov: any source has them
+            source = source_of(self.sources, candidate)
             if self.copied.get(name, source) != source:  # the other torch runtime's artifact: copied anew
                 shutil.rmtree(self.work / name)
             render_model(source, self.work, candidate.spec, candidate.config(self.base, self.kind, self.clients))
@@ -523,20 +528,20 @@ def tune(args: argparse.Namespace, ports) -> int:
         work = Path(tmp) / "repository"
         work.mkdir()
         first = space.defaults()[0]
-        render_model(sources[first.compiled], work, first.spec,
+        render_model(source_of(sources, first), work, first.spec,
                      first.config(base, kind, max(concurrency_range(args.concurrency))))
         deadline = started + args.budget_min * 60
         with LocalTriton(work, ports, log_path=out / "tritonserver.log") as triton:
             measurer = TritonMeasurer(sources, out, triton, work, base, kind, args.protocol, settings,
                                       args.p99_ms, deadline)
-            measurer.loaded, measurer.copied[first.spec.name] = first.spec.name, sources[first.compiled]
+            measurer.loaded, measurer.copied[first.spec.name] = first.spec.name, source_of(sources, first)
             search = Search(measurer, space, measurer.clients, args.p99_ms, deadline)
             best = search.search()
             default = search.best(space.defaults())
             confirmed = (search.confirm(best, default, args.confirm) if args.confirm and best and default
                          and best != default else None)
         if best is not None:
-            rerender(Path(sources[best.compiled]), winner_dir, best.spec, best.config(base, kind, measurer.clients),
+            rerender(Path(source_of(sources, best)), winner_dir, best.spec, best.config(base, kind, measurer.clients),
                      {"tuned": {"p99_ms": args.p99_ms, "concurrency": args.concurrency, "protocol": args.protocol,
                                 "candidate": asdict(best), "report": str(out / REPORT_MD)}})
         arch = manifest.get("arch", "?")

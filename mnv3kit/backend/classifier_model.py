@@ -96,6 +96,8 @@ class TorchRunner:
         self.compiled = isinstance(source, (str, Path)) and str(source).endswith(COMPILED_SUFFIX)
         self.runtime = "compiled" if self.compiled else "torchscript" if isinstance(source, (str, Path)) else "eager"
         self.module = self._load(source)
+        # oneDNN's ReLU/HSwish (optimize_for_inference in _load) turn NaN inputs into finite logits
+        self.clamps_nan = self.runtime == "torchscript" and not on_gpu
         self.uint8_input = uint8_input
         if uint8_input:  # (x / 255 - mean) / std  ==  x * scale + shift
             m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -233,6 +235,8 @@ class TorchRunner:
 
 
 class OnnxRunner:
+    clamps_nan = False  # NaN inputs give NaN logits, which logit_responses refuses
+
     def __init__(self, path: str, input_name: str, device_id: Optional[int] = None):
         import onnxruntime as ort
 
@@ -254,6 +258,8 @@ class OpenVinoRunner:
     The precision is always set: OpenVINO's own default on a CPU with BF16 (AVX512_BF16 or AMX) is BF16, which would
     not serve the FP32 model the build checked. LATENCY is one stream over every core: on 2 cores the fastest for
     batches 1-8 (two streams halve each batch's threads and gain nothing back)."""
+
+    clamps_nan = True  # its CPU kernels' ReLU/HSwish turn NaN inputs into finite logits
 
     def __init__(self, path: str, precision: str = "fp32", threads: int = 0):
         import openvino as ov
@@ -327,19 +333,17 @@ class TritonPythonModel:
     def initialize(self, args):
         config, params, self.input_name, self.output_name = read_config(args)
         self.input_dtype = np.uint8 if config["input"][0]["data_type"] == "TYPE_UINT8" else np.float32
-        # OpenVINO's CPU kernels and oneDNN's (TorchScript on a CPU, optimized for inference) turn NaN inputs into
-        # finite logits (their ReLU/HSwish clamp them), so there the FP32 inputs are checked; a sum is finite exactly
-        # when no element is NaN or Inf (barring overflow of huge values)
-        on_cpu = args["model_instance_kind"] != "GPU"
-        self.check_inputs = self.input_dtype == np.float32 and (
-            params.get("runtime") == "openvino" or (params.get("runtime") == "torch" and on_cpu))
         self._take_streams = {}  # device -> the CUDA stream that copies GPU inputs out of their requests
         version_dir = Path(args["model_repository"]) / args["model_version"]
 
         def runner():
-            return make_runner(version_dir, params, args["model_instance_kind"] == "GPU",
-                               int(args["model_instance_device_id"]), self.input_dtype == np.uint8, self.input_name,
-                               args.get("model_instance_name", config["name"]))
+            forward = make_runner(version_dir, params, args["model_instance_kind"] == "GPU",
+                                  int(args["model_instance_device_id"]), self.input_dtype == np.uint8,
+                                  self.input_name, args.get("model_instance_name", config["name"]))
+            # a runner whose kernels turn NaN inputs into finite logits gets its FP32 inputs checked: a sum is finite
+            # exactly when no element is NaN or Inf (barring overflow of huge values)
+            self.check_inputs = self.input_dtype == np.float32 and forward.clamps_nan
+            return forward
 
         if pb_utils is None:  # in-process benchmarks: the runner alone, on this thread
             self.forward = runner()
