@@ -43,6 +43,7 @@ from itertools import product
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
+from .backend.classifier_model import bucket_sizes
 from .build import BuildOptions, build, built_config, render_model, rerender
 from .errors import KitError
 from .perf import PointFailed, Settings, concurrency_range, measure_point
@@ -113,7 +114,7 @@ def graph_sizes(choice: str, max_batch: int, preferred: Tuple[int, ...]) -> Tupl
         return ()
     if choice == "preferred":
         return tuple(sorted({*preferred, max_batch}))
-    return tuple(sorted({*(1 << k for k in range(max_batch.bit_length()) if 1 << k <= max_batch), max_batch}))
+    return tuple(bucket_sizes(max_batch))
 
 
 def source_of(sources: Dict[bool, Path], candidate: Candidate) -> Path:

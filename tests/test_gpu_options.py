@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 
 from conftest import ROOT, assert_one_line_error, run_cli
 from mnv3kit.backend import PYTHON_MODEL_FILES
-from mnv3kit.backend.classifier_model import RunnerError, TorchRunner
+from mnv3kit.backend.classifier_model import RunnerError, TorchRunner, bucket_sizes
 from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
 from mnv3kit.render import ConfigOptions, GpuOptions, Instances, render_config
@@ -133,3 +133,15 @@ def test_load_time_parity_gate(built_repo, tmp_path):
         with LocalTriton(broken, Ports.free()):
             pass
     assert "parity gate failed" in str(failure.value) and "--runtime torchscript" in str(failure.value)
+
+
+def test_bucket_sizes_cover_every_batch_up_to_max():
+    """A GPU TorchScript runner without CUDA graphs pads each call to one of these sizes, run at load: every batch
+    1..max must have one at most twice its size, and max batch must be one (no padding beyond it)."""
+    for max_batch in (1, 2, 5, 8, 48, 64):
+        sizes = bucket_sizes(max_batch)
+        assert sizes == sorted(set(sizes)) and sizes[-1] == max_batch
+        for n in range(1, max_batch + 1):
+            assert n <= next(b for b in sizes if b >= n) <= 2 * n
+    assert bucket_sizes(8) == [1, 2, 4, 8] and bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
+

@@ -60,6 +60,11 @@ def allowed_difference(reference: np.ndarray, tolerance: float) -> float:
     return tolerance * max(1.0, float(np.abs(reference).max()))
 
 
+def bucket_sizes(max_batch: int) -> list:
+    """Powers of two below max_batch, and max_batch."""
+    return [b for b in (2 ** i for i in range(max_batch.bit_length())) if b < max_batch] + [max_batch]
+
+
 class TorchRunner:
     """A torch model on CPU or GPU, called with host arrays and/or GPU tensors (one per request).
 
@@ -70,7 +75,7 @@ class TorchRunner:
     def __init__(self, source, device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
                  graph_batches: Sequence[int] = (), mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, uint8_input: bool = False,
-                 compile_cache: Optional[str] = None):
+                 compile_cache: Optional[str] = None, max_batch: int = 0):
         import torch
 
         self.torch = torch
@@ -105,13 +110,18 @@ class TorchRunner:
             self.scale = (1.0 / (255.0 * s)).to(self.device, self.dtype)
             self.shift = (-m / s).to(self.device, self.dtype)
         self.sizes = sorted(set(graph_batches))  # the batch sizes a call is padded to (compiled, or captured)
+        if on_gpu and self.runtime == "torchscript" and not self.sizes and max_batch:
+            # cuDNN 9 chooses its kernels per input shape, and for FP16 on an H100 that costs ~1.5 s per new batch
+            # size (FP32 ~0.1 s; eager torch alike, 6-40 ms with cuDNN off: perf/torchscript_gpu_shapes.py), which
+            # a dynamic batcher would meet on clients' requests: calls are padded to powers of two, each run at load.
+            self.sizes = bucket_sizes(max_batch)
         if self.compiled:
             self.module = self._compile(self.module, compile_cache)
         self.graphs: Dict[int, tuple] = {}
-        if on_gpu:
+        if on_gpu and graph_batches:
             for batch in self.sizes:
                 self._capture(batch)
-        elif self.compiled:
+        elif self.compiled or on_gpu:
             for batch in self.sizes:  # compile every size now, not on a client's request
                 self._run(self._zeros(batch))
 
@@ -198,8 +208,9 @@ class TorchRunner:
         if size not in self.graphs:
             tensors = [torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts]
             x = tensors[0] if len(tensors) == 1 else torch.cat([t.to(self.device) for t in tensors])
-            if size is not None and self.compiled:  # compiled on CPU: pad to a compiled size
-                x = torch.cat([x, torch.zeros((size - n, *x.shape[1:]), dtype=x.dtype)])
+            if size is not None and size > n:  # pad to a compiled (CPU) or warmed (GPU) size
+                x = torch.cat([x.to(self.device), torch.zeros((size - n, *x.shape[1:]), dtype=x.dtype,
+                                                              device=self.device)])
             return self._run(x.to(self.device))[:n].cpu().numpy()
         graph, static_in, pinned, static_out = self.graphs[size]
         start = 0
@@ -286,9 +297,10 @@ class OpenVinoRunner:
 
 
 def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, uint8_input: bool, input_name: str,
-                label: str):
+                label: str, max_batch: int = 0):
     """TorchRunner (checked against the build's logits in version_dir's parity.npz), OnnxRunner or OpenVinoRunner,
-    for the artifact in ``version_dir`` as the config's parameters say; ``label`` names the model in messages."""
+    for the artifact in ``version_dir`` as the config's parameters say; ``label`` names the model in messages and
+    ``max_batch`` is the largest batch it will be given."""
     artifact = str(version_dir / params["artifact"])
     runtime = params["runtime"]
     error = pb_utils.TritonModelException if pb_utils else RuntimeError
@@ -299,7 +311,7 @@ def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, u
                 params.get("channels_last") == "true",
                 [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
                 _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input,
-                params.get("compile_cache") or None)
+                params.get("compile_cache") or None, max_batch)
             if (version_dir / PARITY_FILE).is_file():
                 summary = runner.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
                 _log(f"{label}: {summary}")
@@ -339,7 +351,8 @@ class TritonPythonModel:
         def runner():
             forward = make_runner(version_dir, params, args["model_instance_kind"] == "GPU",
                                   int(args["model_instance_device_id"]), self.input_dtype == np.uint8,
-                                  self.input_name, args.get("model_instance_name", config["name"]))
+                                  self.input_name, args.get("model_instance_name", config["name"]),
+                                  int(config.get("max_batch_size", 0)))
             # a runner whose kernels turn NaN inputs into finite logits gets its FP32 inputs checked: a sum is finite
             # exactly when no element is NaN or Inf (barring overflow of huge values)
             self.check_inputs = self.input_dtype == np.float32 and forward.clamps_nan

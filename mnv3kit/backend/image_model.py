@@ -46,7 +46,7 @@ class TritonPythonModel:
             self.preprocess.bind_thread()
             self.forward = make_runner(classifier_dir, params, args["model_instance_kind"] == "GPU",
                                        int(args["model_instance_device_id"]), pixels, params["classifier_input_name"],
-                                       name)
+                                       name, int(config.get("max_batch_size", 0)))
 
         self.queue = RequestQueue(name, self._respond, lambda request: take_images(request, self.input_name),
                                   int(config.get("max_batch_size", 0)) or 1,

@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --arch: how the torch models run, torchscript and/or compiled (TorchInductor, GPU only) "
                         "(default torchscript; with --repo: the repositories' own)")
     p.add_argument("--cuda-graphs", type=choice_list(GRAPH_CHOICES), default=["none"], metavar="LIST",
-                   help="GPU: CUDA graphs the torch models capture, to try: none, preferred (the preferred sizes and "
-                        "max batch), all (every power of two up to max batch) (default none)")
+                   help="GPU: CUDA graphs the torch models capture, to try: none (calls padded to powers of two, "
+                        "each run once at load), preferred (the preferred sizes and max batch), all (every power of "
+                        "two up to max batch) (default none)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="GPU: the torch models' precision (fp16: computed in half, checked at load) (default fp32)")
     p.add_argument("--instances", type=int_list, metavar="LIST",
