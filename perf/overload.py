@@ -4,8 +4,9 @@
   python perf/overload.py --repo model_repository_local -m mobilenetv3_onnx --factor 2 --duration 60
 
 Starts serve.py's server on loopback (random ports), measures capacity with a closed loop (--probe-s seconds at
-2 x max_batch_size concurrent batch-1 requests), then sends batch-1 requests at --factor x capacity, open loop, for
---duration seconds and waits for every answer. Prints one JSON object: capacity, rate sent, answered / rejected
+2 x max_batch_size concurrent batch-1 requests, after a 3 s warm-up), then sends batch-1 requests at --factor x
+capacity, open loop, for --duration seconds, waits for every answer and measures capacity again. Prints one JSON
+object: capacity before and after, answered per second over the higher of the two, rate sent, answered / rejected
 (Triton's queue policy: UNAVAILABLE) / failed, p50 and p99 latency of the answered requests, p99 of the rejections,
 the time to drain after the last request, the server's resident memory (tritonserver + stubs) before, at its
 peak and after, and the cores the server and this client used during the probe and the overload (on a small host
@@ -55,8 +56,9 @@ def main(argv=None) -> int:
                 return value, {"server": round((cpu_seconds(server.proc.pid) - server_cpu) / wall, 2),
                                "client": round((time.process_time() - own_cpu) / wall, 2)}
 
-            cap, probe_cores = cores(lambda: capacity(server.grpc_url, spec, args.probe_s,
-                                                      2 * max(1, config.max_batch_size)))
+            clients = 2 * max(1, config.max_batch_size)
+            capacity(server.grpc_url, spec, 3.0, clients)  # warm-up: the first batches of each size cost more
+            cap, probe_cores = cores(lambda: capacity(server.grpc_url, spec, args.probe_s, clients))
             rate = args.rate or args.factor * cap
             time.sleep(2)  # let the probe's queue empty
             before = rss_mb(server.proc.pid)
@@ -76,10 +78,13 @@ def main(argv=None) -> int:
             time.sleep(5)
             stop.set()
             sampler.join()
+            cap_after = capacity(server.grpc_url, spec, args.probe_s, clients)
+            answered = summarize(outcomes, args.duration)
             bound, timeout_us = queue_bound(config)
             result = {"model": spec.name, "max_queue_size": bound, "queue_timeout_ms": timeout_us / 1000,
-                      "capacity_rps": round(cap, 1), "duration_s": args.duration,
-                      **summarize(outcomes, args.duration),
+                      "capacity_rps": round(cap, 1), "capacity_after_rps": round(cap_after, 1),
+                      "answered_vs_capacity": round(answered["ok"] / args.duration / max(cap, cap_after), 3),
+                      "duration_s": args.duration, **answered,
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
                       "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])},
                       "cores": {"probe": probe_cores, "overload": load_cores}}

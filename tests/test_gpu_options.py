@@ -145,3 +145,15 @@ def test_bucket_sizes_cover_every_batch_up_to_max():
             assert n <= next(b for b in sizes if b >= n) <= 2 * n
     assert bucket_sizes(8) == [1, 2, 4, 8] and bucket_sizes(48) == [1, 2, 4, 8, 16, 32, 48]
 
+
+def test_a_cpu_runner_yields_a_core_under_overload(built_repo):
+    """While its model refuses requests, a CPU torch runner computes on one thread fewer, then takes it back."""
+    import torch
+
+    runner = TorchRunner(str(built_repo("small", "local") / PT.name / "1" / PT.artifact))
+    threads = torch.get_num_threads()
+    runner.yield_core(True)
+    assert torch.get_num_threads() == max(1, threads - 1)
+    runner.yield_core(False)
+    assert torch.get_num_threads() == threads
+

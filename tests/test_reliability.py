@@ -217,6 +217,12 @@ def test_overload_is_refused_fast_and_memory_stays_bounded(server):
     assert summary["ok_p99_ms"] < (5 + 6 * batch_s) * 1000, (summary, batch_s)
     assert max(o.done for o in outcomes) - last_sent < 1 + 6 * batch_s, (summary, batch_s)
     assert rss_mb(server.proc.pid) < before + 500, summary
+    # the model computed on one thread fewer while it refused, and took its threads back a second after
+    time.sleep(1.5)
+    capacity(server.grpc_url, PT, 1, 1)
+    log = server.log_text()
+    assert "mobilenetv3_pt_0_0: overloaded, refusing requests beyond 32 waiting" in log, log[-2000:]
+    assert log.rindex("no longer overloaded") > log.rindex("overloaded, refusing"), log[-2000:]
 
 
 def stub_pids(root, model):

@@ -101,6 +101,7 @@ class TorchRunner:
         self.compiled = isinstance(source, (str, Path)) and str(source).endswith(COMPILED_SUFFIX)
         self.runtime = "compiled" if self.compiled else "torchscript" if isinstance(source, (str, Path)) else "eager"
         self.module = self._load(source)
+        self.threads = torch.get_num_threads()  # of the thread that made the runner, which runs it
         # oneDNN's ReLU/HSwish (optimize_for_inference in _load) turn NaN inputs into finite logits
         self.clamps_nan = self.runtime == "torchscript" and not on_gpu
         self.uint8_input = uint8_input
@@ -144,6 +145,14 @@ class TorchRunner:
                 # measured on an H200 it halves throughput at batch 64 (3.89 vs 1.99 ms per replay).
                 module = torch.jit.optimize_for_inference(module)
         return module
+
+    def yield_core(self, on: bool) -> None:
+        """While the model's queue refuses requests (overload), compute on one thread fewer on a CPU: taking requests
+        in (gRPC, tritonserver, the stub) and refusing them needs a core, and an OpenMP team that shares its cores
+        with them waits at every barrier for a preempted thread. Measured on 2 cores (Small, perf/overload.py at 2 x
+        capacity, perf/results/overload-20261205-2005): 149-154 answers/s with both threads, 335-346 yielding one."""
+        if self.device.type == "cpu" and self.threads > 1:
+            self.torch.set_num_threads(self.threads - 1 if on else self.threads)
 
     def _compile(self, module, cache: Optional[str]):
         """The network alone is compiled (the UINT8 normalization stays outside), so the FP32 and UINT8 models share
@@ -370,7 +379,8 @@ class TritonPythonModel:
         self.queue = RequestQueue(
             args.get("model_instance_name", config["name"]), self._respond, self._take,
             int(config.get("max_batch_size", 0)) or 1, int(params.get("max_queue_size", "0") or 0),
-            int(params.get("queue_timeout_us", "0") or 0), setup, _log)
+            int(params.get("queue_timeout_us", "0") or 0), setup, _log,
+            lambda on: isinstance(self.forward, TorchRunner) and self.forward.yield_core(on))
 
     def _take(self, request):
         """This request's input, copied: Triton frees the request's tensors when execute() returns."""

@@ -51,7 +51,8 @@ class TritonPythonModel:
         self.queue = RequestQueue(name, self._respond, lambda request: take_images(request, self.input_name),
                                   int(config.get("max_batch_size", 0)) or 1,
                                   int(params.get("max_queue_size", "0") or 0),
-                                  int(params.get("queue_timeout_us", "0") or 0), setup, pb_utils.Logger.log_warn)
+                                  int(params.get("queue_timeout_us", "0") or 0), setup, pb_utils.Logger.log_warn,
+                                  lambda on: isinstance(self.forward, TorchRunner) and self.forward.yield_core(on))
 
     def execute(self, requests):
         self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender

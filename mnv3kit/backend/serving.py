@@ -33,6 +33,7 @@ except ImportError:  # imported outside Triton by the kit's tests and benchmarks
 GATHER = 0.25
 QUEUE_FULL = "Exceeds maximum queue size"  # Triton's own message for a queue policy's refusal
 TIMED_OUT = "Request timeout expired"  # and for a request that waited past its timeout
+OVERLOAD_HOLD_S = 1.0  # the queue counts as overloaded this long after its last refusal
 
 
 def read_config(args: dict) -> Tuple[dict, Dict[str, str], str, str]:
@@ -60,11 +61,13 @@ class RequestQueue:
     ``take(request) -> (inputs, rows)`` copies what the worker needs out of a request: Triton frees a request's
     tensors when execute() returns. ``max_queue``: requests waiting (not counting the batch that runs), 0 for no
     bound; ``timeout_us``: how long one may wait, 0 for no limit, or the request's own timeout when it sets one.
+    The queue is overloaded while it refused a request within the last OVERLOAD_HOLD_S; when that changes, the
+    worker logs it and calls ``overload(on)``, if given, before its next batch.
     """
 
     def __init__(self, name: str, run: Callable[[list], list], take: Callable, max_batch: int, max_queue: int,
                  timeout_us: int, setup: Optional[Callable[[], None]] = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, overload: Optional[Callable[[bool], None]] = None):
         """``setup`` runs first, on the worker thread (what ``run`` needs made there); its exception is raised
         here."""
         self.name, self.run, self.take, self.log = name, run, take, log
@@ -73,6 +76,7 @@ class RequestQueue:
         self._ready = threading.Condition()
         self._closed = False
         self._last_rows, self._last_compute_s = 1, 0.0  # of the batch that ran last
+        self.overload, self._refused_at, self._overloaded = overload, -OVERLOAD_HOLD_S, False
         self._set_up = threading.Event()
         self._setup_error: Optional[BaseException] = None
         self._worker = threading.Thread(target=self._loop, args=(setup,), name=f"{name}-worker", daemon=True)
@@ -86,6 +90,8 @@ class RequestQueue:
         refused together when max_queue requests already wait: model_warmup's batch of single requests always fits."""
         with self._ready:
             full = self.max_queue and len(self._items) >= self.max_queue
+        if full:
+            self._refused_at = time.monotonic()
         for request in requests:
             sender = request.get_response_sender()
             if full:
@@ -146,6 +152,13 @@ class RequestQueue:
             if not batch:
                 continue
             started = time.monotonic()
+            overloaded = started - self._refused_at < OVERLOAD_HOLD_S
+            if overloaded != self._overloaded:
+                self._overloaded = overloaded
+                self.log(f"{self.name}: overloaded, refusing requests beyond {self.max_queue} waiting" if overloaded
+                         else f"{self.name}: no longer overloaded (no refusal for {OVERLOAD_HOLD_S:g} s)")
+                if self.overload is not None:
+                    self.overload(overloaded)
             try:
                 responses = self.run([item.inputs for item in batch])
             except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
