@@ -263,8 +263,21 @@ class OnnxRunner:
         providers = ["CPUExecutionProvider"]
         if device_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
-        self.session = ort.InferenceSession(path, providers=providers)
+        self.ort, self.path, self.providers = ort, path, providers
+        self.full = self.session = ort.InferenceSession(path, providers=providers)
+        self.lean = None  # a session on one thread fewer, made at the first overload
+        self.on_cpu = providers == ["CPUExecutionProvider"]
         self.input_name = input_name
+
+    def yield_core(self, on: bool) -> None:
+        """As TorchRunner.yield_core; ONNX Runtime fixes its threads per session, so a second session computes
+        then."""
+        threads = len(os.sched_getaffinity(0))
+        if on and self.lean is None and self.on_cpu and threads > 1:
+            options = self.ort.SessionOptions()
+            options.intra_op_num_threads = threads - 1
+            self.lean = self.ort.InferenceSession(self.path, options, providers=self.providers)
+        self.session = self.lean if on and self.lean is not None else self.full
 
     def __call__(self, *parts: np.ndarray) -> np.ndarray:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -294,15 +307,23 @@ class OpenVinoRunner:
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         self.compiled = core.compile_model(path, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.output = self.compiled.output(0)
+        self.full = self.request = self.compiled.create_infer_request()
         self.input_dtype = self.compiled.input(0).get_element_type().to_dtype()
+        self.core, self.path, self.config, self.lean = core, path, config, None
+
+    def yield_core(self, on: bool) -> None:
+        """As TorchRunner.yield_core; OpenVINO fixes its threads when it compiles, so a second compiled model (made
+        at the first overload) computes then."""
+        threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        if on and self.lean is None and threads > 1:
+            lean = self.core.compile_model(self.path, "CPU", {**self.config, "INFERENCE_NUM_THREADS": str(threads - 1)})
+            self.lean = lean.create_infer_request()
+        self.request = self.lean if on and self.lean is not None else self.full
 
     def __call__(self, *parts: np.ndarray) -> np.ndarray:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
         # share_inputs: the C-contiguous batch is read in place; the result is copied out of the request
-        return self.request.infer([np.ascontiguousarray(batch, self.input_dtype)], share_inputs=True)[
-            self.output].copy()
+        return self.request.infer([np.ascontiguousarray(batch, self.input_dtype)], share_inputs=True)[0].copy()
 
 
 def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, uint8_input: bool, input_name: str,
@@ -380,7 +401,7 @@ class TritonPythonModel:
             args.get("model_instance_name", config["name"]), self._respond, self._take,
             int(config.get("max_batch_size", 0)) or 1, int(params.get("max_queue_size", "0") or 0),
             int(params.get("queue_timeout_us", "0") or 0), setup, _log,
-            lambda on: isinstance(self.forward, TorchRunner) and self.forward.yield_core(on))
+            lambda on: self.forward.yield_core(on))
 
     def _take(self, request):
         """This request's input, copied: Triton frees the request's tensors when execute() returns."""

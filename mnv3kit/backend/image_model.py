@@ -52,7 +52,7 @@ class TritonPythonModel:
                                   int(config.get("max_batch_size", 0)) or 1,
                                   int(params.get("max_queue_size", "0") or 0),
                                   int(params.get("queue_timeout_us", "0") or 0), setup, pb_utils.Logger.log_warn,
-                                  lambda on: isinstance(self.forward, TorchRunner) and self.forward.yield_core(on))
+                                  lambda on: self.forward.yield_core(on))
 
     def execute(self, requests):
         self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender
