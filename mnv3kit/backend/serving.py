@@ -157,8 +157,11 @@ class RequestQueue:
                 self._overloaded = overloaded
                 self.log(f"{self.name}: overloaded, refusing requests beyond {self.max_queue} waiting" if overloaded
                          else f"{self.name}: no longer overloaded (no refusal for {OVERLOAD_HOLD_S:g} s)")
-                if self.overload is not None:
-                    self.overload(overloaded)
+                try:
+                    if self.overload is not None:
+                        self.overload(overloaded)
+                except Exception as exc:  # noqa: BLE001 - the batch still runs, on the threads it had
+                    self.log(f"{self.name}: could not change its compute threads: {exc}")
             try:
                 responses = self.run([item.inputs for item in batch])
             except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
