@@ -60,6 +60,17 @@ def allowed_difference(reference: np.ndarray, tolerance: float) -> float:
     return tolerance * max(1.0, float(np.abs(reference).max()))
 
 
+def physical_cores() -> int:
+    """The cores this process may run on, the hyperthreads of a core counted once (ONNX Runtime's default thread
+    count is the physical cores: counting logical CPUs would give a "smaller" session more threads on SMT hosts)."""
+    cpus = os.sched_getaffinity(0)
+    try:
+        return len({Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+                    for cpu in cpus})
+    except OSError:  # no sysfs topology: every CPU a core
+        return len(cpus)
+
+
 def bucket_sizes(max_batch: int) -> list:
     """Powers of two below max_batch, and max_batch."""
     return [b for b in (2 ** i for i in range(max_batch.bit_length())) if b < max_batch] + [max_batch]
@@ -272,7 +283,7 @@ class OnnxRunner:
     def yield_core(self, on: bool) -> None:
         """As TorchRunner.yield_core; ONNX Runtime fixes its threads per session, so a second session computes
         then."""
-        threads = len(os.sched_getaffinity(0))
+        threads = physical_cores()
         if on and self.lean is None and self.on_cpu and threads > 1:
             options = self.ort.SessionOptions()
             options.intra_op_num_threads = threads - 1

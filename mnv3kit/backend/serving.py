@@ -160,8 +160,8 @@ class RequestQueue:
                 try:
                     if self.overload is not None:
                         self.overload(overloaded)
-                except Exception as exc:  # noqa: BLE001 - the batch still runs, on the threads it had
-                    self.log(f"{self.name}: could not change its compute threads: {exc}")
+                except Exception as exc:  # noqa: BLE001 - the batch still runs as it would have
+                    self.log(f"{self.name}: could not adapt to the overload: {exc}")
             try:
                 responses = self.run([item.inputs for item in batch])
             except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
