@@ -9,9 +9,11 @@
 Serves a copy of the repository with serve.py's server and watchdog (loopback, random ports) and sends batch-1
 requests to mobilenetv3_pt over gRPC at --rate per second. stub-kill: after 5 s, kill -9 of the model's python
 backend stub. update: after 5 s, build_repo.py --weights WEIGHTS into the served repository (the flags the copy was
-built with: arch and target from its manifest). Prints one JSON object: requests sent / answered / rejected / failed,
+built with: arch and target from its manifest). The requests carry real photographs and every answer is checked
+against logits computed in-process from the repository's artifact (for update: the old or the new weights', the new
+built beforehand into a scratch repository). Prints one JSON object: requests sent / right / wrong / rejected / failed,
 failed requests after the fault, when the model was READY again (or the new build served), and how long
-/v2/health/ready and the model's readiness reported not-ready.
+/v2/health/ready and the model's readiness reported not-ready; exit 1 when an answer was wrong.
 malformed: serves the repository as it is and sends each malformed request kind (mnv3kit/measure/faults.py) over raw HTTP
 and gRPC, each followed by readiness checks and a real photograph's logits, which must stay bit-identical, and last
 the request known to kill Triton 2.51 (deeply nested JSON); writes malformed.md and malformed.json into --output.
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
         if args.fault == "memory":
             return memory(args.repo, args.output, args.count)
         from mnv3kit.measure.loadgen import background_load, summarize
+        from mnv3kit.measure.soak import targets
         from mnv3kit.process import descendants
         from mnv3kit.repository import read_manifest
         from mnv3kit.server import LocalTriton, Ports
@@ -67,7 +70,18 @@ def main(argv=None) -> int:
         work = Path(tempfile.mkdtemp(prefix="mnv3kit-faults-"))
         repo = work / "repo"
         shutil.copytree(args.repo, repo)
+
+        def rebuild(into: Path) -> None:
+            subprocess.run([sys.executable, "-m", "mnv3kit.cli.build", "--target", manifest["target"],
+                            "--arch", manifest["arch"], "--weights", str(args.weights), "-o", str(into)],
+                           check=True, capture_output=True)
+
         try:
+            (target,) = targets(repo, [PT.name], work)
+            alternatives = []
+            if args.fault == "update":  # the answers of the new weights, from a build of them of its own
+                rebuild(work / "next")
+                alternatives = targets(work / "next", [PT.name], work)
             with LocalTriton(repo, Ports.free()) as server:
                 watchdog = Watchdog(server, log=lambda line: print(line, file=sys.stderr, flush=True))
                 watchdog.start()
@@ -82,7 +96,7 @@ def main(argv=None) -> int:
 
                 prober = threading.Thread(target=probes)
                 prober.start()
-                with background_load(server.grpc_url, PT, args.rate) as outcomes:
+                with background_load(server.grpc_url, target, args.rate, alternatives=alternatives) as outcomes:
                     time.sleep(5)
                     fault_at = time.monotonic()
                     if args.fault == "stub-kill":
@@ -90,9 +104,7 @@ def main(argv=None) -> int:
                                     if f"/{PT.name}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
                         os.kill(stub, signal.SIGKILL)
                     else:
-                        subprocess.run([sys.executable, "-m", "mnv3kit.cli.build", "--target", manifest["target"],
-                                        "--arch", manifest["arch"], "--weights", str(args.weights), "-o", str(repo)],
-                                       check=True, capture_output=True)
+                        rebuild(repo)
                     while not watchdog.events and time.monotonic() - fault_at < 300:
                         time.sleep(0.1)
                     recovered_at = time.monotonic()
@@ -112,7 +124,7 @@ def main(argv=None) -> int:
                                                       default=float("nan")), 2),
                   "not_ready_s": {k: round(v, 1) for k, v in not_ready.items()}}
         print(json.dumps(result))
-        return 0
+        return 1 if result["wrong"] else 0
 
 
 def malformed(repo: Path, output: Path) -> int:

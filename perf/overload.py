@@ -5,23 +5,30 @@
 
 Starts serve.py's server on loopback (random ports), measures capacity with a closed loop (--probe-s seconds at
 2 x max_batch_size concurrent batch-1 requests, after a 3 s warm-up), then sends batch-1 requests at --factor x
-capacity, open loop, for --duration seconds, waits for every answer and measures capacity again. Prints one JSON
-object: capacity before and after, answered per second over the higher of the two, rate sent, answered / rejected
-(Triton's queue policy: UNAVAILABLE) / failed, p50 and p99 latency of the answered requests, p99 of the rejections,
+capacity, open loop, for --duration seconds, waits for every answer and measures capacity again. The requests carry
+real photographs and every answer, probes included, is checked against logits computed in-process from the
+repository's artifact at the model's tolerance (the soak's reference). Prints one JSON object: capacity before and
+after, right answers per second over the higher of the two, rate sent, right / wrong / rejected (Triton's queue
+policy: UNAVAILABLE) / failed, the probes' wrong answers, p50 and p99 latency of the answers, p99 of the rejections,
 the time to drain after the last request, the server's resident memory (tritonserver + stubs) before, at its
-peak and after, and the cores the server and this client used during the probe and the overload (on a small host
-the client's share is taken from the server). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound).
+peak and after, and the cores the server and this client used during the probes and the overload (on a small host
+the client's share is taken from the server: per_server_core_vs_capacity is right answers per second per core the
+server used, over the same at capacity, the better probe). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound).
+Exit status: 0, or 1 when an answer was wrong or a request failed other than by the queue's refusal.
 """
 
 import argparse
 import json
 import sys
+import tempfile
 import threading
 import time
 
 
 from mnv3kit.cli import add_repo, model_name
 from mnv3kit.errors import KitError, cli_errors
+from pathlib import Path
+
 from mnv3kit.spec import MODELS_BY_NAME, ONNX
 
 
@@ -39,6 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     with cli_errors():
         from mnv3kit.measure.loadgen import OpenLoop, capacity, summarize
+        from mnv3kit.measure.soak import targets
         from mnv3kit.process import cpu_seconds, rss_mb
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import parse_config, queue_bound
@@ -47,6 +55,8 @@ def main(argv=None) -> int:
         if spec is None or not (args.repo / args.model / "config.pbtxt").is_file():
             raise KitError(f"{args.repo} has no model {args.model!r}")
         config = parse_config(args.repo / args.model / "config.pbtxt")
+        with tempfile.TemporaryDirectory(prefix="mnv3kit-overload-") as work:
+            (target,) = targets(args.repo, [args.model], Path(work))
         with LocalTriton(args.repo, Ports.free()) as server:
             def cores(run):
                 """run(), and the cores the server's process tree and this process used meanwhile."""
@@ -57,8 +67,9 @@ def main(argv=None) -> int:
                                "client": round((time.process_time() - own_cpu) / wall, 2)}
 
             clients = 2 * max(1, config.max_batch_size)
-            capacity(server.grpc_url, spec, 3.0, clients)  # warm-up: the first batches of each size cost more
-            cap, probe_cores = cores(lambda: capacity(server.grpc_url, spec, args.probe_s, clients))
+            _, probe_wrong = capacity(server.grpc_url, target, 3.0, clients)  # warm-up: new batch sizes cost more
+            (cap, wrong), probe_cores = cores(lambda: capacity(server.grpc_url, target, args.probe_s, clients))
+            probe_wrong += wrong
             rate = args.rate or args.factor * cap
             time.sleep(2)  # let the probe's queue empty
             before = rss_mb(server.proc.pid)
@@ -71,25 +82,31 @@ def main(argv=None) -> int:
 
             sampler = threading.Thread(target=sample)
             sampler.start()
-            load = OpenLoop(server.grpc_url, spec, timeout_s=args.timeout)
+            load = OpenLoop(server.grpc_url, target, timeout_s=args.timeout)
             outcomes, load_cores = cores(lambda: load.run(rate, args.duration))
             load.close()
             last_sent = max(o.sent for o in outcomes)
             time.sleep(5)
             stop.set()
             sampler.join()
-            cap_after = capacity(server.grpc_url, spec, args.probe_s, clients)
+            (cap_after, wrong), after_cores = cores(lambda: capacity(server.grpc_url, target, args.probe_s, clients))
+            probe_wrong += wrong
             answered = summarize(outcomes, args.duration)
+            # per core of the server: on a small host the open-loop client's CPU (more requests to send than at
+            # capacity) is taken from the server, which a client on another host would not take
+            per_core = max(cap / max(probe_cores["server"], 0.01), cap_after / max(after_cores["server"], 0.01))
+            served_per_core = answered["ok"] / args.duration / max(load_cores["server"], 0.01)
             bound, timeout_us = queue_bound(config)
             result = {"model": spec.name, "max_queue_size": bound, "queue_timeout_ms": timeout_us / 1000,
                       "capacity_rps": round(cap, 1), "capacity_after_rps": round(cap_after, 1),
                       "answered_vs_capacity": round(answered["ok"] / args.duration / max(cap, cap_after), 3),
-                      "duration_s": args.duration, **answered,
+                      "per_server_core_vs_capacity": round(served_per_core / per_core, 3),
+                      "duration_s": args.duration, **answered, "probes_wrong": probe_wrong,
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
                       "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])},
-                      "cores": {"probe": probe_cores, "overload": load_cores}}
+                      "cores": {"probe": probe_cores, "overload": load_cores, "probe_after": after_cores}}
         print(json.dumps(result))
-        return 0
+        return 1 if answered["wrong"] or answered["failed"] or probe_wrong else 0
 
 
 if __name__ == "__main__":

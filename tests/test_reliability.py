@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
 from mnv3kit.measure.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.measure.loadgen import OpenLoop, background_load, capacity, summarize
+from mnv3kit.measure.soak import targets
 from mnv3kit.process import cpu_seconds, descendants, rss_mb
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
@@ -32,6 +34,13 @@ from mnv3kit.weights import load_model
 def server(built_repo):
     with LocalTriton(built_repo("small", "local"), Ports.free()) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def load_target(built_repo, tmp_path_factory):
+    """mobilenetv3_pt's photographs and their in-process logits: what the load generator sends and checks."""
+    (target,) = targets(built_repo("small", "local"), [PT.name], tmp_path_factory.mktemp("load"))
+    return target
 
 
 def http_status(server, method, path, body=None, key=None):
@@ -198,16 +207,30 @@ def test_cpu_seconds_counts_a_busy_process():
     assert 0.2 < cpu_seconds(os.getpid(), tree=False) - before < 1.0
 
 
-def test_overload_is_refused_fast_and_memory_stays_bounded(server):
+def test_the_load_generator_checks_every_answer(server, load_target):
+    """Answers against logits they do not match are counted wrong, not ok; with those logits accepted, ok."""
+    shifted = replace(load_target, reference=load_target.reference + 1.0)
+    for alternatives, wrong in (((), True), ((load_target,), False)):
+        load = OpenLoop(server.grpc_url, shifted, alternatives=alternatives)
+        summary = summarize(load.run(10, 1), 1)
+        load.close()
+        assert summary["sent"] > 5 and summary["failed"] == summary["rejected"] == 0, summary
+        assert (summary["wrong"], summary["ok"]) == ((summary["sent"], 0) if wrong else (0, summary["sent"])), summary
+        assert ("max |Δlogit|" in summary["wrong_examples"][0]) if wrong else not summary["wrong_examples"], summary
+    assert capacity(server.grpc_url, shifted, 1, 2)[1] > 0
+
+
+def test_overload_is_refused_fast_and_memory_stays_bounded(server, load_target):
     """Open loop at 3x the measured capacity for 8 s: refusals instead of an ever-growing queue."""
-    cap = capacity(server.grpc_url, PT, 4, 16)
+    cap, wrong = capacity(server.grpc_url, load_target, 4, 16)
+    assert wrong == 0
     before = rss_mb(server.proc.pid)
-    load = OpenLoop(server.grpc_url, PT, timeout_s=120)
+    load = OpenLoop(server.grpc_url, load_target, timeout_s=120)
     outcomes = load.run(3 * cap, 10)
     load.close()
     summary = summarize(outcomes, 10)
     last_sent = max(o.sent for o in outcomes)
-    assert summary["failed"] == 0, summary
+    assert summary["failed"] == summary["wrong"] == 0, summary
     assert summary["rejected"] > 0 and summary["ok"] > 0, summary
     # one full batch of this model, at the slower of the closed-loop rate and the rate served during the overload
     # (on 2 cores the load generator takes CPU from the server: CI saw 24 answers/s served against 91 measured)
@@ -219,7 +242,7 @@ def test_overload_is_refused_fast_and_memory_stays_bounded(server):
     assert rss_mb(server.proc.pid) < before + 500, summary
     # the model computed on one thread fewer while it refused, and took its threads back a second after
     time.sleep(1.5)
-    capacity(server.grpc_url, PT, 1, 1)
+    capacity(server.grpc_url, load_target, 1, 1)
     log = server.log_text()
     assert "mobilenetv3_pt_0_0: overloaded, refusing requests beyond 32 waiting" in log, log[-2000:]
     assert log.rindex("no longer overloaded") > log.rindex("overloaded, refusing"), log[-2000:]
@@ -309,7 +332,7 @@ def wait_for(lines, fragment, timeout, count=1):
     pytest.fail(f"no {fragment!r} (x{count}) within {timeout}s; serve.py said: {''.join(lines)}")
 
 
-def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
+def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path, load_target):
     """kill -9 of the model's backend process under load: Triton alone keeps failing every request for good."""
     repo = tmp_path / "repo"
     shutil.copytree(built_repo("small", "local"), repo)
@@ -317,7 +340,7 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
     proc = start_serve_py(repo, ports)
     said = stderr_lines(proc)
     try:
-        with background_load(f"127.0.0.1:{ports.grpc}", PT, rate=1) as outcomes:
+        with background_load(f"127.0.0.1:{ports.grpc}", load_target, rate=1) as outcomes:
             time.sleep(3)
             (stub,) = stub_pids(proc.pid, PT.name)
             killed = time.monotonic()
@@ -331,8 +354,8 @@ def test_dead_stub_is_detected_and_the_model_reloaded(built_repo, tmp_path):
         assert proc.wait(90) in (0, 1)
     before = [o for o in outcomes if o.done < killed]
     after = [o for o in outcomes if o.sent > recovered]
-    assert before and all(o.error is None for o in before)
-    assert after and all(o.error is None for o in after), [o.error for o in after]
+    assert before and all(o.error is None and o.wrong is None for o in before)
+    assert after and all(o.error is None and o.wrong is None for o in after), [(o.error, o.wrong) for o in after]
     assert recovered - killed < 60
 
 
@@ -467,7 +490,7 @@ def test_a_tritonserver_dying_right_after_it_is_ready_is_started_again_and_each_
         assert "Started GRPCInferenceService" in path.read_text(), path
 
 
-def test_rebuilt_repository_is_served_without_a_failed_request(built_repo, tmp_path, photos):
+def test_rebuilt_repository_is_served_without_a_failed_request(built_repo, tmp_path, photos, load_target):
     repo = tmp_path / "repo"
     shutil.copytree(built_repo("small", "local"), repo)
     model = load_model("small", None)[0]
@@ -481,7 +504,9 @@ def test_rebuilt_repository_is_served_without_a_failed_request(built_repo, tmp_p
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
     old = client.infer(PT.name, [grpc_input(PT, x)]).as_numpy(PT.output_name)
     try:
-        with background_load(f"127.0.0.1:{ports.grpc}", PT, rate=1) as outcomes:
+        # every answer is the old model's or the new one's (its bias moved every logit by +1)
+        new_target = replace(load_target, reference=load_target.reference + 1.0)
+        with background_load(f"127.0.0.1:{ports.grpc}", load_target, rate=1, alternatives=[new_target]) as outcomes:
             build = run_cli("build_repo.py", "--target", "local", "--arch", "small", "--weights",
                             tmp_path / "new.pth", "-o", repo)
             assert build.returncode == 0, build.stderr
@@ -492,5 +517,5 @@ def test_rebuilt_repository_is_served_without_a_failed_request(built_repo, tmp_p
         proc.send_signal(signal.SIGTERM)
         stopped = proc.wait(60)
     assert stopped == 0, "".join(said)
-    assert len(outcomes) > 10 and [o.error for o in outcomes if o.error] == []
+    assert len(outcomes) > 10 and [o.error or o.wrong for o in outcomes if o.error or o.wrong] == []
     np.testing.assert_allclose(new, old + 1.0, rtol=0, atol=allowed_difference(old))

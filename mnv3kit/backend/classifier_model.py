@@ -122,10 +122,11 @@ class TorchRunner:
             self.scale = (1.0 / (255.0 * s)).to(self.device, self.dtype)
             self.shift = (-m / s).to(self.device, self.dtype)
         self.sizes = sorted(set(graph_batches))  # the batch sizes a call is padded to (compiled, or captured)
-        if on_gpu and self.runtime == "torchscript" and not self.sizes and max_batch:
+        if on_gpu and not self.sizes and max_batch:
             # cuDNN 9 chooses its kernels per input shape, and for FP16 on an H100 that costs ~1.5 s per new batch
-            # size (FP32 ~0.1 s; eager torch alike, 6-40 ms with cuDNN off: perf/torchscript_gpu_shapes.py), which
-            # a dynamic batcher would meet on clients' requests: calls are padded to powers of two, each run at load.
+            # size (FP32 ~0.1 s; eager torch alike, 6-40 ms with cuDNN off: perf/torchscript_gpu_shapes.py), and
+            # TorchInductor compiles per new shape for seconds, both of which a dynamic batcher would meet on
+            # clients' requests: calls are padded to powers of two, each run (compiled) at load.
             self.sizes = bucket_sizes(max_batch)
         if self.compiled:
             self.module = self._compile(self.module, compile_cache)
@@ -435,7 +436,8 @@ class TritonPythonModel:
         return x, x.shape[0]
 
     def execute(self, requests):
-        self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender
+        # the worker answers admitted requests through their response senders; refusals go back from here
+        return self.queue.submit(requests)
 
     def _respond(self, parts):
         logits = self.forward(*parts)

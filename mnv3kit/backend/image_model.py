@@ -55,7 +55,8 @@ class TritonPythonModel:
                                   lambda on: self.forward.yield_core(on))
 
     def execute(self, requests):
-        self.queue.submit(requests)  # answered by the queue's worker thread through each request's response sender
+        # the worker answers admitted requests through their response senders; refusals go back from here
+        return self.queue.submit(requests)
 
     def _respond(self, per_request):
         responses = group_results(per_request, self.preprocess([d for datas in per_request for d in datas]))

@@ -2,7 +2,9 @@
 
 A closed loop (perf_analyzer's concurrency mode) slows down with the server and never overloads it; real clients do
 not wait for each other. Used by perf/overload.py (shedding at twice the capacity) and perf/fault_recovery.py (stub kill,
-model update under load). Every request's send time, answer time and error are kept.
+model update under load). The requests carry photographs and every answer is checked against logits computed
+in-process from the repository's artifact (mnv3kit.measure.soak's targets); each request's send time, answer time,
+error and wrong answer are kept.
 """
 
 import queue
@@ -10,13 +12,12 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..spec import INPUT_DIMS, OVERLOADED
-
-# What Triton answers when the queue policy sheds a request (both with status UNAVAILABLE)
+from ..spec import OVERLOADED
+from .soak import Target, check_answer
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Outcome:
     sent: float  # time.monotonic()
     done: float
     error: Optional[str] = None
+    wrong: Optional[str] = None  # why an answer was wrong (beyond the tolerance of every accepted reference)
 
     @property
     def latency_ms(self) -> float:
@@ -34,31 +36,52 @@ class Outcome:
         return self.error is not None and any(r in self.error for r in OVERLOADED)
 
 
-def _input(grpcclient, spec, batch: int = 1, seed: int = 0):
-    """One request's input for a kit model: normal noise as normalized floats, or random pixels."""
-    rng = np.random.default_rng(seed)
-    if spec.input_dtype == "TYPE_UINT8":
-        data, datatype = rng.integers(0, 256, (batch, *INPUT_DIMS), dtype=np.uint8), "UINT8"
-    else:
-        data, datatype = rng.standard_normal((batch, *INPUT_DIMS)).astype(np.float32), "FP32"
-    inp = grpcclient.InferInput(spec.input_name, list(data.shape), datatype)
-    inp.set_data_from_numpy(data)
-    return inp
+class Requests:
+    """Batch-1 requests of ``target``'s photographs in turn, and the check of their answers against the target's
+    in-process reference (or any of ``alternatives``': e.g. the weights a rebuild under load swaps in)."""
+
+    def __init__(self, target: Target, alternatives: Sequence[Target] = ()):
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        self.target, self.accepted = target, (target, *alternatives)
+        self.inputs = []
+        for row in range(len(target.reference)):
+            x = target.make([row])
+            inp = grpcclient.InferInput(target.input_name, list(x.shape), np_to_triton_dtype(x.dtype))
+            inp.set_data_from_numpy(x)
+            self.inputs.append(inp)
+        self.output = grpcclient.InferRequestedOutput(target.output_name)
+
+    def input(self, n: int):
+        """The nth request's input (photograph n modulo their count)."""
+        return [self.inputs[n % len(self.inputs)]]
+
+    def check(self, n: int, result) -> Optional[str]:
+        """Why the nth request's answer is wrong, or None."""
+        logits = result.as_numpy(self.target.output_name)
+        row = [n % len(self.inputs)]
+        why = [check_answer(t, row, logits) for t in self.accepted]
+        return None if None in why else why[0]
 
 
-def capacity(url: str, spec, seconds: float, concurrency: int) -> float:
-    """Answers per second of a closed loop: `concurrency` clients sending batch-1 requests back to back."""
+def capacity(url: str, target: Target, seconds: float, concurrency: int) -> Tuple[float, int]:
+    """Answers per second of a closed loop: `concurrency` clients sending batch-1 requests back to back; and how
+    many of those answers were wrong."""
     import tritonclient.grpc as grpcclient
 
+    requests = Requests(target)
     stop = time.monotonic() + seconds
-    counts = [0] * concurrency
+    counts, wrong = [0] * concurrency, [0] * concurrency
 
     def worker(i):
         client = grpcclient.InferenceServerClient(url)
-        inp = _input(grpcclient, spec)
+        n = i
         while time.monotonic() < stop:
-            client.infer(spec.name, [inp], client_timeout=60)
+            result = client.infer(target.name, requests.input(n), outputs=[requests.output], client_timeout=60)
+            wrong[i] += requests.check(n, result) is not None
             counts[i] += 1
+            n += concurrency
         client.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
@@ -67,19 +90,19 @@ def capacity(url: str, spec, seconds: float, concurrency: int) -> float:
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.monotonic() - start)
+    return sum(counts) / (time.monotonic() - start), sum(wrong)
 
 
 class OpenLoop:
-    """Requests of ``batch`` images for one kit model (a ModelSpec) at ``url`` (gRPC), each with its own timeout."""
+    """Batch-1 requests for one served model (a soak Target: inputs and reference logits) at ``url`` (gRPC), each
+    with its own timeout, every answer checked."""
 
-    def __init__(self, url: str, spec, batch: int = 1, timeout_s: float = 30.0):
+    def __init__(self, url: str, target: Target, timeout_s: float = 30.0, alternatives: Sequence[Target] = ()):
         import tritonclient.grpc as grpcclient
 
         self.client = grpcclient.InferenceServerClient(url)
-        self.model, self.timeout_s = spec.name, timeout_s
-        self.inp = _input(grpcclient, spec, batch)
-        self.out = grpcclient.InferRequestedOutput(spec.output_name)
+        self.model, self.timeout_s = target.name, timeout_s
+        self.requests = Requests(target, alternatives)
 
     def run(self, rate: float, duration_s: float, stop: Optional[threading.Event] = None) -> List[Outcome]:
         """Send for duration_s (or until stop is set), then wait for every answer (each bounded by timeout_s)."""
@@ -93,11 +116,14 @@ class OpenLoop:
                 time.sleep(pause)
             t0 = time.monotonic()
 
-            def callback(result, error, t0=t0):
-                done.put(Outcome(t0, time.monotonic(), None if error is None else str(error)))
+            def callback(result, error, t0=t0, n=sent):
+                if error is not None:
+                    done.put(Outcome(t0, time.monotonic(), str(error)))
+                else:
+                    done.put(Outcome(t0, time.monotonic(), wrong=self.requests.check(n, result)))
 
-            self.client.async_infer(self.model, [self.inp], callback, outputs=[self.out],
-                                    client_timeout=self.timeout_s)
+            self.client.async_infer(self.model, self.requests.input(sent), callback,
+                                    outputs=[self.requests.output], client_timeout=self.timeout_s)
             sent += 1
         return [done.get(timeout=self.timeout_s + 30) for _ in range(sent)]
 
@@ -106,10 +132,11 @@ class OpenLoop:
 
 
 @contextmanager
-def background_load(url: str, spec, rate: float, timeout_s: float = 60.0) -> Iterator[List[Outcome]]:
+def background_load(url: str, target: Target, rate: float, timeout_s: float = 60.0,
+                    alternatives: Sequence[Target] = ()) -> Iterator[List[Outcome]]:
     """Open-loop load in a thread while the with block runs; the yielded list holds every outcome at its end."""
     stop, outcomes = threading.Event(), []
-    load = OpenLoop(url, spec, timeout_s=timeout_s)
+    load = OpenLoop(url, target, timeout_s=timeout_s, alternatives=alternatives)
     thread = threading.Thread(target=lambda: outcomes.extend(load.run(rate, float("inf"), stop)))
     thread.start()
     try:
@@ -121,7 +148,10 @@ def background_load(url: str, spec, rate: float, timeout_s: float = 60.0) -> Ite
 
 
 def summarize(outcomes: List[Outcome], duration_s: float) -> dict:
-    ok = [o.latency_ms for o in outcomes if o.error is None]
+    """Counts (ok: right answers; wrong: answers beyond the tolerance; rejected: shed by the queue policy; failed:
+    any other error) and latencies."""
+    ok = [o.latency_ms for o in outcomes if o.error is None and o.wrong is None]
+    wrong = [o for o in outcomes if o.wrong is not None]
     rejected = [o.latency_ms for o in outcomes if o.rejected]
     failed = [o for o in outcomes if o.error is not None and not o.rejected]
 
@@ -129,7 +159,8 @@ def summarize(outcomes: List[Outcome], duration_s: float) -> dict:
         return round(float(np.percentile(values, q)), 1) if values else None
 
     return {"sent": len(outcomes), "rate": round(len(outcomes) / duration_s, 1), "ok": len(ok),
-            "rejected": len(rejected), "failed": len(failed),
+            "wrong": len(wrong), "rejected": len(rejected), "failed": len(failed),
             "rejected_pct": round(100 * len(rejected) / max(1, len(outcomes)), 1),
             "ok_p50_ms": pct(ok, 50), "ok_p99_ms": pct(ok, 99), "rejected_p99_ms": pct(rejected, 99),
-            "errors": sorted({o.error.splitlines()[0][:160] for o in failed})[:5]}
+            "errors": sorted({o.error.splitlines()[0][:160] for o in failed})[:5],
+            "wrong_examples": sorted({o.wrong for o in wrong})[:5]}

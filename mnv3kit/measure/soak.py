@@ -206,7 +206,7 @@ class SoakOptions:
     refuse_every: int = REFUSE_EVERY  # one request in this many must be refused; 0: none
 
 
-def _check(target: Target, idx: Sequence[int], logits: Optional[np.ndarray]) -> Optional[str]:
+def check_answer(target: Target, idx: Sequence[int], logits: Optional[np.ndarray]) -> Optional[str]:
     """Why an answer is wrong, or None."""
     if logits is None or logits.shape != (len(idx), target.reference.shape[1]):
         return f"output shape {None if logits is None else logits.shape}"
@@ -266,7 +266,7 @@ def _worker(url: str, targets_: List[Target], start: int, stop_at: float, seed: 
                 else:
                     tally.latencies_ms.append(ms)
                     tally.images += len(idx)
-                    why_wrong = _check(target, idx, logits)
+                    why_wrong = check_answer(target, idx, logits)
                     if why_wrong:
                         tally.wrong += 1
                         tally.note(f"batch {len(idx)}: {why_wrong}")
