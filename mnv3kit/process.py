@@ -2,8 +2,11 @@
 watchdog, the readiness command and the load harnesses."""
 
 import os
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple, TypeVar
+
+T = TypeVar("T")
 
 
 def pid_alive(pid: int) -> bool:
@@ -56,3 +59,13 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def cores_during(run: Callable[[], T], server_pid: int) -> Tuple[T, Dict[str, float]]:
+    """run(), and the cores the server's process tree and this process (the client) used meanwhile: on a small host
+    the two share the cores, and what the client takes the server does not get."""
+    start, server_cpu, own_cpu = time.monotonic(), cpu_seconds(server_pid), time.process_time()
+    value = run()
+    wall = time.monotonic() - start
+    return value, {"server": round((cpu_seconds(server_pid) - server_cpu) / wall, 2),
+                   "client": round((time.process_time() - own_cpu) / wall, 2)}

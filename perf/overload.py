@@ -23,12 +23,10 @@ import sys
 import tempfile
 import threading
 import time
-
+from pathlib import Path
 
 from mnv3kit.cli import add_repo, model_name
 from mnv3kit.errors import KitError, cli_errors
-from pathlib import Path
-
 from mnv3kit.spec import MODELS_BY_NAME, ONNX
 
 
@@ -47,7 +45,7 @@ def main(argv=None) -> int:
     with cli_errors():
         from mnv3kit.measure.loadgen import OpenLoop, capacity, summarize
         from mnv3kit.measure.soak import targets
-        from mnv3kit.process import cpu_seconds, rss_mb
+        from mnv3kit.process import cores_during, rss_mb
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import parse_config, queue_bound
 
@@ -59,12 +57,7 @@ def main(argv=None) -> int:
             (target,) = targets(args.repo, [args.model], Path(work))
         with LocalTriton(args.repo, Ports.free()) as server:
             def cores(run):
-                """run(), and the cores the server's process tree and this process used meanwhile."""
-                start, server_cpu, own_cpu = time.monotonic(), cpu_seconds(server.proc.pid), time.process_time()
-                value = run()
-                wall = time.monotonic() - start
-                return value, {"server": round((cpu_seconds(server.proc.pid) - server_cpu) / wall, 2),
-                               "client": round((time.process_time() - own_cpu) / wall, 2)}
+                return cores_during(run, server.proc.pid)
 
             clients = 2 * max(1, config.max_batch_size)
             _, probe_wrong = capacity(server.grpc_url, target, 3.0, clients)  # warm-up: new batch sizes cost more

@@ -9,7 +9,7 @@ After WARMUP_S of unmeasured load per server and model (TorchScript optimizes on
 PyTriton has no model_warmup), rounds alternate the order of the two servers; each point is a closed loop of N concurrent clients sending batch-1
 gRPC requests of real photographs for --seconds, and every answer is compared with logits computed in-process from
 the repository's artifacts at the model's load-time tolerance (mnv3kit.measure.soak): wrong and failed answers are
-reported next to img/s. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime / OpenVINO, this process),
+reported next to img/s, with the cores each server's process tree and the client used meanwhile. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime / OpenVINO, this process),
 batch 1 back to back (what concurrency 1 can reach) and batch max_batch_size (what dynamic batching can reach).
 Then perf_analyzer at concurrency 1 with its default windows on each server, to show whether it measures stably.
 Writes OUT/REPORT.md, OUT/regression.json and OUT/logs/ (PyTriton's output: pytriton.log); the medians over rounds and their spread (min-max) are reported.
@@ -105,6 +105,7 @@ def main(argv=None) -> int:
                         "is, what a PyTriton user writes first)")
     args = p.parse_args(argv)
     from mnv3kit.measure.soak import SoakOptions, load_level, targets
+    from mnv3kit.process import cores_during
     from mnv3kit.server import LocalTriton, Ports
     from mnv3kit.validate import parse_config
     from mnv3kit.watchdog import Supervisor
@@ -126,6 +127,7 @@ def main(argv=None) -> int:
     kit = supervisor.start()
     pyt, pyt_url = start_pytriton(args.repo, out / "logs" / "pytriton.log", args.pytriton_torchscript)
     urls = {"kit": kit.grpc_url, "pytriton": pyt_url}
+    pids = {"kit": lambda: supervisor.server.proc.pid, "pytriton": lambda: pyt.pid}  # the kit's after any restart
     stability = {}
     try:
         # unmeasured: TorchScript optimizes on its first calls per batch size, seconds each, in both servers
@@ -137,8 +139,11 @@ def main(argv=None) -> int:
             for model in models:
                 for level in levels:
                     for server in order:
-                        row = load_level(urls[server], [checked[model]], level, opts)[0]
-                        row.update(server=server, round=r + 1)
+                        rows, cores = cores_during(lambda: load_level(urls[server], [checked[model]], level, opts),
+                                                   pids[server]())
+                        row = rows[0]
+                        row.update(server=server, round=r + 1, server_cores=cores["server"],
+                                   client_cores=cores["client"])
                         points.append(row)
                         print(f"round {r + 1} {server:<8} {model} c{level}: {row['img_per_s']:.1f} img/s, p50 "
                               f"{row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} max {row['max_ms']:.1f} ms, wrong "
@@ -156,7 +161,8 @@ def main(argv=None) -> int:
             os.killpg(pyt.pid, signal.SIGKILL)
     result = {"started": started, "hardware": host, "repo": str(args.repo), "rounds": args.rounds,
               "seconds": args.seconds, "in_process": local, "points": points, "perf_analyzer_c1": stability,
-              "watchdog_events": events, "pytriton_torchscript": args.pytriton_torchscript}
+              "watchdog_events": events, "pytriton_torchscript": args.pytriton_torchscript,
+              "cores": len(os.sched_getaffinity(0))}
     (out / "regression.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "REPORT.md").write_text(report(result, models, levels, max_batch))
     print(report(result, models, levels, max_batch))
@@ -164,34 +170,46 @@ def main(argv=None) -> int:
 
 
 def report(result: dict, models, levels, max_batch) -> str:
-    rows = []
+    rows, core_rows = [], []
+    cores = result["cores"]
     for model in models:
         for level in levels:
-            med = {}
-            cells = []
+            med, server_cores, cells, used = {}, {}, [], []
             for server in SERVERS:
                 pts = [p for p in result["points"] if p["server"] == server and p["model"] == model
                        and p["concurrency"] == level]
                 rates = [p["img_per_s"] for p in pts]
                 med[server] = float(np.median(rates))
+                server_cores[server] = float(np.median([p["server_cores"] for p in pts]))
                 cells += [f"{med[server]:.1f} ({min(rates):.1f}-{max(rates):.1f})",
                           f"{np.median([p['p50_ms'] for p in pts]):.1f} / {np.median([p['p99_ms'] for p in pts]):.1f}"
                           f" / {max(p['max_ms'] for p in pts):.0f}",
                           f"{sum(p['wrong'] for p in pts)} / {sum(p['failed'] for p in pts)}"]
+                used += [f"{server_cores[server]:.2f} / {np.median([p['client_cores'] for p in pts]):.2f}",
+                         f"{med[server] / max(server_cores[server], 0.01):.1f}"]
             batch = 1 if level == 1 else max_batch[model]
             local = result["in_process"][model][batch]
             rows.append([model, level, *cells, f"{local:.1f} (b{batch})", f"{med['kit'] / med['pytriton']:.2f}",
                          f"{med['kit'] / max(local, med['pytriton']):.2f}"])
+            # the kit's img/s if its server computed at the in-process rate per core on every core it had
+            core_rows.append([model, level, *used, f"{local / cores:.1f}",
+                              f"{local / cores * server_cores['kit'] / med['pytriton']:.2f}"])
     table = markdown_table(
         ["model", "c", "kit img/s (min-max)", "kit p50/p99/max ms", "kit wrong/failed", "PyTriton img/s (min-max)",
          "PyTriton p50/p99/max ms", "PyTriton wrong/failed", "in-process img/s", "kit / PyTriton",
          "kit / fastest other"], rows)
+    core_table = markdown_table(
+        ["model", "c", "kit cores: server / client", "kit img/s per server core", "PyTriton cores: server / client",
+         "PyTriton img/s per server core", f"in-process img/s per core ({cores} cores)",
+         "kit / PyTriton at the in-process rate on the kit's server cores"], core_rows)
     stab = "\n".join(f"- {server}: {text}" for server, text in result["perf_analyzer_c1"].items())
     return (f"# CPU serving regression benchmark\n\n{result['started']}; {hardware_line(result['hardware'])}; "
             f"repository {result['repo']}; {result['rounds']} alternating rounds of {result['seconds']:g} s per "
             f"point; batch-1 gRPC requests of real photographs, every answer checked against in-process logits; "
             f"PyTriton runs model.pt {PYTRITON_TORCHSCRIPT[result['pytriton_torchscript']]}.\n\n"
-            f"{table}\n\nperf_analyzer, concurrency 1, default windows ({models[0]}, zeros):\n{stab}\n\n"
+            f"{table}\n\nCores used during the points (medians; server: the server's process tree, client: this "
+            f"process's load generator; both on this host's {cores} cores):\n\n{core_table}\n\n"
+            f"perf_analyzer, concurrency 1, default windows ({models[0]}, zeros):\n{stab}\n\n"
             f"Watchdog reloads on the kit's server: {len(result['watchdog_events'])}.\n")
 
 

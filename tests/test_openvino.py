@@ -237,4 +237,3 @@ def test_onnx_and_openvino_runners_yield_a_core_under_overload(local_repo, photo
         np.testing.assert_allclose(runner(images), full, rtol=1e-4, atol=1e-4)
         runner.yield_core(False)
         assert runner.request is runner.full if runner is ov else runner.session is runner.full
-

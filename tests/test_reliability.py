@@ -22,7 +22,7 @@ from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
 from mnv3kit.measure.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.measure.loadgen import OpenLoop, background_load, capacity, summarize
 from mnv3kit.measure.soak import targets
-from mnv3kit.process import cpu_seconds, descendants, rss_mb
+from mnv3kit.process import cores_during, cpu_seconds, descendants, rss_mb
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT
@@ -205,6 +205,28 @@ def test_cpu_seconds_counts_a_busy_process():
     while time.process_time() - start < 0.3:
         pass
     assert 0.2 < cpu_seconds(os.getpid(), tree=False) - before < 1.0
+
+
+def test_cores_during_tells_the_server_from_the_client():
+    """A busy "server" process tree (a child spinning) and an idle client, then the reverse."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        _, busy_server = cores_during(lambda: time.sleep(1.0), spinner.pid)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    sleeper = subprocess.Popen(["sleep", "5"])
+    try:
+        def spin():
+            start = time.process_time()
+            while time.process_time() - start < 0.5:
+                pass
+        _, busy_client = cores_during(spin, sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert busy_server["server"] > 0.5 and busy_server["client"] < 0.2, busy_server
+    assert busy_client["client"] > 0.5 and busy_client["server"] < 0.1, busy_client
 
 
 def test_the_load_generator_checks_every_answer(server, load_target):
