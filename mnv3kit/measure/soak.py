@@ -103,7 +103,9 @@ def artifact_runner(repo: Path, model_dir: Path) -> Callable[[np.ndarray], np.nd
     if (vdir / COMPILED_ARTIFACT).is_file():  # the exported program, run eagerly (compiling on a CPU takes minutes)
         import torch
 
-        return TorchRunner(torch.export.load(str(vdir / COMPILED_ARTIFACT)).module())
+        runner = TorchRunner(torch.export.load(str(vdir / COMPILED_ARTIFACT)).module())
+        rows = max(2, _config(model_dir).max_batch_size)  # the program's batch dimension ends there (export.py)
+        return lambda x: np.concatenate([runner(x[i:i + rows]) for i in range(0, len(x), rows)])
     onnx = vdir / ONNX.artifact
     if not onnx.is_file() and (vdir / TRT.artifact).is_file():
         onnx = _version_dir(repo / ONNX.name) / ONNX.artifact if (repo / ONNX.name).is_dir() else onnx
