@@ -13,11 +13,13 @@ policy: UNAVAILABLE) / failed, the probes' wrong answers, p50 and p99 latency of
 the time to drain after the last request, the server's resident memory (tritonserver + stubs) before, at its
 peak and after, and the cores the server and this client used during the probes and the overload (on a small host
 the client's share is taken from the server: per_server_core_vs_capacity is right answers per second per core the
-server used, over the same at capacity, the better probe). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound).
+server used, over the same at capacity, the better probe). Compare a repository built with
+`--max-queue-size 0 --queue-timeout-ms 0` (no bound).
 Exit status: 0, or 1 when an answer was wrong or a request failed other than by the queue's refusal.
 """
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -56,12 +58,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="mnv3kit-overload-") as work:
             (target,) = targets(args.repo, [args.model], Path(work))
         with LocalTriton(args.repo, Ports.free()) as server:
-            def cores(run):
-                return cores_during(run, server.proc.pid)
-
             clients = 2 * max(1, config.max_batch_size)
+            probe = functools.partial(capacity, server.grpc_url, target, args.probe_s, clients)
             _, probe_wrong = capacity(server.grpc_url, target, 3.0, clients)  # warm-up: new batch sizes cost more
-            (cap, wrong), probe_cores = cores(lambda: capacity(server.grpc_url, target, args.probe_s, clients))
+            (cap, wrong), probe_cores = cores_during(probe, server.proc.pid)
             probe_wrong += wrong
             rate = args.rate or args.factor * cap
             time.sleep(2)  # let the probe's queue empty
@@ -76,13 +76,13 @@ def main(argv=None) -> int:
             sampler = threading.Thread(target=sample)
             sampler.start()
             load = OpenLoop(server.grpc_url, target, timeout_s=args.timeout)
-            outcomes, load_cores = cores(lambda: load.run(rate, args.duration))
+            outcomes, load_cores = cores_during(lambda: load.run(rate, args.duration), server.proc.pid)
             load.close()
             last_sent = max(o.sent for o in outcomes)
             time.sleep(5)
             stop.set()
             sampler.join()
-            (cap_after, wrong), after_cores = cores(lambda: capacity(server.grpc_url, target, args.probe_s, clients))
+            (cap_after, wrong), after_cores = cores_during(probe, server.proc.pid)
             probe_wrong += wrong
             answered = summarize(outcomes, args.duration)
             # per core of the server: on a small host the open-loop client's CPU (more requests to send than at

@@ -34,7 +34,8 @@ def soak(*args, timeout=900):
 def test_every_served_model_answers_right_under_sustained_load(repo, tmp_path):
     """About a minute: c1, c8 and c32 over pt, onnx, u8 and the image ensemble on the server serve.py runs (watchdog
     on). No wrong answer, no failed request, the due refusals refused, no watchdog reload, and at concurrency 1 no
-    answer slower than 10 x p50 (a queue policy in Triton 2.51 left the batcher asleep 500 ms now and then)."""
+    answer slower than 10 x p50 but one (a queue policy in Triton 2.51 left the batcher asleep 500 ms every 0.5-7 s,
+    ~1.5 % of requests: several in this run; one slow answer alone is a busy host's)."""
     out = tmp_path / "out"
     proc = soak("--repo", repo, "-c", "1,8,32", "--seconds", 12, "-o", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -44,7 +45,7 @@ def test_every_served_model_answers_right_under_sustained_load(repo, tmp_path):
     assert all(r["ok"] > 0 and r["wrong"] == 0 and r["failed"] == 0 for r in rows), proc.stdout
     for model in (PT.name, ONNX.name, ENSEMBLE):  # NaN pixels; truncated, empty, non-image and bomb files
         assert sum(r["refused_as_expected"] for r in rows if r["model"] == model) > 0, model
-    assert [r for r in rows if r["concurrency"] == 1 and r["stalls"]] == [], proc.stdout
+    assert sum(r["stalls"] for r in rows if r["concurrency"] == 1) <= 1, proc.stdout
     assert result["watchdog_events"] == [] and result["server_restarts"] == 0
     assert len(result["rss_mb"]) > 10
     assert "| mobilenetv3_image | 32 |" in (out / "soak.md").read_text()
