@@ -11,6 +11,7 @@ backend shared-memory regions) is removed by the next start. A server that died 
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import importlib.util
 import itertools
 import os
@@ -79,8 +80,19 @@ def pytriton_root() -> Path:
     return root
 
 
+def check_stub_numpy(version: str) -> None:
+    """The stub imports the packages of this interpreter's environment (serve.py puts its bin first on PATH), and
+    nvidia-pytriton 0.7.0's stub passes tensors through numpy's 1.x interface: under numpy 2 its models get zeros and
+    their outputs leave empty, with no error (docs/gpu.md#the-data-path-numpy-below-2)."""
+    if int(version.split(".")[0]) >= 2:
+        raise KitError(f"numpy {version} is installed beside this Python, and the embedded Triton's python-backend "
+                       f"stub (nvidia-pytriton 0.7.0) hands models zeros and sends empty outputs under numpy 2: "
+                       f"install numpy<2 here (pip install 'numpy<2'; constraints.txt pins 1.26.4)")
+
+
 def prepare_backends(root: Path, dest: Path) -> Path:
     """backends/python with the stub matching this interpreter (the wheel ships one per Python version)."""
+    check_stub_numpy(importlib.metadata.version("numpy"))
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "tritonserver" / "python_backend_stubs" / py / "triton_python_backend_stub"
     if not stub.is_file():

@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 
 from mnv3kit.errors import KitError
 from mnv3kit.parity import allowed_difference, parity_batch
-from mnv3kit.server import LOG_KEEP, LocalTriton, Ports, keep_log, visible_gpus
+from mnv3kit.server import LOG_KEEP, LocalTriton, Ports, check_stub_numpy, keep_log, visible_gpus
 from mnv3kit.spec import LOCAL_MODELS, ONNX, PT
 
 
@@ -84,3 +84,13 @@ def test_cuda_pool_flag_per_visible_gpu(tmp_path, monkeypatch):
     assert server.cuda_pools == [f"--cuda-memory-pool-byte-size={gpu}:{512 << 20}" for gpu in (0, 1)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert visible_gpus() == 1
+
+
+def test_the_embedded_server_refuses_numpy_2_beside_its_stub():
+    """nvidia-pytriton 0.7.0's stub under numpy 2 serves zeros in and empty outputs out without an error (seen on a
+    GPU host with numpy 2.5): the server does not start there, and says what to install."""
+    check_stub_numpy("1.26.4")
+    check_stub_numpy(np.__version__)  # what the kit's own environment installs
+    for version in ("2.0.0", "2.5.2"):
+        with pytest.raises(KitError, match=r"numpy<2"):
+            check_stub_numpy(version)
