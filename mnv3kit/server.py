@@ -11,10 +11,11 @@ backend shared-memory regions) is removed by the next start. A server that died 
 
 import ctypes
 import ctypes.util
-import importlib.metadata
+import functools
 import importlib.util
 import itertools
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -80,19 +81,31 @@ def pytriton_root() -> Path:
     return root
 
 
+@functools.lru_cache(maxsize=None)  # one environment per process
+def stub_numpy_version() -> str:
+    """numpy's version where the python-backend stub imports it: this interpreter's environment (server_env puts its
+    bin first on PATH), PYTHONPATH ignored as the stub ignores it."""
+    probe = subprocess.run([sys.executable, "-E", "-c", "import numpy; print(numpy.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        raise KitError(f"numpy is not importable in {sys.prefix}, whose packages the embedded Triton's python-backend "
+                       f"stub imports: {sys.executable} -m pip install 'numpy<2'")
+    return probe.stdout.strip()
+
+
 def check_stub_numpy(version: str) -> None:
-    """The stub imports the packages of this interpreter's environment (serve.py puts its bin first on PATH), and
-    nvidia-pytriton 0.7.0's stub passes tensors through numpy's 1.x interface: under numpy 2 its models get zeros and
-    their outputs leave empty, with no error (docs/gpu.md#the-data-path-numpy-below-2)."""
-    if int(version.split(".")[0]) >= 2:
-        raise KitError(f"numpy {version} is installed beside this Python, and the embedded Triton's python-backend "
-                       f"stub (nvidia-pytriton 0.7.0) hands models zeros and sends empty outputs under numpy 2: "
-                       f"install numpy<2 here (pip install 'numpy<2'; constraints.txt pins 1.26.4)")
+    """nvidia-pytriton 0.7.0's stub passes tensors through numpy's 1.x interface: under numpy 2 its models get zeros
+    and their outputs leave empty, with no error (docs/gpu.md#the-data-path-numpy-below-2)."""
+    major = re.match(r"\d+", version)
+    if major is None or int(major.group()) >= 2:
+        raise KitError(f"numpy {version} is installed in {sys.prefix}, whose packages the embedded Triton's "
+                       f"python-backend stub (nvidia-pytriton 0.7.0) imports, and under numpy 2 it hands models zeros "
+                       f"and sends empty outputs: {sys.executable} -m pip install 'numpy<2'")
 
 
 def prepare_backends(root: Path, dest: Path) -> Path:
     """backends/python with the stub matching this interpreter (the wheel ships one per Python version)."""
-    check_stub_numpy(importlib.metadata.version("numpy"))
+    check_stub_numpy(stub_numpy_version())
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "tritonserver" / "python_backend_stubs" / py / "triton_python_backend_stub"
     if not stub.is_file():

@@ -3,18 +3,19 @@
 
   python perf/overload.py --repo model_repository_local -m mobilenetv3_onnx --factor 2 --duration 60
 
-Starts serve.py's server on loopback (random ports), measures capacity with a closed loop (--probe-s seconds at
-2 x max_batch_size concurrent batch-1 requests, after a 3 s warm-up), then sends batch-1 requests at --factor x
+Starts serve.py's server on loopback (random ports), measures capacity with a closed loop (--probe-s seconds at 2 x
+max_batch_size concurrent batch-1 requests, after a 3 s warm-up), then sends batch-1 requests at --factor x
 capacity, open loop, for --duration seconds, waits for every answer and measures capacity again. The requests carry
 real photographs and every answer, probes included, is checked against logits computed in-process from the
-repository's artifact at the model's tolerance (the soak's reference). Prints one JSON object: capacity before and
-after, right answers per second over the higher of the two, rate sent, right / wrong / rejected (Triton's queue
-policy: UNAVAILABLE) / failed, the probes' wrong answers, p50 and p99 latency of the answers, p99 of the rejections,
-the time to drain after the last request, the server's resident memory (tritonserver + stubs) before, at its
-peak and after, and the cores the server and this client used during the probes and the overload (on a small host
-the client's share is taken from the server: per_server_core_vs_capacity is right answers per second per core the
-server used, over the same at capacity, the better probe). Compare a repository built with
-`--max-queue-size 0 --queue-timeout-ms 0` (no bound).
+repository's artifact at the model's tolerance (the soak's reference). Prints one JSON object: the repository and
+model, capacity before and after, right answers per second over the higher of the two, the rate asked and the rate
+sent (lower when this client fell behind), right / wrong / rejected (the queue bound's refusals: UNAVAILABLE) /
+failed, the probes' wrong answers, p50 and p99 latency of the answers, p99 of the rejections, the time to drain
+after the last request, the server's resident memory (tritonserver + stubs) before, at its peak and after, and the
+cores the server and this client used during the probes and the overload (on a small host the client's share is
+taken from the server: per_server_core_vs_capacity is right answers per second per core the server used, over the
+same at capacity, the better probe). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no
+bound).
 Exit status: 0, or 1 when an answer was wrong or a request failed other than by the queue's refusal.
 """
 
@@ -90,8 +91,9 @@ def main(argv=None) -> int:
             per_core = max(cap / max(probe_cores["server"], 0.01), cap_after / max(after_cores["server"], 0.01))
             served_per_core = answered["ok"] / args.duration / max(load_cores["server"], 0.01)
             bound, timeout_us = queue_bound(config)
-            result = {"model": spec.name, "max_queue_size": bound, "queue_timeout_ms": timeout_us / 1000,
-                      "capacity_rps": round(cap, 1), "capacity_after_rps": round(cap_after, 1),
+            result = {"repo": str(args.repo), "model": spec.name, "max_queue_size": bound,
+                      "queue_timeout_ms": timeout_us / 1000, "capacity_rps": round(cap, 1),
+                      "capacity_after_rps": round(cap_after, 1), "rate_asked": round(rate, 1),
                       "answered_vs_capacity": round(answered["ok"] / args.duration / max(cap, cap_after), 3),
                       "per_server_core_vs_capacity": round(served_per_core / per_core, 3),
                       "duration_s": args.duration, **answered, "probes_wrong": probe_wrong,

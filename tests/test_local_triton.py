@@ -11,7 +11,8 @@ import tritonclient.http as httpclient
 
 from mnv3kit.errors import KitError
 from mnv3kit.parity import allowed_difference, parity_batch
-from mnv3kit.server import LOG_KEEP, LocalTriton, Ports, check_stub_numpy, keep_log, visible_gpus
+from mnv3kit.server import (LOG_KEEP, LocalTriton, Ports, check_stub_numpy, keep_log, stub_numpy_version,
+                            visible_gpus)
 from mnv3kit.spec import LOCAL_MODELS, ONNX, PT
 
 
@@ -87,10 +88,12 @@ def test_cuda_pool_flag_per_visible_gpu(tmp_path, monkeypatch):
 
 
 def test_the_embedded_server_refuses_numpy_2_beside_its_stub():
-    """nvidia-pytriton 0.7.0's stub under numpy 2 serves zeros in and empty outputs out without an error (seen on a
-    GPU host with numpy 2.5): the server does not start there, and says what to install."""
+    """nvidia-pytriton 0.7.0's stub under numpy 2 serves zeros in and empty outputs out without an error
+    (docs/gpu.md#the-data-path-numpy-below-2): the server does not start there, and says what to install. The
+    version is read where the stub imports numpy, PYTHONPATH aside."""
+    assert stub_numpy_version() == np.__version__  # what the kit's own environment installs: accepted
+    check_stub_numpy(stub_numpy_version())
     check_stub_numpy("1.26.4")
-    check_stub_numpy(np.__version__)  # what the kit's own environment installs
-    for version in ("2.0.0", "2.5.2"):
-        with pytest.raises(KitError, match=r"numpy<2"):
+    for version in ("2.0.0", "2.0.0rc1", "2.5.2"):
+        with pytest.raises(KitError, match=r"-m pip install 'numpy<2'"):
             check_stub_numpy(version)

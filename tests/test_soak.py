@@ -34,8 +34,8 @@ def soak(*args, timeout=900):
 def test_every_served_model_answers_right_under_sustained_load(repo, tmp_path):
     """About a minute: c1, c8 and c32 over pt, onnx, u8 and the image ensemble on the server serve.py runs (watchdog
     on). No wrong answer, no failed request, the due refusals refused, no watchdog reload, and at concurrency 1 no
-    answer slower than 10 x p50 but one (a queue policy in Triton 2.51 left the batcher asleep 500 ms every 0.5-7 s,
-    ~1.5 % of requests: several in this run; one slow answer alone is a busy host's)."""
+    answer slower than 10 x p50 but one (the dynamic batcher's 500 ms idle wait, when it is hit, stalls ~1.5 % of c1
+    requests: several in this run; one slow answer alone is a busy host's)."""
     out = tmp_path / "out"
     proc = soak("--repo", repo, "-c", "1,8,32", "--seconds", 12, "-o", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr

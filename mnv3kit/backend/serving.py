@@ -2,19 +2,20 @@
 one worker thread runs them in batches and sends each answer through the request's response sender (the python
 backend's default mode allows that since Triton 24.06; the embedded server is 24.10).
 
-Why not Triton's queue policy: in Triton 2.51's dynamic batcher (core: dynamic_batch_scheduler.cc, rate_limiter.cc)
-any `default_queue_policy` turns payload prefetching off. A new request then wakes the batcher only if an instance
-is waiting for work at that instant, and a request the policy refuses wakes nothing. An instance is not waiting
-between sending its last answer (inside execute()) and asking for the next payload, so a client's next request that
-lands in that gap, or a refusal while the batcher waits for a free instance, leaves the batcher asleep for its fixed
-500 ms idle wait: periodic half-second stalls at low load, an idle instance under overload. Without a policy the
-batcher prefetches and wakes reliably; the bound and the timeout the policy gave are kept here, answered with
-Triton's own words ("Exceeds maximum queue size", "Request timeout expired") and status UNAVAILABLE, so clients
-tell them apart as before. Refusals of a full queue go back as execute()'s return value, one message for the batch:
-through one response sender each, on 2 cores at 870-920 requests/s, they fell behind and requests waited seconds in
-tritonserver's unbounded queue before being refused (perf/results/overload-20261205-2323). Returning from
-execute() at once also lets the instance take the next requests while a batch computes, and several of them run as
-one batch (up to max_batch_size rows; a smaller batch than the last one waits briefly for the rest, see GATHER).
+Why the bound is here and not in Triton's queue policy: execute() hands requests over at once, so they wait in this
+queue and Triton's stays nearly empty; a policy there bounds nothing this one does not (measured as a backstop in
+front of it, perf/results/overload-20261206-0540: no stalls, no effect on overload). With an execute() that computed
+before returning, any `default_queue_policy` stalled Triton 2.51's dynamic batcher (core:
+dynamic_batch_scheduler.cc, rate_limiter.cc): a policy turns payload prefetching off, a new request then wakes the
+batcher only if an instance is waiting for work at that instant, and a client's next request that landed while the
+instance was still inside execute() left the batcher asleep for its fixed 500 ms idle wait. The bound and the
+timeout are kept here, answered with Triton's own words ("Exceeds maximum queue size", "Request timeout expired")
+and status UNAVAILABLE, so clients tell them apart as from a policy. Refusals of a full queue go back as execute()'s
+return value, one message for the batch: through one response sender each, on 2 cores at 870-920 requests/s, they
+fell behind and requests waited seconds in tritonserver's unbounded queue before being refused
+(perf/results/overload-20261205-2323). Returning from execute() at once also lets the instance take the next
+requests while a batch computes, and several of them run as one batch (up to max_batch_size rows; a smaller batch
+than the last one waits briefly for the rest, see GATHER).
 
 Copied beside model.py as mnv3kit_serving.py (the stub puts the version directory on sys.path).
 """
