@@ -25,13 +25,20 @@ def prog_name(module: Optional[str] = None) -> str:
 
 @contextmanager
 def cli_errors(prog: Optional[str] = None):
-    """Turn KitError and Ctrl-C into `prog: error: ...` on stderr and an exit code, never a traceback."""
+    """Turn KitError, a missing third-party package and Ctrl-C into `prog: error: ...` on stderr and an exit code,
+    never a traceback."""
     prog = prog or prog_name()
     try:
         yield
     except KitError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] == "mnv3kit":  # the kit itself is broken: show where
+            raise
+        print(f"{prog}: error: this step needs the Python package {exc.name!r}, which is not installed here: "
+              f"{HOW_TO_INSTALL}", file=sys.stderr)
+        sys.exit(KitError.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)

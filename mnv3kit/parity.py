@@ -1,5 +1,6 @@
 """The parity gate: eager PyTorch, the TorchScript file and the ONNX file must agree before anything is written."""
 
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -7,7 +8,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import KitError
+from .errors import HOW_TO_INSTALL, KitError
 from .preprocess import eval_pixels, image_files, load_image, normalize
 from .spec import MEAN, ONNX, PARITY_FILE, STD
 
@@ -39,10 +40,13 @@ class ParityRow:
 
 
 def sample_photos() -> List[Path]:
-    """Real photographs shipped by scikit-learn (a temple in China and a flower)."""
-    import sklearn.datasets
-
-    folder = Path(sklearn.datasets.__file__).parent / "images"
+    """Real photographs shipped by scikit-learn (a temple in China and a flower), found without importing it (its
+    import pulls in scipy, which may need another numpy than the python-backend stub's environment has)."""
+    sklearn = importlib.util.find_spec("sklearn")
+    if sklearn is None or not sklearn.submodule_search_locations:
+        raise KitError(f"scikit-learn (its sample photographs) is not installed: {HOW_TO_INSTALL}, "
+                       "or pass --parity-images DIR")
+    folder = Path(list(sklearn.submodule_search_locations)[0]) / "datasets" / "images"
     photos = sorted(folder.glob("*.jpg"))
     if not photos:
         raise KitError(f"scikit-learn's sample photographs are missing from {folder}: pass --parity-images DIR")

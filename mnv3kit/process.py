@@ -61,6 +61,25 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_list(text: str) -> List[int]:
+    """CPU numbers from a list in taskset's form: "0,1" or "0-3,8"."""
+    cpus: List[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+def pin_threads(cpus: List[int]) -> None:
+    """Every thread of this process onto cpus (sched_setaffinity acts on one thread; processes started later by
+    any of them inherit its set)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
 def cores_during(run: Callable[[], T], server_pid: int) -> Tuple[T, Dict[str, float]]:
     """run(), and the cores the server's process tree and this process (the client) used meanwhile: on a small host
     the two share the cores, and what the client takes the server does not get."""

@@ -15,13 +15,15 @@ after the last request, the server's resident memory (tritonserver + stubs) befo
 cores the server and this client used during the probes and the overload (on a small host the client's share is
 taken from the server: per_server_core_vs_capacity is right answers per second per core the server used, over the
 same at capacity, the better probe). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no
-bound).
+bound). On a host with cores to spare, --server-cpus and --client-cpus keep the two apart (the server and its
+stubs start on the first set; this process then moves to the second), so the client takes nothing from the server.
 Exit status: 0, or 1 when an answer was wrong or a request failed other than by the queue's refusal.
 """
 
 import argparse
 import functools
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from mnv3kit.cli import add_repo, model_name
 from mnv3kit.errors import KitError, cli_errors
+from mnv3kit.process import cores_during, cpu_list, pin_threads, rss_mb
 from mnv3kit.spec import MODELS_BY_NAME, ONNX
 
 
@@ -44,11 +47,14 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--probe-s", type=float, default=10.0, help="seconds of the capacity measurement (default 10)")
     p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s (default 30)")
+    p.add_argument("--server-cpus", type=cpu_list, metavar="LIST",
+                   help="CPUs for tritonserver and its stubs, taskset's form (0,1 or 0-3; default: all)")
+    p.add_argument("--client-cpus", type=cpu_list, metavar="LIST",
+                   help="CPUs for this client once the server runs (default: all, or the rest with --server-cpus)")
     args = p.parse_args(argv)
     with cli_errors():
         from mnv3kit.measure.loadgen import OpenLoop, capacity, summarize
         from mnv3kit.measure.soak import targets
-        from mnv3kit.process import cores_during, rss_mb
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import parse_config, queue_bound
 
@@ -58,7 +64,12 @@ def main(argv=None) -> int:
         config = parse_config(args.repo / args.model / "config.pbtxt")
         with tempfile.TemporaryDirectory(prefix="mnv3kit-overload-") as work:
             (target,) = targets(args.repo, [args.model], Path(work))
+        every_cpu = sorted(os.sched_getaffinity(0))
+        client_cpus = args.client_cpus or [c for c in every_cpu if c not in (args.server_cpus or [])] or every_cpu
+        if args.server_cpus:
+            pin_threads(args.server_cpus)
         with LocalTriton(args.repo, Ports.free()) as server:
+            pin_threads(client_cpus)
             clients = 2 * max(1, config.max_batch_size)
             probe = functools.partial(capacity, server.grpc_url, target, args.probe_s, clients)
             _, probe_wrong = capacity(server.grpc_url, target, 3.0, clients)  # warm-up: new batch sizes cost more
@@ -99,6 +110,7 @@ def main(argv=None) -> int:
                       "duration_s": args.duration, **answered, "probes_wrong": probe_wrong,
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
                       "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])},
+                      "cpus": {"server": args.server_cpus or every_cpu, "client": client_cpus},
                       "cores": {"probe": probe_cores, "overload": load_cores, "probe_after": after_cores}}
         print(json.dumps(result))
         return 1 if answered["wrong"] or answered["failed"] or probe_wrong else 0

@@ -151,3 +151,13 @@ def test_deploy_counts_one_manifest_in_the_singular(built_repo, tmp_path):
                    "--set", "triton.restrictedApi.existingSecret=triton-key", "-o", tmp_path / "isvc.yaml")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("1 manifest (1 InferenceService) valid for Kubernetes"), proc.stderr
+
+
+def test_a_missing_package_is_one_line_naming_it():
+    code = ("from mnv3kit.errors import cli_errors\n"
+            "with cli_errors('mnv3-build'):\n"
+            "    import mnv3kit_absent_dependency_for_this_test\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "'mnv3kit_absent_dependency_for_this_test'" in proc.stderr and "make venv" in proc.stderr

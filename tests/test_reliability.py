@@ -25,7 +25,7 @@ from mnv3kit.measure.soak import targets
 from mnv3kit.process import cores_during, cpu_seconds, descendants, rss_mb
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
-from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, PREPROCESS, PT
+from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, ONNX, PREPROCESS, PT
 from mnv3kit.triton import Restricted, Triton
 from mnv3kit.weights import load_model
 
@@ -227,6 +227,37 @@ def test_cores_during_tells_the_server_from_the_client():
         sleeper.wait()
     assert busy_server["server"] > 0.5 and busy_server["client"] < 0.2, busy_server
     assert busy_client["client"] > 0.5 and busy_client["server"] < 0.1, busy_client
+
+
+CPUS_OF_EVERY_THREAD = """
+import glob, subprocess, sys
+tasks = glob.glob("/proc/self/task/*/status")
+print(sorted({open(f).read().split("Cpus_allowed_list:")[1].split()[0] for f in tasks}),
+      subprocess.run(["grep", "Cpus_allowed", "/proc/self/status"], capture_output=True, text=True).stdout.split()[-1])
+"""
+
+
+def test_pin_threads_moves_every_thread_and_what_they_start():
+    code = ("import threading, time\nfrom mnv3kit.process import cpu_list, pin_threads\n"
+            "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n"
+            "pin_threads(cpu_list('0'))\n" + CPUS_OF_EVERY_THREAD)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['0']", "0"], proc.stdout  # every thread of this process, and a child process
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a CPU set from the host")
+def test_onnx_runtime_stays_in_the_cpu_set_it_is_given(built_repo):
+    """A stub confined to CPU 0 (a container's cpuset, taskset, perf/overload.py --server-cpus) keeps every ONNX
+    Runtime thread there: left at its default, ONNX Runtime starts a thread per core of the host and pins it."""
+    model = built_repo() / ONNX.name / "1" / ONNX.artifact
+    code = ("import os\nos.sched_setaffinity(0, {0})\nimport numpy as np\n"  # before numpy starts BLAS threads
+            "from mnv3kit.backend.classifier_model import OnnxRunner\n"
+            f"runner = OnnxRunner({str(model)!r}, {ONNX.input_name!r})\n"
+            "runner(np.zeros((4, 3, 224, 224), np.float32))\n" + CPUS_OF_EVERY_THREAD)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "['0']", proc.stdout
 
 
 def test_the_load_generator_checks_every_answer(server, load_target):

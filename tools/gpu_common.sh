@@ -1,6 +1,6 @@
-# Sourced by tools/gpu_run.sh, gpu_image.sh, gpu_tune.sh and multi_gpu_run.sh once PY is set: an admin key in
-# TRITON_ADMIN_KEY, the GPU and torch versions in the log, and start_server REPO LOG, which starts serve.py on REPO
-# (tritonserver's own log beside LOG)
+# Sourced by tools/gpu_run.sh, gpu_image.sh, gpu_tune.sh, gpu_runtimes.sh and multi_gpu_run.sh once PY is set: an
+# admin key in TRITON_ADMIN_KEY, the GPU and torch versions in the log, and start_server REPO LOG, which starts
+# serve.py on REPO (tritonserver's own log beside LOG)
 # in the background (under SERVER_PY when set, else PY), stops it on exit, and returns once Triton answers /v2/health/ready on port 8000; a server
 # that dies first prints its log and fails the script; and soak DIR REPO MODELS LEVELS, the load truth.
 export PYTHON="$PY" PYTHONUNBUFFERED=1

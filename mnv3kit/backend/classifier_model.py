@@ -276,19 +276,25 @@ class OnnxRunner:
         if device_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         self.ort, self.path, self.providers = ort, path, providers
-        self.full = self.session = ort.InferenceSession(path, providers=providers)
-        self.lean = None  # a session on one thread fewer, made at the first overload
         self.on_cpu = providers == ["CPUExecutionProvider"]
+        self.full = self.session = self._session(physical_cores())
+        self.lean = None  # a session on one thread fewer, made at the first overload
         self.input_name = input_name
+
+    def _session(self, threads: int):
+        """A session on `threads` threads. Always given: left at 0, ONNX Runtime starts one thread per physical
+        core of the host and pins each to its core, outside the CPU set of a container, a Kubernetes pod or
+        taskset, where it then competes with whatever runs on those cores."""
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return self.ort.InferenceSession(self.path, options, providers=self.providers)
 
     def yield_core(self, on: bool) -> None:
         """As TorchRunner.yield_core; ONNX Runtime fixes its threads per session, so a second session computes
         then."""
         threads = physical_cores()
         if on and self.lean is None and self.on_cpu and threads > 1:
-            options = self.ort.SessionOptions()
-            options.intra_op_num_threads = threads - 1
-            self.lean = self.ort.InferenceSession(self.path, options, providers=self.providers)
+            self.lean = self._session(threads - 1)
         self.session = self.lean if on and self.lean is not None else self.full
 
     def __call__(self, *parts: np.ndarray) -> np.ndarray:

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# TorchScript vs the compiled runtime (torch.export + TorchInductor), one serving config, on one GPU: builds Large
+# twice (--runtime torchscript and compiled, the same flags otherwise), serves both at once (two embedded servers,
+# ports 8000-8002 and 8100-8102), runs the soak on both (every answer checked), then perf_analyzer on each model of
+# each server, the runtimes alternating, ROUNDS rounds. Writes perf/results/gpu-runtimes-<date>/ (run.log, soak-*/,
+# pa-*.txt; the report is written by hand from them).
+#   bash tools/gpu_runtimes.sh          (after installing the kit on the GPU host; see docs/gpu.md)
+# Env: MODELS (pt,u8), BUILD_FLAGS (the winner of gpu-tune-20261206-0226: 2 instances, max batch 8, preferred 4,8,
+# 100 us, FP16, CUDA graphs 4,8), CONCURRENCY (32), ROUNDS (2), SOAK_LEVELS (1,16,64), SOAK_SECONDS (5), PY (python3).
+# Exit status: 1 when a soak found a wrong answer or a failed request.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-$(command -v python3)}
+MODELS=${MODELS:-pt,u8}
+BUILD_FLAGS=${BUILD_FLAGS:---instance-kind KIND_GPU --instance-count 2 --max-batch-size 8 --preferred-batch-sizes 4,8 \
+--queue-delay-us 100 --precision fp16 --cuda-graph-batches 4,8}
+RES=${RES:-perf/results/gpu-runtimes-$(date -u +%Y%m%d-%H%M)}
+mkdir -p "$RES"
+exec > >(tee "$RES/run.log") 2>&1
+date -u
+source tools/gpu_common.sh
+
+declare -A PORT=([torchscript]=8000 [compiled]=8100) PID=()
+for rt in torchscript compiled; do
+  # shellcheck disable=SC2086  # BUILD_FLAGS is a list of flags
+  "$PY" build_repo.py --target local --arch large --models "$MODELS" -o "/tmp/mnv3kit-$rt" --runtime $rt $BUILD_FLAGS
+done
+for rt in torchscript compiled; do
+  p=${PORT[$rt]}
+  "$PY" serve.py --repo "/tmp/mnv3kit-$rt" --http-port "$p" --grpc-port $((p + 1)) --metrics-port $((p + 2)) \
+    --timeout 600 --log-file "$RES/tritonserver-$rt.log" > "$RES/serve-$rt.log" 2>&1 &
+  PID[$rt]=$!
+done
+trap 'kill -TERM ${PID[*]} 2>/dev/null; wait ${PID[*]} 2>/dev/null || true' EXIT
+for rt in torchscript compiled; do
+  "$PY" -m mnv3kit.cli.triton ready -u "localhost:${PORT[$rt]}" --wait 900 --pid "${PID[$rt]}" \
+    || { cat "$RES/serve-$rt.log"; exit 1; }
+done
+
+status=0
+for rt in torchscript compiled; do
+  echo "== soak: $rt"
+  "$PY" -m mnv3kit.cli.perf soak --repo "/tmp/mnv3kit-$rt" -u "localhost:$((PORT[$rt] + 1))" -m "$MODELS" \
+    -c "${SOAK_LEVELS:-1,16,64}" --seconds "${SOAK_SECONDS:-5}" -o "$RES/soak-$rt" || status=1
+done
+
+# perf_analyzer as the kit finds it (beside PY, else PATH), with the CUDA runtime wheel's libraries it links
+PA=$("$PY" -c 'from mnv3kit.perf import find_perf_analyzer; print(find_perf_analyzer())')
+LD_LIBRARY_PATH=$("$PY" -c 'from mnv3kit.perf import perf_analyzer_env as e; print(e()["LD_LIBRARY_PATH"])')
+export LD_LIBRARY_PATH
+names=$("$PY" -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["models"]))' \
+  /tmp/mnv3kit-torchscript/manifest.json)
+for round in $(seq "${ROUNDS:-2}"); do
+  order="torchscript compiled"; [ $((round % 2)) = 0 ] && order="compiled torchscript"
+  for model in $names; do
+    for rt in $order; do
+      out="$RES/pa-$rt-$model-r$round.txt"
+      "$PA" -m "$model" -i grpc -u "localhost:$((PORT[$rt] + 1))" --concurrency-range "${CONCURRENCY:-32}" \
+        --input-data zero --shared-memory none -p 3000 --max-trials 4 \
+        -H "triton-grpc-protocol-admin-key:$TRITON_ADMIN_KEY" > "$out" 2>&1 || true
+      echo "$rt $model round $round: $(grep -E 'Throughput:' "$out" | tail -1 | xargs)," \
+        "$(grep -E 'p99 latency' "$out" | tail -1 | xargs)"
+    done
+  done
+done
+date -u
+[ $status = 0 ] || echo "a soak found wrong answers or failed requests: these speeds are not results"
+exit $status
