@@ -1,5 +1,6 @@
 """The one exception type the CLIs turn into a one-line message and a non-zero exit."""
 
+import importlib.util
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,9 +35,11 @@ def cli_errors(prog: Optional[str] = None):
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except ModuleNotFoundError as exc:
-        if not exc.name or exc.name.split(".")[0] == "mnv3kit":  # the kit itself is broken: show where
+        package = (exc.name or "").split(".")[0]
+        # a package that is there but broken (a submodule missing, the kit's own code) keeps its traceback
+        if not package or package == "mnv3kit" or importlib.util.find_spec(package) is not None:
             raise
-        print(f"{prog}: error: this step needs the Python package {exc.name!r}, which is not installed here: "
+        print(f"{prog}: error: this step needs the Python package {package!r}, which is not installed here: "
               f"{HOW_TO_INSTALL}", file=sys.stderr)
         sys.exit(KitError.exit_code)
     except KeyboardInterrupt:

@@ -62,10 +62,12 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
 
 
 def cpu_list(text: str) -> List[int]:
-    """CPU numbers from a list in taskset's form: "0,1" or "0-3,8"."""
+    """CPU numbers from a list in taskset's form: "0,1" or "0-3,8" (ValueError for anything else)."""
     cpus: List[int] = []
     for part in text.split(","):
         first, _, last = part.partition("-")
+        if int(last or first) < int(first):
+            raise ValueError(f"{part}: a range runs from low to high")
         cpus += range(int(first), int(last or first) + 1)
     return cpus
 

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
         from mnv3kit.report import hardware
         from mnv3kit.spec import ONNX
 
+        if args.batch < 2:
+            raise KitError(f"--batch {args.batch}: the larger batch size must be at least 2 (batch 1 is always run)")
         if not args.onnx.is_file():
             raise KitError(f"--onnx {args.onnx}: no such file; build a repository with -m onnx first")
         runners = {"ONNX Runtime": OnnxRunner(str(args.onnx), ONNX.input_name)}

@@ -65,6 +65,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="mnv3kit-overload-") as work:
             (target,) = targets(args.repo, [args.model], Path(work))
         every_cpu = sorted(os.sched_getaffinity(0))
+        for flag, cpus in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
+            if cpus and not set(cpus) <= set(every_cpu):
+                raise KitError(f"{flag}: CPUs {sorted(set(cpus) - set(every_cpu))} are not among this process's "
+                               f"{every_cpu[0]}-{every_cpu[-1]} ({len(every_cpu)} CPUs)")
         client_cpus = args.client_cpus or [c for c in every_cpu if c not in (args.server_cpus or [])] or every_cpu
         if args.server_cpus:
             pin_threads(args.server_cpus)

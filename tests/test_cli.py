@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, markdown_table, run_cli, start_serve_py
+from conftest import ROOT, assert_one_line_error, markdown_table, run_cli, start_serve_py
 
 README = (ROOT / "README.md").read_text()
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -159,5 +159,13 @@ def test_a_missing_package_is_one_line_naming_it():
             "    import mnv3kit_absent_dependency_for_this_test\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "'mnv3kit_absent_dependency_for_this_test'" in proc.stderr and "make venv" in proc.stderr
+    assert_one_line_error(proc, "'mnv3kit_absent_dependency_for_this_test'", "make venv")
+
+
+def test_a_broken_installed_package_keeps_its_traceback():
+    """A submodule missing from an installed package is not "not installed": the traceback says where."""
+    code = ("from mnv3kit.errors import cli_errors\n"
+            "with cli_errors('mnv3-build'):\n"
+            "    import numpy.mnv3kit_absent_submodule_for_this_test\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "not installed" not in proc.stderr

@@ -6,8 +6,8 @@
 # pa-*.txt; the report is written by hand from them).
 #   bash tools/gpu_runtimes.sh          (after installing the kit on the GPU host; see docs/gpu.md)
 # Env: MODELS (pt,u8), BUILD_FLAGS (the winner of gpu-tune-20261206-0226: 2 instances, max batch 8, preferred 4,8,
-# 100 us, FP16, CUDA graphs 4,8), CONCURRENCY (32), ROUNDS (2), SOAK_LEVELS (1,16,64), SOAK_SECONDS (5), PY (python3).
-# Exit status: 1 when a soak found a wrong answer or a failed request.
+# 100 us, FP16, CUDA graphs 4,8), CONCURRENCY (32), ROUNDS (2), SOAK_LEVELS (1,16,64), SOAK_SECONDS (10), PY (python3).
+# Exit status: the soaks' (0: every answer right, no failed request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$(command -v python3)}
@@ -20,28 +20,17 @@ exec > >(tee "$RES/run.log") 2>&1
 date -u
 source tools/gpu_common.sh
 
-declare -A PORT=([torchscript]=8000 [compiled]=8100) PID=()
+declare -A PORT=([torchscript]=8000 [compiled]=8100)
 for rt in torchscript compiled; do
   # shellcheck disable=SC2086  # BUILD_FLAGS is a list of flags
   "$PY" build_repo.py --target local --arch large --models "$MODELS" -o "/tmp/mnv3kit-$rt" --runtime $rt $BUILD_FLAGS
 done
 for rt in torchscript compiled; do
-  p=${PORT[$rt]}
-  "$PY" serve.py --repo "/tmp/mnv3kit-$rt" --http-port "$p" --grpc-port $((p + 1)) --metrics-port $((p + 2)) \
-    --timeout 600 --log-file "$RES/tritonserver-$rt.log" > "$RES/serve-$rt.log" 2>&1 &
-  PID[$rt]=$!
+  start_server "/tmp/mnv3kit-$rt" "$RES/serve-$rt.log" "${PORT[$rt]}"
 done
-trap 'kill -TERM ${PID[*]} 2>/dev/null; wait ${PID[*]} 2>/dev/null || true' EXIT
-for rt in torchscript compiled; do
-  "$PY" -m mnv3kit.cli.triton ready -u "localhost:${PORT[$rt]}" --wait 900 --pid "${PID[$rt]}" \
-    || { cat "$RES/serve-$rt.log"; exit 1; }
-done
-
-status=0
 for rt in torchscript compiled; do
   echo "== soak: $rt"
-  "$PY" -m mnv3kit.cli.perf soak --repo "/tmp/mnv3kit-$rt" -u "localhost:$((PORT[$rt] + 1))" -m "$MODELS" \
-    -c "${SOAK_LEVELS:-1,16,64}" --seconds "${SOAK_SECONDS:-5}" -o "$RES/soak-$rt" || status=1
+  soak "$RES/soak-$rt" "/tmp/mnv3kit-$rt" "$MODELS" "${SOAK_LEVELS:-1,16,64}" $((PORT[$rt] + 1))
 done
 
 # perf_analyzer as the kit finds it (beside PY, else PATH), with the CUDA runtime wheel's libraries it links
@@ -64,5 +53,5 @@ for round in $(seq "${ROUNDS:-2}"); do
   done
 done
 date -u
-[ $status = 0 ] || echo "a soak found wrong answers or failed requests: these speeds are not results"
-exit $status
+[ "$soak_status" = 0 ] || echo "a soak found wrong answers or failed requests: these speeds are not results"
+exit "$soak_status"
