@@ -66,9 +66,10 @@ def cpu_list(text: str) -> List[int]:
     cpus: List[int] = []
     for part in text.split(","):
         first, _, last = part.partition("-")
-        if int(last or first) < int(first):
+        low, high = int(first), int(last or first)
+        if high < low:
             raise ValueError(f"{part}: a range runs from low to high")
-        cpus += range(int(first), int(last or first) + 1)
+        cpus += range(low, high + 1)
     return cpus
 
 

@@ -17,22 +17,11 @@ Exit status: 0, or 2 when the model or a runtime is missing.
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from mnv3kit.errors import KitError, cli_errors
-
-
-def rate(runner, batch: np.ndarray, seconds: float) -> float:
-    for _ in range(5):
-        runner(batch)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runner(batch)
-        calls += 1
-    return calls * len(batch) / (time.perf_counter() - start)
 
 
 def main(argv=None) -> int:
@@ -45,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--views", type=int, default=256, help="photo views for the agreement (default 256)")
     args = p.parse_args(argv)
     with cli_errors():
+        from mnv3kit.bench import measure
         from mnv3kit.backend.classifier_model import OnnxRunner, OpenVinoRunner, RunnerError, physical_cores
         from mnv3kit.parity import parity_batch, sample_photos
         from mnv3kit.report import hardware
@@ -61,22 +51,23 @@ def main(argv=None) -> int:
             except RunnerError as exc:
                 print(f"OpenVINO {precision}: not measured: {exc}")
         views = parity_batch(sample_photos(), args.views)
-        reference = np.concatenate([runners["ONNX Runtime"](views[i:i + args.batch])
-                                    for i in range(0, len(views), args.batch)])
+        logits = {name: np.concatenate([runner(views[i:i + args.batch]) for i in range(0, len(views), args.batch)])
+                  for name, runner in runners.items()}
+        reference = logits["ONNX Runtime"]
         rates = {(name, b): [] for name in runners for b in (1, args.batch)}
         for r in range(args.rounds):
             order = list(runners) if r % 2 == 0 else list(runners)[::-1]
             for b in (1, args.batch):
                 for name in order:
-                    rates[name, b].append(rate(runners[name], views[:b], args.seconds))
+                    ms = measure(lambda: runners[name](views[:b]), warmup=5, iters=1, seconds=args.seconds)
+                    rates[name, b].append(b * 1e3 / float(np.mean(ms)))
         print(f"{hardware()['cpu']}, {physical_cores()} of its cores for this process; "
               f"{args.onnx}; {args.rounds} rounds x {args.seconds} s; img/s median (min-max)")
         print(f"| runtime | batch 1 | batch {args.batch} | max abs logit diff / max abs logit | top-1 agreement |")
         print("|---|---|---|---|---|")
-        for name, runner in runners.items():
-            logits = np.concatenate([runner(views[i:i + args.batch]) for i in range(0, len(views), args.batch)])
-            diff = float(np.abs(logits - reference).max()) / float(np.abs(reference).max())
-            agree = float((logits.argmax(1) == reference.argmax(1)).mean())
+        for name in runners:
+            diff = float(np.abs(logits[name] - reference).max()) / float(np.abs(reference).max())
+            agree = float((logits[name].argmax(1) == reference.argmax(1)).mean())
             cells = [f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"
                      for v in (rates[name, 1], rates[name, args.batch])]
             print(f"| {name} | {cells[0]} | {cells[1]} | {diff:.1e} | {agree:.2%} of {len(views)} |")

@@ -36,8 +36,8 @@ start_server() {
 
 # soak DIR REPO MODELS LEVELS [GRPC_PORT]: sustained load on MODELS of the running server (gRPC, GRPC_PORT or
 # 8001), every answer checked against in-process FP32 logits of REPO's artifacts (python -m mnv3kit.cli.perf soak),
-# SOAK_SECONDS (10) per level. Run before any speed is measured: a speed is only reported with its answers checked. Writes DIR/soak.md,
-# DIR/soak.json and DIR/exit_status (0: no wrong answer, no failed request; 1: some; 2: the soak itself broke);
+# SOAK_SECONDS (10) per level. Run before any speed is measured: a speed is only reported with its answers checked.
+# Writes DIR/soak.md, DIR/soak.json and DIR/exit_status (0: no wrong answer, no failed request; 1: some; 2: the soak itself broke);
 # the script carries on to measure and report, and ends with soak_status (the soak's exit status) so that a
 # failing soak fails the run.
 soak_status=0
