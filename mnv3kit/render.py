@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 
 import jinja2
 
+from .backend.serving import YIELD_MODES
 from .errors import KitError
 from .spec import (COMPILED_ARTIFACT, DEFAULT_VERSION, INPUT_DIMS, LABELS_FILE, MEAN, ONNX, ONNX_PLATFORM,
                    OPENVINO_BACKEND, OPENVINO_MODELS, PLAN_INFO_FILE, PT, PYTHON_BACKEND, RUNTIMES, STD,
@@ -69,6 +70,7 @@ class Batching:
     queue_delay_us: int = 100
     max_queue_size: Optional[int] = None  # requests; None: QUEUE_BATCHES x max_batch_size x instances; 0: unbounded
     queue_timeout_us: int = QUEUE_TIMEOUT_US  # 0: no timeout
+    yield_core: str = "auto"  # CPU python-backend models under overload: auto | always | never (serving.py)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def _python_parameters(model: ModelSpec, opts: "ConfigOptions") -> dict:
     params = {"artifact": artifact_of(model, opts), "runtime": runtime}
     if opts.batching.enabled:  # the queue bound, kept by model.py (queue_policy.pbtxt.j2 says why)
         params.update(max_queue_size=str(instance_queue_size(opts)), queue_timeout_us=str(opts.batching.queue_timeout_us))
+        if opts.instances.kind == "KIND_CPU":
+            params["yield_core"] = opts.batching.yield_core
     if runtime == "openvino":
         params["precision"] = opts.openvino_precision
     elif runtime != "onnxruntime":
@@ -216,6 +220,8 @@ def check_config_options(opts: "ConfigOptions") -> None:
         raise KitError(f"--openvino-precision must be one of {', '.join(OPENVINO_PRECISIONS)}")
     if opts.gpu.onnx_accelerator not in ONNX_ACCELERATORS:
         raise KitError(f"--onnx-accelerator must be one of {', '.join(ONNX_ACCELERATORS)}")
+    if opts.batching.yield_core not in YIELD_MODES:
+        raise KitError(f"--yield-core must be one of {', '.join(YIELD_MODES)}, got {opts.batching.yield_core!r}")
     if opts.gpu.decode not in GPU_DECODE:
         raise KitError(f"--gpu-decode must be one of {', '.join(GPU_DECODE)}")
     bad = [b for b in opts.gpu.cuda_graph_batches if not 1 <= b <= opts.max_batch_size]

@@ -17,8 +17,8 @@ The search (Search), instead of the full grid:
   2. coordinate search from the best: one dimension at a time (model, torch runtime, instances, max batch, CUDA
      graphs, queue delay, preferred sizes), every value of it with the others fixed; the best of everything measured replaces the incumbent when it
      beats it by MIN_GAIN, or, when it is the cheaper config (fewer instances, smaller batches, shorter delay), when
-     it ties or beats it; again while a pass moved, within --budget-min.
-A challenger whose lead is enough but under NOISE (what one lucky window on a busy host makes) does not move the search
+     it ties or beats it; again while a pass moved, within --budget-min and --max-runs.
+A run perf_analyzer could not stabilise (UNSTABLE) is made once more before it counts. A challenger whose lead is enough but under NOISE (what one lucky window on a busy host makes) does not move the search
 at once: both are measured again, alternately, up to REPEATS more runs each, and the medians decide. Then the winner
 and the best default are measured again, alternately (--confirm N times each): the margin is the ratio of their
 medians. The winner is written as a repository (atomically, validated), with report.md (every run's score, the
@@ -61,6 +61,9 @@ PRUNE_RUNTIME = 0.8  # a runtime whose default scores below this fraction of the
 MIN_GAIN = 1.03  # a move must beat the incumbent by 3 %: less is within a busy machine's noise
 NOISE = 1.25  # a lead under 25 % can be one lucky perf_analyzer window on a busy 2-core host: measured again
 REPEATS = 2  # more runs of each side of such a near-tie, at most: a median of 3 outvotes one lucky window
+# perf_analyzer's words when its windows never agreed: a busy host's noise, not the candidate's fault, so such a run
+# is made once more before it counts as the candidate's failure (one failed default would end the search)
+UNSTABLE = "Failed to obtain stable measurement"
 DIMENSIONS = ("runtime", "compiled", "graphs", "instances", "max_batch", "delay_us", "preferred")  # the coordinate search's order
 REPORT_MD, RESULT_JSON, PARETO_PNG = "report.md", "tune.json", "pareto.png"
 WINNER_DIR = "model_repository"
@@ -285,23 +288,29 @@ class Search:
     candidate is kept (``results``, the first run first); its score is their median."""
 
     def __init__(self, measurer: Measurer, space: Space, clients: int, budget_ms: float, deadline: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, max_runs: int = 0):
         self.measurer, self.space, self.clients = measurer, space, clients
         self.budget_ms, self.deadline, self.clock = budget_ms, deadline, clock
+        self.max_runs = max_runs  # of the search (first runs and repeats); 0: no limit
         self.results: Dict[Candidate, List[Result]] = {}
         self.runs = 0  # measurements: first runs, repeats and confirmation rounds
 
     def out_of_time(self) -> bool:
-        return self.clock() > self.deadline
+        """Past the deadline, or the search's runs spent: nothing new is measured (the confirmation still runs)."""
+        return self.clock() > self.deadline or 0 < self.max_runs <= self.runs
 
     def run(self, candidate: Candidate, stage: str, tag: str = "") -> Result:
         self.runs += 1
         return self.measurer.measure(candidate, stage, tag)
 
     def record(self, candidate: Candidate, stage: str) -> None:
-        """One more run of ``candidate`` into its results."""
+        """One more run of ``candidate`` into its results (a run that could not stabilise: made once more)."""
         runs = self.results.get(candidate, [])
-        self.results[candidate] = runs + [self.run(candidate, stage, f"_{stage}{len(runs)}" if runs else "")]
+        tag = f"_{stage}{len(runs)}" if runs else ""
+        result = self.run(candidate, stage, tag)
+        if UNSTABLE in result.error and not self.out_of_time():
+            result = self.run(candidate, stage, f"{tag}_again")
+        self.results[candidate] = runs + [result]
 
     def measure(self, candidate: Candidate, stage: str) -> None:
         if candidate not in self.results:
@@ -443,9 +452,10 @@ def render_report(info: dict) -> str:
              f"{info['concurrency']}, one image per request; `{' '.join(info['perf_args'])}`",
              f"- Source repository: {info['source']} ({info['arch']})",
              f"- Measurements: {info['measured']} candidates ({info['points']} perf_analyzer points) of a full grid of "
-             f"{info['grid']} candidates ({info['grid_points']} points); {info['runs']} perf_analyzer runs in all "
-             f"({info['repeats']} repeats of near-ties and the confirmation included), {info['minutes']:.1f} min"
-             + (" (stopped at --budget-min)" if info["out_of_time"] else "")]
+             f"{info['grid']} candidates ({info['grid_points']} points); {info['runs']} perf_analyzer runs in all: "
+             f"{info['search_runs']} of the search ({info['repeats']} repeats of near-ties included), "
+             f"{info['runs'] - info['search_runs']} of the confirmation; {info['minutes']:.1f} min"
+             + (" (stopped at --budget-min or --max-runs)" if info["out_of_time"] else "")]
     if winner:
         lines += [f"- Winner: `{winner['label']}`: {winner['throughput']:.1f} infer/s at concurrency "
                   f"{winner['concurrency']}, p99 {winner['p99_ms']:.1f} ms; written to {info['repository']}"]
@@ -536,8 +546,9 @@ def tune(args: argparse.Namespace, ports) -> int:
             measurer = TritonMeasurer(sources, out, triton, work, base, kind, args.protocol, settings,
                                       args.p99_ms, deadline)
             measurer.loaded, measurer.copied[first.spec.name] = first.spec.name, source_of(sources, first)
-            search = Search(measurer, space, measurer.clients, args.p99_ms, deadline)
+            search = Search(measurer, space, measurer.clients, args.p99_ms, deadline, max_runs=args.max_runs)
             best = search.search()
+            search_runs, out_of_time = search.runs, search.out_of_time()
             default = search.best(space.defaults())
             confirmed = (search.confirm(best, default, args.confirm) if args.confirm and best and default
                          and best != default else None)
@@ -564,12 +575,13 @@ def tune(args: argparse.Namespace, ports) -> int:
     info = {"date": date, "hardware": host, "kind": kind, "protocol": args.protocol,
             "shared_memory": args.shared_memory, "concurrency": args.concurrency, "perf_args": settings.args(),
             "p99_ms": args.p99_ms, "source": source_text, "arch": arch, "repository": str(winner_dir),
-            "measured": len(search.results), "runs": search.runs,
+            "measured": len(search.results), "runs": search.runs, "search_runs": search_runs,
+            "max_runs": args.max_runs,
             "points": sum(len(runs[0].rows) or levels for runs in search.results.values()),
             "repeats": sum(len(runs) - 1 for runs in search.results.values()), "confirmed": confirmed,
             "spread": every_score(search, best, default, confirmed),
             "grid": len(grid), "grid_points": len(grid) * levels,
-            "minutes": (time.monotonic() - started) / 60, "out_of_time": search.out_of_time(),
+            "minutes": (time.monotonic() - started) / 60, "out_of_time": out_of_time,
             "winner": point(best), "default": point(default),
             "candidates": [entry(c) for c in search.results]}
     (out / RESULT_JSON).write_text(json.dumps(info, indent=2) + "\n")

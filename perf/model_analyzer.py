@@ -282,6 +282,7 @@ class Run:
     wall_s: float = 0.0
     pa_runs: int = 0
     points: int = 0
+    confirm_runs: int = 0  # of pa_runs, mnv3-tune's confirmation (winner vs default), after its search
     error: str = ""
     own: Optional[dict] = None  # the winner's row as the tool reported it: throughput, p99_ms, concurrency
     serving: Optional[Serving] = None
@@ -367,6 +368,8 @@ def run_kit(run: Run, args: argparse.Namespace, out: Path, kit_repo: Path) -> No
            "--instances", ",".join(str(i) for i in range(1, args.max_instances + 1)),
            "--max-batch-sizes", ",".join(map(str, powers_of_two(args.max_batch))),
            "--count", COUNT, "--stability", STABILITY, "-o", rundir]
+    if args.kit_max_runs:
+        cmd += ["--max-runs", args.kit_max_runs]
     log = rundir / "tune.out"
     code, run.wall_s = run_logged(cmd, log, ROOT)
     result = rundir / "tune.json"
@@ -374,7 +377,7 @@ def run_kit(run: Run, args: argparse.Namespace, out: Path, kit_repo: Path) -> No
         run.error = f"mnv3-tune exited {code}: {last_line(log)}"
         return
     info = json.loads(result.read_text())
-    run.pa_runs = info["runs"]
+    run.pa_runs, run.confirm_runs = info["runs"], info["runs"] - info["search_runs"]
     # every run's points (repeats and confirmation included): Model Analyzer's count includes its re-runs too
     run.points = sum(len(read_csv(p, args.spec.name, 1)) for p in (rundir / "csv").glob("*.csv"))
     winner = info.get("winner")
@@ -511,6 +514,8 @@ def table_row(run: Run, max_instances: int, max_batch: int) -> List[str]:
     else:
         checked = f"{run.soak['wrong']} / {run.soak['failed']}" + (" **WRONG**" if run.soak["wrong"] else "")
     spent = f"{run.pa_runs} runs, {run.points} points"
+    if run.confirm_runs:
+        spent += f" ({run.pa_runs - run.confirm_runs} runs searching, {run.confirm_runs} confirming)"
     config = run.serving.label if run.serving else f"none: {run.error}"
     if run.serving and run.mode != "kit":
         config += f" (`{run.own['config']}`)"
@@ -537,7 +542,9 @@ def render_report(info: dict, runs: List[Run]) -> str:
         f"preferred sizes, queue bound {MA_BASE_QUEUE})",
         f"- Search bounds: instances 1..{info['max_instances']}, max batch 1..{info['max_batch']} (powers of 2), "
         f"concurrency {info['concurrency']} (Model Analyzer: powers of 2 from {min(info['levels'])} to "
-        f"{max(info['levels'])}); mnv3-tune also varies the preferred batch sizes and the queue delay",
+        f"{max(info['levels'])}); mnv3-tune also varies the preferred batch sizes and the queue delay"
+        + (f", its search capped at {info['kit_max_runs']} perf_analyzer runs (--max-runs)"
+           if info.get("kit_max_runs") else ""),
         f"- Every tool and the re-measurement: perf_analyzer over gRPC, zero input, count windows of {COUNT} requests, "
         f"{STABILITY} % stability; Model Analyzer restarts tritonserver for every config and measures one concurrency "
         f"per perf_analyzer run, mnv3-tune reloads in place and measures the whole range per run",
@@ -595,6 +602,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="rounds of the common re-measurement of the winners (default 2)")
     p.add_argument("--soak-seconds", type=float, default=5.0, metavar="S",
                    help="soak of each winner at the top concurrency, every answer checked (default 5)")
+    p.add_argument("--kit-max-runs", type=positive, metavar="N",
+                   help="mnv3-tune's --max-runs: the perf_analyzer runs its search may spend (default: no limit)")
     p.add_argument("--analyzer-venv", type=Path, default=DEFAULT_VENV, metavar="DIR",
                    help=f"the venv with model-analyzer (default {DEFAULT_VENV.relative_to(ROOT)}: make analyzer-venv)")
     add_output(p, help="output directory (default perf/out/analyzer-YYYYmmdd-HHMMSS)")
@@ -705,7 +714,7 @@ def compare(args: argparse.Namespace) -> int:
             "arch": args.arch, "model": args.spec.name, "weights": str(args.weights), "p99_ms": args.p99_ms,
             "concurrency": args.concurrency, "levels": concurrency_range(args.concurrency),
             "max_instances": args.max_instances, "max_batch": args.max_batch, "modes": args.modes,
-            "rounds": args.rounds, "remeasure": args.remeasure, "soak_seconds": args.soak_seconds,
+            "kit_max_runs": args.kit_max_runs, "rounds": args.rounds, "remeasure": args.remeasure, "soak_seconds": args.soak_seconds,
             "kit_repository": str(kit_repo), "ma_repository": str(ma_repo), "kit_default_max_batch": DEFAULT_MAX_BATCH,
             "ma_yamls": sorted(p.name for p in out.glob("ma-*.yaml")), "wall_s": time.monotonic() - started,
             "ratios": ratios(runs), "runs": [{**asdict(run), "tool": TOOL[run.mode]} for run in runs]}

@@ -14,9 +14,10 @@ failed, the probes' wrong answers, p50 and p99 latency of the answers, p99 of th
 after the last request, the server's resident memory (tritonserver + stubs) before, at its peak and after, and the
 cores the server and this client used during the probes and the overload (on a small host the client's share is
 taken from the server: per_server_core_vs_capacity is right answers per second per core the server used, over the
-same at capacity, the better probe). Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no
-bound). On a host with cores to spare, --server-cpus and --client-cpus keep the two apart (the server and its
-stubs start on the first set; this process then moves to the second), so the client takes nothing from the server.
+same at capacity, the better probe), and the model's log lines about the overload and its cores (yield_core).
+Compare a repository built with `--max-queue-size 0 --queue-timeout-ms 0` (no bound). On a host with cores to
+spare, --server-cpus and --client-cpus keep the two apart (the server and its stubs start on the first set; this
+process then moves to the second), so the client takes nothing from the server.
 Exit status: 0, or 1 when an answer was wrong or a request failed other than by the queue's refusal.
 """
 
@@ -115,7 +116,9 @@ def main(argv=None) -> int:
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
                       "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])},
                       "cpus": {"server": args.server_cpus or every_cpu, "client": client_cpus},
-                      "cores": {"probe": probe_cores, "overload": load_cores, "probe_after": after_cores}}
+                      "cores": {"probe": probe_cores, "overload": load_cores, "probe_after": after_cores},
+                      "model_log": [line.split("] ", 1)[-1].strip('"') for line in server.log_text().splitlines()
+                                    if f"{spec.name}_" in line and ("overload" in line or "core" in line)][-12:]}
         print(json.dumps(result))
         return 1 if answered["wrong"] or answered["failed"] or probe_wrong else 0
 

@@ -8,8 +8,10 @@ Same tritonserver binary (the nvidia-pytriton wheel's), same model names, tensor
 batch sizes and queue delay as the repository's configs; the models run in this process with the runtimes the kit's
 models use (TorchScript on the CPU, frozen and optimized for oneDNN, for mobilenetv3_pt, or with --torchscript plain
 as torch.jit.load gives it; ONNX Runtime for
-mobilenetv3_onnx; OpenVINO at the config's precision for mobilenetv3_openvino and mobilenetv3_openvino_u8), so the
-comparison is of the serving path alone. No endpoint is restricted (perf_analyzer reads the statistics API without a
+mobilenetv3_onnx, its threads named as the kit names them (left to ONNX Runtime, one thread per core of the host,
+each pinned there, so on a 16-core host under `taskset -c 0,1` this process used 15.7 cores); OpenVINO at the
+config's precision for mobilenetv3_openvino and mobilenetv3_openvino_u8), so the comparison is of the serving path
+alone. No endpoint is restricted (perf_analyzer reads the statistics API without a
 key). Runs until SIGINT/SIGTERM.
 """
 
@@ -56,7 +58,6 @@ def main(argv=None) -> int:
                    help="how model.pt runs: kit (the kit's runner: frozen, optimized for oneDNN; default) or plain "
                         "(torch.jit.load as it is)")
     args = p.parse_args(argv)
-    import onnxruntime as ort
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from mnv3kit.server import pytriton_root, server_env
@@ -80,9 +81,10 @@ def main(argv=None) -> int:
                 return module(torch.from_numpy(x)).numpy()
         return infer
 
-    def onnxruntime(path):
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {ONNX.input_name: x})[0]
+    def onnxruntime(path):  # the kit's session options: its threads stay in this process's CPU set
+        from mnv3kit.backend.classifier_model import OnnxRunner
+
+        return OnnxRunner(path, ONNX.input_name)
 
     def openvino(path):
         from mnv3kit.backend.classifier_model import OpenVinoRunner

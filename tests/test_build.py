@@ -255,6 +255,21 @@ def test_template_options_render_valid_configs():
     assert bound(ConfigOptions(target="local", batching=given, instances=Instances("KIND_CPU"))) == (5, 0)
 
 
+def test_yield_core_is_a_parameter_of_cpu_instances():
+    """How a CPU model computes under overload (mnv3kit/backend/serving.py): auto unless told, CPU instances only."""
+    def params(opts):
+        config = text_format.Parse(render_config(ONNX, opts), model_config_pb2.ModelConfig())
+        return {k: v.string_value for k, v in config.parameters.items()}
+
+    cpu = ConfigOptions(target="local", instances=Instances("KIND_CPU"))
+    assert params(cpu)["yield_core"] == "auto"
+    assert params(ConfigOptions(target="local", instances=Instances("KIND_CPU"),
+                                batching=Batching(yield_core="never")))["yield_core"] == "never"
+    assert "yield_core" not in params(ConfigOptions(target="local", instances=Instances("KIND_GPU")))
+    with pytest.raises(KitError, match="--yield-core must be one of auto, always, never, got 'sometimes'"):
+        render_config(ONNX, ConfigOptions(target="local", batching=Batching(yield_core="sometimes")))
+
+
 # What serves each model on each target, written out as Triton names it (not read from spec.py): one template renders
 # all of them, the platform and its blocks are data.
 SERVED_BY = [  # model, target, runtime -> platform, backend, parameters (key: value; None: any value)

@@ -202,7 +202,7 @@ def test_the_report_flags_a_wrong_winner_and_gives_the_ratios():
                    remeasured=[{"score": 200.0, "p99_ms": 9.0, "concurrency": 2, "error": ""},
                                {"score": 100.0, "p99_ms": 8.0, "concurrency": 1, "error": ""}],
                    soak={"ok": 10, "wrong": 1, "failed": 0, "rejected": 0, "error": "", "examples": ["batch 1: x"]})
-    kit = ma.Run(1, "kit", 120.0, 12, 23, own={"config": "onnx i1 b2 p1,2 d0", "concurrency": 2, "throughput": 400.0,
+    kit = ma.Run(1, "kit", 120.0, 12, 23, 4, own={"config": "onnx i1 b2 p1,2 d0", "concurrency": 2, "throughput": 400.0,
                                                "p99_ms": 10.0},
                  serving=ma.Serving("KIND_CPU", 1, 2, (1, 2), 0),
                  remeasured=[{"score": 300.0, "p99_ms": 9.5, "concurrency": 2, "error": ""}] * 2,
@@ -214,7 +214,7 @@ def test_the_report_flags_a_wrong_winner_and_gives_the_ratios():
             "arch": "small", "model": ONNX.name, "weights": "w", "kit_repository": "k", "ma_repository": "m",
             "max_instances": 1, "max_batch": 2, "concurrency": "1:2", "levels": [1, 2], "modes": list(ma.MODES),
             "ma_yamls": ["ma-r1-quick.yaml"], "remeasure": 2, "soak_seconds": 5.0, "wall_s": 300.0,
-            "kit_default_max_batch": 8, "ratios": ma.ratios(runs)}
+            "kit_default_max_batch": 8, "kit_max_runs": 9, "ratios": ma.ratios(runs)}
     assert info["ratios"] == {"kit/quick": 2.0, "kit/brute": None}
     text = ma.render_report(info, runs)
     rows = {row[0]: row for row in markdown_table(text, "Tool / mode")}
@@ -222,4 +222,6 @@ def test_the_report_flags_a_wrong_winner_and_gives_the_ratios():
     assert "**WRONG**" in rows["Model Analyzer quick (round 1)"][4]
     assert rows["Model Analyzer brute (round 1)"][1] == "none: no config within the budget"
     assert rows["mnv3-tune (round 1)"][4] == "0 / 0"
+    assert rows["mnv3-tune (round 1)"][5] == "12 runs, 23 points (8 runs searching, 4 confirming)"
+    assert "its search capped at 9 perf_analyzer runs (--max-runs)" in text
     assert "kit/quick: **2.00x**" in text and "batch 1: x" in text

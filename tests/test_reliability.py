@@ -267,6 +267,25 @@ def test_onnx_runtime_stays_in_the_cpu_set_it_is_given(built_repo):
     assert proc.stdout.split()[0] == f"['{ONE_CPU}']", proc.stdout
 
 
+def test_cpu_share_counts_busy_cores_outside_the_server_only():
+    """What a CPU model under overload looks at with yield_core auto: cores of its CPU set kept busy by work outside
+    its server's process tree. A busy loop counts when it runs beside a server, not when it is (part of) the server."""
+    from mnv3kit.backend.serving import CpuShare
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen(["sleep", "60"])
+    try:
+        time.sleep(0.5)  # the interpreter started
+        as_server, beside = CpuShare(spin.pid), CpuShare(idle.pid)
+        time.sleep(1.5)
+        inside, outside = as_server.outside(), beside.outside()
+    finally:
+        for proc in (spin, idle):
+            proc.kill()
+            proc.wait()
+    assert outside > 0.6 and outside - inside > 0.6, (inside, outside)  # the loop takes up to a core
+
+
 def test_the_load_generator_checks_every_answer(server, load_target):
     """Answers against logits they do not match are counted wrong, not ok; with those logits accepted, ok."""
     shifted = replace(load_target, reference=load_target.reference + 1.0)
@@ -300,12 +319,16 @@ def test_overload_is_refused_fast_and_memory_stays_bounded(server, load_target):
     assert summary["ok_p99_ms"] < (5 + 6 * batch_s) * 1000, (summary, batch_s)
     assert max(o.done for o in outcomes) - last_sent < 1 + 6 * batch_s, (summary, batch_s)
     assert rss_mb(server.proc.pid) < before + 500, summary
-    # the model computed on one thread fewer while it refused, and took its threads back a second after
+    # this load generator shares the server's cores: the model (yield_core auto) computed on one thread fewer while
+    # it refused, and took its threads back a second after
     time.sleep(1.5)
     capacity(server.grpc_url, load_target, 1, 1)
     log = server.log_text()
     assert "mobilenetv3_pt_0_0: overloaded, refusing requests beyond 32 waiting" in log, log[-2000:]
     assert log.rindex("no longer overloaded") > log.rindex("overloaded, refusing"), log[-2000:]
+    assert re.search(r"mobilenetv3_pt_0_0: computing on one core fewer \(\d\.\d\d of the CPU set's cores busy "
+                     r"outside the server\)", log), log[-2000:]
+    assert log.rindex("computing on every core again") > log.rindex("computing on one core fewer"), log[-2000:]
 
 
 def stub_pids(root, model):

@@ -73,6 +73,8 @@ def test_search_measures_two_candidates_and_writes_a_loadable_winner(search):
     assert (confirmed is None) == (winner["label"] == labels[0]), confirmed
     assert result["repeats"] == sum(len(c["scores"]) - 1 for c in result["candidates"])
     assert result["runs"] == 2 + result["repeats"] + (2 if confirmed else 0)
+    assert result["search_runs"] == 2 + result["repeats"] and result["max_runs"] == 0
+    assert f"{result['search_runs']} of the search" in (out / "report.md").read_text()
     assert confirmed is None or (len(confirmed["winner"]) == len(confirmed["default"]) == 1)
     winning = next(c for c in result["candidates"] if c["label"] == winner["label"])
     assert result["spread"]["winner"] == winning["scores"] + (confirmed["winner"] if confirmed else [])

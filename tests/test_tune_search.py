@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from mnv3kit.tune import (GRAPH_CHOICES, MARKERS, MIN_GAIN, NOISE, PREFERRED_CHOICES, PRUNE_RUNTIME, REPEATS,
-                          RUNTIMES, TORCH_KEYS, Candidate, Result, Search, Space, default_candidate, graph_sizes,
-                          preferred_for)
+                          RUNTIMES, TORCH_KEYS, UNSTABLE, Candidate, Result, Search, Space, default_candidate,
+                          graph_sizes, preferred_for)
 
 BUDGET_MS = 100.0
 CLIENTS = 8  # max batch 16 is over it: never measured
@@ -34,6 +34,8 @@ class FakeMeasurer:
         scripted = self.script.get(candidate)
         score = (scripted.pop(0) if scripted else
                  self.surface(candidate) * (1 + self.rng.uniform(-self.noise, self.noise)))
+        if score is None:  # perf_analyzer's windows never agreed
+            return Result(candidate, stage, [], f"{UNSTABLE}.")
         p99 = BUDGET_MS / 2 if score > 0 else BUDGET_MS * 2
         return Result(candidate, stage, [{"concurrency": CLIENTS, "throughput": score, "p99_ms": p99}])
 
@@ -191,6 +193,30 @@ def test_the_deadline_stops_the_search():
     assert len(fake.calls) == search.runs == 5 and search.out_of_time()  # measured at t = 0 .. 4
     assert winner == search.best(search.results)
     assert searcher(FakeMeasurer(separable), FULL, deadline=-1).search() is None
+
+
+def test_a_run_that_could_not_stabilise_is_made_once_more():
+    """On a busy host perf_analyzer's windows may never agree: the default's first run failing that way does not end
+    the search; a second such failure counts."""
+    space = Space(["onnx"], [1, 2], [8], ["both"], [100])
+    default, two = default_candidate("onnx"), replace(default_candidate("onnx"), instances=2)
+    fake = FakeMeasurer(lambda c: 100.0 * c.instances, script={default: [None]})
+    search = searcher(fake, space)
+    assert search.search() == two and search.scores(default) == [100.0]
+    assert [(c, tag) for c, _, tag in fake.calls[:2]] == [(default, ""), (default, "_again")] and search.runs == 3
+    fake = FakeMeasurer(lambda c: 100.0 * c.instances, script={default: [None, None]})
+    search = searcher(fake, space)
+    assert search.search() is None and UNSTABLE in search.results[default][0].error and search.runs == 2
+
+
+def test_max_runs_stops_the_search_and_the_confirmation_still_runs():
+    fake = FakeMeasurer(separable)
+    search = Search(fake, FULL, CLIENTS, BUDGET_MS, math.inf, clock=fake.clock, max_runs=7)
+    winner = search.search()
+    assert len(fake.calls) == search.runs == 7 and search.out_of_time()
+    assert winner == search.best(search.results)
+    search.confirm(winner, search.best(FULL.defaults()), 2)
+    assert search.runs == 11 and [stage for _, stage, _ in fake.calls[7:]] == ["confirm"] * 4
 
 
 def test_the_deadline_cuts_repeats_short_and_the_medians_still_decide():

@@ -6,7 +6,9 @@
 # pa-*.txt; the report is written by hand from them).
 #   bash tools/gpu_runtimes.sh          (after installing the kit on the GPU host; see docs/gpu.md)
 # Env: MODELS (pt,u8), BUILD_FLAGS (the winner of gpu-tune-20261206-0226: 2 instances, max batch 8, preferred 4,8,
-# 100 us, FP16, CUDA graphs 4,8), CONCURRENCY (32), ROUNDS (2), SOAK_LEVELS (1,16,64), SOAK_SECONDS (10), PY (python3).
+# 100 us, FP16, CUDA graphs 4,8), CONCURRENCY (32), BATCH (1: images per perf_analyzer request; more lowers the
+# client's and gRPC's cost per image, so that a larger max batch size is filled by fewer requests), ROUNDS (2),
+# SOAK_LEVELS (1,16,64), SOAK_SECONDS (10), PY (python3).
 # Exit status: the soaks' (0: every answer right, no failed request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +47,7 @@ for round in $(seq "${ROUNDS:-2}"); do
     for rt in $order; do
       out="$RES/pa-$rt-$model-r$round.txt"
       "$PA" -m "$model" -i grpc -u "localhost:$((PORT[$rt] + 1))" --concurrency-range "${CONCURRENCY:-32}" \
-        --input-data zero --shared-memory none -p 3000 --max-trials 4 \
+        -b "${BATCH:-1}" --input-data zero --shared-memory none -p 3000 --max-trials 4 \
         -H "triton-grpc-protocol-admin-key:$TRITON_ADMIN_KEY" > "$out" 2>&1 || true
       echo "$rt $model round $round: $(grep -E 'Throughput:' "$out" | tail -1 | xargs)," \
         "$(grep -E 'p99 latency' "$out" | tail -1 | xargs)"

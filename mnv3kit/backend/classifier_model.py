@@ -419,7 +419,7 @@ class TritonPythonModel:
             args.get("model_instance_name", config["name"]), self._respond, self._take,
             int(config.get("max_batch_size", 0)) or 1, int(params.get("max_queue_size", "0") or 0),
             int(params.get("queue_timeout_us", "0") or 0), setup, _log,
-            lambda on: self.forward.yield_core(on))
+            lambda on: self.forward.yield_core(on), params.get("yield_core", "auto"))
 
     def _take(self, request):
         """This request's input, copied: Triton frees the request's tensors when execute() returns."""

@@ -21,6 +21,7 @@ Copied beside model.py as mnv3kit_serving.py (the stub puts the version director
 """
 
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -37,6 +38,12 @@ GATHER = 0.25
 QUEUE_FULL = "Exceeds maximum queue size"  # Triton's own message for a queue policy's refusal
 TIMED_OUT = "Request timeout expired"  # and for a request that waited past its timeout
 OVERLOAD_HOLD_S = 1.0  # the queue counts as overloaded this long after its last refusal
+# While overloaded, a CPU model computes on one core fewer (yield_core: always), on all (never), or on one fewer
+# while other work than this server's keeps at least OUTSIDE_BUSY_CORES of its CPU set busy (auto), looked at every
+# YIELD_CHECK_S: a load generator on the server's cores, not one on other cores or another host.
+YIELD_MODES = ("auto", "always", "never")
+OUTSIDE_BUSY_CORES = 0.25
+YIELD_CHECK_S = 1.0
 
 
 def read_config(args: dict) -> Tuple[dict, Dict[str, str], str, str]:
@@ -49,6 +56,43 @@ def read_config(args: dict) -> Tuple[dict, Dict[str, str], str, str]:
 def error_response(message: str, code: Optional[int] = None):
     code = pb_utils.TritonError.INTERNAL if code is None else code
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+class CpuShare:
+    """Cores of this process's CPU set kept busy by work outside the server (the parent tritonserver and its stubs)
+    between two calls of ``outside()``: busy time of those CPUs in /proc/stat less the server's own CPU time."""
+
+    def __init__(self, server_pid: int):
+        self.cpus = {f"cpu{cpu}" for cpu in os.sched_getaffinity(0)}
+        self.server_pid = server_pid
+        self._last = self._sample()
+
+    def _server_ticks(self) -> int:
+        ticks, todo = 0, [self.server_pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    todo += map(int, open(f"/proc/{pid}/task/{task}/children").read().split())
+            except OSError:  # gone meanwhile
+                continue
+        return ticks
+
+    def _sample(self) -> Tuple[float, int, int]:
+        busy = 0
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *ticks = line.split()
+                if name in self.cpus:  # user nice system idle iowait irq softirq: all but idle and iowait
+                    busy += sum(int(t) for t in ticks[:7]) - int(ticks[3]) - int(ticks[4])
+        return time.monotonic(), busy, self._server_ticks()
+
+    def outside(self) -> float:
+        (then, busy0, server0), self._last = self._last, self._sample()
+        now, busy, server = self._last
+        return max(0.0, (busy - busy0 - (server - server0)) / os.sysconf("SC_CLK_TCK") / max(now - then, 1e-3))
 
 
 class _Item:
@@ -65,21 +109,27 @@ class RequestQueue:
     tensors when execute() returns. ``max_queue``: requests waiting (not counting the batch that runs), 0 for no
     bound; ``timeout_us``: how long one may wait, 0 for no limit, or the request's own timeout when it sets one.
     The queue is overloaded while it refused a request within the last OVERLOAD_HOLD_S; when that changes, the
-    worker logs it and calls ``overload(on)``, if given, before its next batch.
+    worker logs it. ``yield_core(on)``, if given, makes the model compute on one core fewer (on) or on all (off): the
+    worker calls it before a batch as ``yield_mode`` (YIELD_MODES) says.
     """
 
     def __init__(self, name: str, run: Callable[[list], list], take: Callable, max_batch: int, max_queue: int,
                  timeout_us: int, setup: Optional[Callable[[], None]] = None,
-                 log: Callable[[str], None] = print, overload: Optional[Callable[[bool], None]] = None):
+                 log: Callable[[str], None] = print, yield_core: Optional[Callable[[bool], None]] = None,
+                 yield_mode: str = "auto"):
         """``setup`` runs first, on the worker thread (what ``run`` needs made there); its exception is raised
         here."""
+        if yield_mode not in YIELD_MODES:
+            raise ValueError(f"{name}: yield_core must be one of {', '.join(YIELD_MODES)}, got {yield_mode!r}")
         self.name, self.run, self.take, self.log = name, run, take, log
         self.max_batch, self.max_queue, self.timeout_us = max(1, max_batch), max_queue, timeout_us
         self._items: deque = deque()
         self._ready = threading.Condition()
         self._closed = False
         self._last_rows, self._last_compute_s = 1, 0.0  # of the batch that ran last
-        self.overload, self._refused_at, self._overloaded = overload, -OVERLOAD_HOLD_S, False
+        self._refused_at, self._overloaded = -OVERLOAD_HOLD_S, False
+        self.yield_core = yield_core if yield_mode != "never" else None
+        self.yield_mode, self._yielding, self._share, self._check_at = yield_mode, False, None, 0.0
         self._set_up = threading.Event()
         self._setup_error: Optional[BaseException] = None
         self._worker = threading.Thread(target=self._loop, args=(setup,), name=f"{name}-worker", daemon=True)
@@ -160,11 +210,8 @@ class RequestQueue:
                 self._overloaded = overloaded
                 self.log(f"{self.name}: overloaded, refusing requests beyond {self.max_queue} waiting" if overloaded
                          else f"{self.name}: no longer overloaded (no refusal for {OVERLOAD_HOLD_S:g} s)")
-                try:
-                    if self.overload is not None:
-                        self.overload(overloaded)
-                except Exception as exc:  # noqa: BLE001 - the batch still runs as it would have
-                    self.log(f"{self.name}: could not adapt to the overload: {exc}")
+            if self.yield_core is not None:
+                self._adapt(overloaded, started)
             try:
                 responses = self.run([item.inputs for item in batch])
             except Exception as exc:  # noqa: BLE001 - the error goes back to every request of the batch
@@ -173,6 +220,35 @@ class RequestQueue:
             self._last_rows = sum(item.rows for item in batch)
             for item, response in zip(batch, responses):
                 self._send(item.sender, response)
+
+    def _adapt(self, overloaded: bool, now: float) -> None:
+        """Yield a core or take it back as yield_mode says."""
+        if not overloaded or self.yield_mode == "always":
+            self._share = None
+            self._yield(overloaded, "")
+            return
+        try:
+            if self._share is None:  # measured from the overload's start, while computing on every core
+                self._share, self._check_at = CpuShare(os.getppid()), now + YIELD_CHECK_S
+            elif now >= self._check_at:
+                outside = self._share.outside()
+                self._check_at = now + YIELD_CHECK_S
+                # once yielding, until that falls below half the threshold: a yield moves CPU time between the two
+                busy = outside >= (OUTSIDE_BUSY_CORES / 2 if self._yielding else OUTSIDE_BUSY_CORES)
+                self._yield(busy, f" ({outside:.2f} of the CPU set's cores busy outside the server)")
+        except OSError as exc:  # /proc unreadable: keep every core
+            self.log(f"{self.name}: could not read the CPU set's load: {exc}")
+
+    def _yield(self, on: bool, why: str) -> None:
+        if on == self._yielding:
+            return
+        try:
+            self.yield_core(on)
+            self._yielding = on
+            self.log(f"{self.name}: computing on one core fewer{why}" if on else
+                     f"{self.name}: computing on every core again{why}")
+        except Exception as exc:  # noqa: BLE001 - the batch still runs as it would have
+            self.log(f"{self.name}: could not adapt to the overload: {exc}")
 
     def _send(self, sender, response) -> None:
         try:

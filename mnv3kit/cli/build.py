@@ -18,6 +18,7 @@ from mnv3kit.errors import cli_errors, prog_name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from mnv3kit.backend.serving import YIELD_MODES
     from mnv3kit.build import TRT_MODES
     from mnv3kit.ensemble import IMAGE_MODEL_KINDS
     from mnv3kit.model import ARCHS
@@ -76,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "0: unbounded)")
     g.add_argument("--queue-timeout-ms", type=float, default=5000.0,
                    help="a request still queued after this long is refused (default 5000; 0: no timeout)")
+    g.add_argument("--yield-core", choices=YIELD_MODES, default="auto",
+                   help="local target, CPU instances: while refusing overload, compute on one core fewer so that "
+                        "taking requests in keeps a core (always), on every core (never), or on one fewer only while "
+                        "other work than the server's (a load generator) keeps its CPU set busy (auto, the default)")
     g.add_argument("--version-policy", default="latest:1", help="latest[:N], all, or specific:1,2 (default latest:1)")
     g.add_argument("--model-version", type=int, default=1, help="version directory to write (default 1)")
     g = p.add_argument_group("GPU serving (KIND_GPU instances)")
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
                 version_policy=VersionPolicy.parse(args.version_policy),
                 instances=Instances(kind, args.instance_count, args.gpus),
                 batching=Batching(not args.no_dynamic_batching, preferred, args.queue_delay_us,
-                                  args.max_queue_size, round(args.queue_timeout_ms * 1000)),
+                                  args.max_queue_size, round(args.queue_timeout_ms * 1000), args.yield_core),
                 gpu=GpuOptions(args.precision, args.channels_last, args.cuda_graph_batches, args.compile_cache,
                                args.gpu_parity_tolerance, args.onnx_accelerator, args.gpu_decode),
                 runtime=args.runtime, cpu_parity_tolerance=args.parity_tolerance,

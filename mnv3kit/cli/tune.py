@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the medians' ratio (default 2; 0: no confirmation)")
     p.add_argument("--budget-min", type=float, default=30.0, metavar="MIN",
                    help="stop measuring new candidates after this many minutes (default 30)")
+    p.add_argument("--max-runs", type=positive, default=0, metavar="N",
+                   help="stop measuring new candidates after N perf_analyzer runs of the search, first runs and "
+                        "repeats (default: no limit; the confirmation's runs come after)")
     add_output(p, help="report directory (default perf/out/tune-YYYYmmdd-HHMMSS); the winner repository goes to "
                        f"DIR/{WINNER_DIR} unless --winner")
     p.add_argument("--winner", type=Path, metavar="DIR", help="where the winner repository is written")
