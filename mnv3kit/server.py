@@ -160,10 +160,17 @@ def server_env(root: Path, jemalloc: Optional[str] = None) -> dict:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> List[int]:
+    """`count` distinct free loopback ports. Every socket stays bound until all are picked: a port closed before the
+    next bind can come back from it (seen: the same port for HTTP and gRPC, and tritonserver refused to start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _owner(name: str, prefix: str, sep: str) -> Optional[int]:
@@ -206,7 +213,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(free_port(), free_port(), free_port())
+        return cls(*free_ports(3))
 
 
 def keep_log(path: Path) -> Optional[Path]:

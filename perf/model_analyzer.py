@@ -21,8 +21,9 @@ perf_analyzer through OUT/perf_analyzer-kit.sh, both generated here from mnv3kit
 
 Then the winner of every run (its most throughput within the budget, as the tool reported it) is rendered by the kit
 from the config.pbtxt the tool wrote (instances, max batch, preferred sizes, queue delay), served by the kit's
-LocalTriton and measured by one perf_analyzer run over the whole range, the winners alternately, --remeasure rounds;
-then a soak of --soak-seconds at the top concurrency checks every answer against logits computed in-process.
+LocalTriton and measured by one perf_analyzer run over the whole range (one it could not stabilise made once more),
+the winners alternately, --remeasure rounds; then a soak of --soak-seconds at the top concurrency checks every answer
+against logits computed in-process.
 
 Writes OUT/REPORT.md (the table, the ratios kit / MA quick and kit / MA brute of the re-measured medians),
 OUT/result.json, the Model Analyzer YAMLs (OUT/ma-rN-MODE.yaml) and every tool's own output under OUT/runs/.
@@ -416,6 +417,7 @@ def remeasure(runs: List[Run], args: argparse.Namespace, out: Path) -> None:
     """--remeasure rounds; in each, every winner once, in the order the searches ran."""
     from mnv3kit.perf import PointFailed, Settings, measure_point
     from mnv3kit.server import LocalTriton, Ports
+    from mnv3kit.tune import UNSTABLE
 
     settings = Settings(args.concurrency, "none", None, COUNT, STABILITY)
     for n in range(1, args.remeasure + 1):
@@ -424,19 +426,25 @@ def remeasure(runs: List[Run], args: argparse.Namespace, out: Path) -> None:
             where.mkdir(parents=True, exist_ok=True)
             print(f"[re-measure {n}/{args.remeasure}] {TOOL[run.mode]} round {run.round}: {run.serving.label} ... ",
                   end="", file=sys.stderr, flush=True)
-            entry = {"score": 0.0, "p99_ms": None, "concurrency": None, "error": ""}
-            try:
-                with LocalTriton(Path(run.repository), Ports.free(), log_path=where / f"tritonserver{n}.log") as triton:
-                    args.versions.setdefault("tritonserver", triton.version())
-                    rows = measure_point(triton.grpc_url, "grpc", args.spec.name, 1, settings, where / f"m{n}.csv",
-                                         where / f"m{n}.log", admin_key=triton.admin_key)
-                best = best_row(rows, args.p99_ms)
-                if best:
-                    entry.update(score=best["throughput"], p99_ms=best["p99_ms"], concurrency=best["concurrency"])
-                else:
-                    entry["error"] = f"over the budget at every concurrency (p99 {min(r['p99_ms'] for r in rows):.1f} ms at best)"
-            except (PointFailed, KitError, OSError) as exc:
-                entry["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            for attempt in ("", "b"):  # a run perf_analyzer could not stabilise is made once more, as the tuner does
+                entry = {"score": 0.0, "p99_ms": None, "concurrency": None, "error": ""}
+                try:
+                    with LocalTriton(Path(run.repository), Ports.free(),
+                                     log_path=where / f"tritonserver{n}{attempt}.log") as triton:
+                        args.versions.setdefault("tritonserver", triton.version())
+                        rows = measure_point(triton.grpc_url, "grpc", args.spec.name, 1, settings,
+                                             where / f"m{n}{attempt}.csv", where / f"m{n}{attempt}.log",
+                                             admin_key=triton.admin_key)
+                    best = best_row(rows, args.p99_ms)
+                    if best:
+                        entry.update(score=best["throughput"], p99_ms=best["p99_ms"], concurrency=best["concurrency"])
+                    else:
+                        entry["error"] = (f"over the budget at every concurrency "
+                                          f"(p99 {min(r['p99_ms'] for r in rows):.1f} ms at best)")
+                except (PointFailed, KitError, OSError) as exc:
+                    entry["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if UNSTABLE not in entry["error"]:
+                    break
             run.remeasured.append(entry)
             print(entry["error"] or f"{entry['score']:.1f} infer/s at concurrency {entry['concurrency']} "
                                     f"(p99 {entry['p99_ms']:.1f} ms)", file=sys.stderr)
@@ -551,7 +559,8 @@ def render_report(info: dict, runs: List[Run]) -> str:
         f"- Model Analyzer's configurations: {', '.join(f'`{name}`' for name in info['ma_yamls']) or 'none'}; "
         f"wrappers `{SERVER_WRAPPER}`, `{PA_WRAPPER}` (generated from mnv3kit); each tool's own output in `runs/`",
         f"- Re-measured: each winner rendered by the kit from the config.pbtxt its tool wrote, served by the kit's "
-        f"LocalTriton, one perf_analyzer run over {info['concurrency']}, the winners alternately, {info['remeasure']} "
+        f"LocalTriton, one perf_analyzer run over {info['concurrency']} (one that could not stabilise made once "
+        f"more), the winners alternately, {info['remeasure']} "
         f"round(s); then a {info['soak_seconds']:g} s soak at concurrency {max(info['levels'])}, every answer "
         f"checked against in-process logits",
         f"- Total wall time {minutes(info['wall_s'])}",

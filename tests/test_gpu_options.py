@@ -154,8 +154,8 @@ def test_a_cpu_runner_yields_a_core_under_overload(built_repo):
 
     runner = TorchRunner(str(built_repo("small", "local") / PT.name / "1" / PT.artifact))
     threads = torch.get_num_threads()
-    runner.yield_core(True)
+    runner.adapt(True, True)
     assert torch.get_num_threads() == max(1, threads - 1)
-    runner.yield_core(False)
+    runner.adapt(False, False)
     assert torch.get_num_threads() == threads
 

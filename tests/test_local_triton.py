@@ -97,3 +97,20 @@ def test_the_embedded_server_refuses_numpy_2_beside_its_stub():
     for version in ("2.0.0", "2.0.0rc1", "2.5.2"):
         with pytest.raises(KitError, match=r"-m pip install 'numpy<2'"):
             check_stub_numpy(version)
+
+
+def test_free_ports_are_distinct():
+    """Three ports for one server are always three (tritonserver refuses one port for HTTP and gRPC), also when some
+    are given and the rest picked (ports_of: a picked one is never a given one)."""
+    import argparse
+
+    from mnv3kit.cli import add_ports, ports_of
+
+    for _ in range(300):
+        ports = Ports.free()
+        assert len({ports.http, ports.grpc, ports.metrics}) == 3
+    parser = argparse.ArgumentParser()
+    add_ports(parser, free=True)
+    for _ in range(100):
+        ports = ports_of(parser.parse_args(["--grpc-port", str(ports.http)]))
+        assert len({ports.http, ports.grpc, ports.metrics}) == 3

@@ -218,9 +218,10 @@ def test_streams_benchmark_checks_every_answer(local_repo, tmp_path):
 
 
 @pytest.mark.skipif(physical_cores() < 2, reason="one core: nothing to yield")
-def test_onnx_and_openvino_runners_yield_a_core_under_overload(local_repo, photos):
-    """While their model refuses requests, the ONNX Runtime and OpenVINO runners compute on one thread fewer (a
-    second session / compiled model, made at the first overload) with the same answers, then go back."""
+def test_onnx_and_openvino_runners_adapt_to_an_overload(local_repo, photos):
+    """While their model refuses requests and yields a core, the ONNX Runtime and OpenVINO runners compute on one
+    thread fewer (a second session / compiled model, made at the first overload) with the same answers; overloaded on
+    every core, ONNX Runtime's threads stop spinning (a third session); then both go back."""
     from mnv3kit.parity import parity_batch
 
     images = parity_batch(photos, 2)
@@ -230,10 +231,22 @@ def test_onnx_and_openvino_runners_yield_a_core_under_overload(local_repo, photo
                                  (ov, lambda r: int(r.request.get_compiled_model().get_property(
                                      "INFERENCE_NUM_THREADS")))):
         full = runner(images)
-        runner.yield_core(True)
+        runner.adapt(True, True)
         # OpenVINO's own count for the full model; ONNX Runtime's default is the physical cores
         threads = int(ov.compiled.get_property("INFERENCE_NUM_THREADS")) if runner is ov else physical_cores()
         assert runner.lean is not None and lean_threads(runner) == threads - 1
         np.testing.assert_allclose(runner(images), full, rtol=1e-4, atol=1e-4)
-        runner.yield_core(False)
+        runner.adapt(True, False)
+        if runner is onnx:
+            options = runner.session.get_session_options()
+            assert runner.session is runner.busy and options.intra_op_num_threads == threads
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+            np.testing.assert_allclose(runner(images), full, rtol=1e-4, atol=1e-4)
+        else:
+            assert runner.request is runner.full
+        runner.adapt(False, False)
         assert runner.request is runner.full if runner is ov else runner.session is runner.full
+    options = onnx.full.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # spinning within a run: the default
+        options.get_session_config_entry("session.intra_op.allow_spinning")

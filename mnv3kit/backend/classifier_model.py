@@ -158,13 +158,14 @@ class TorchRunner:
                 module = torch.jit.optimize_for_inference(module)
         return module
 
-    def yield_core(self, on: bool) -> None:
-        """While the model's queue refuses requests (overload), compute on one thread fewer on a CPU: taking requests
-        in (gRPC, tritonserver, the stub) and refusing them needs a core, and an OpenMP team that shares its cores
-        with them waits at every barrier for a preempted thread. Measured on 2 cores (Small, perf/overload.py at 2 x
-        capacity, perf/results/overload-20261205-2005): 149-154 answers/s with both threads, 335-346 yielding one."""
+    def adapt(self, overloaded: bool, yielding: bool) -> None:
+        """While the model's queue refuses requests (overload) and yields a core, compute on one thread fewer on a
+        CPU: taking requests in (gRPC, tritonserver, the stub) and refusing them needs a core, and an OpenMP team that
+        shares its cores with them waits at every barrier for a preempted thread. Measured on 2 cores (Small,
+        perf/overload.py at 2 x capacity, perf/results/overload-20261205-2005): 149-154 answers/s with both threads,
+        335-346 yielding one."""
         if self.device.type == "cpu" and self.threads > 1:
-            self.torch.set_num_threads(self.threads - 1 if on else self.threads)
+            self.torch.set_num_threads(self.threads - 1 if yielding else self.threads)
 
     def _compile(self, module, cache: Optional[str]):
         """The network alone is compiled (the UINT8 normalization stays outside), so the FP32 and UINT8 models share
@@ -278,24 +279,42 @@ class OnnxRunner:
         self.ort, self.path, self.providers = ort, path, providers
         self.on_cpu = providers == ["CPUExecutionProvider"]
         self.full = self.session = self._session(physical_cores())
-        self.lean = None  # a session on one thread fewer, made at the first overload
+        self.busy = self.lean = None  # sessions for an overload, made at the first: without spinning, one thread fewer
         self.input_name = input_name
 
-    def _session(self, threads: int):
+    def _session(self, threads: int, spin: bool = True):
         """A session on `threads` threads. Always given: left at 0, ONNX Runtime starts one thread per physical
         core of the host and pins each to its core, outside the CPU set of a container, a Kubernetes pod or
-        taskset, where it then competes with whatever runs on those cores."""
+        taskset, where it then competes with whatever runs on those cores.
+
+        Its threads spin while they wait between the parallel parts of a run (spin False: they sleep), and here not
+        after a run: a spinning thread holds a core that tritonserver and the stub need to take requests in. Measured
+        on 2 cores with the client on them (perf/results/onnx-spin-20261206): stopping the spin when a run ends raised
+        the capacity from 221-266 to 341-373 requests/s (Small) and concurrency 8 from 124.6 to 150.2 img/s (Large);
+        not spinning at all cost a fifth at concurrency 1 but answered most at 2 x capacity (186-217 answers/s vs
+        169-185 stopping, 140-187 spinning). With the client on other cores (a Xeon), these sessions answered as
+        many as spinning ones did, on 0.15 core less."""
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self.ort.InferenceSession(self.path, options, providers=self.providers)
 
-    def yield_core(self, on: bool) -> None:
-        """As TorchRunner.yield_core; ONNX Runtime fixes its threads per session, so a second session computes
-        then."""
+    def adapt(self, overloaded: bool, yielding: bool) -> None:
+        """As TorchRunner.adapt, and while overloaded on every core, a session whose threads do not spin (see
+        _session). ONNX Runtime fixes both per session: the others are made at the first overload."""
         threads = physical_cores()
-        if on and self.lean is None and self.on_cpu and threads > 1:
-            self.lean = self._session(threads - 1)
-        self.session = self.lean if on and self.lean is not None else self.full
+        if not self.on_cpu:
+            return
+        if yielding and threads > 1:
+            self.lean = self.lean or self._session(threads - 1)
+            self.session = self.lean
+        elif overloaded:
+            self.busy = self.busy or self._session(threads, spin=False)
+            self.session = self.busy
+        else:
+            self.session = self.full
 
     def __call__(self, *parts: np.ndarray) -> np.ndarray:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -329,14 +348,14 @@ class OpenVinoRunner:
         self.input_dtype = self.compiled.input(0).get_element_type().to_dtype()
         self.core, self.path, self.config, self.lean = core, path, config, None
 
-    def yield_core(self, on: bool) -> None:
-        """As TorchRunner.yield_core; OpenVINO fixes its threads when it compiles, so a second compiled model (made
-        at the first overload) computes then."""
+    def adapt(self, overloaded: bool, yielding: bool) -> None:
+        """As TorchRunner.adapt; OpenVINO fixes its threads when it compiles, so a second compiled model (made at the
+        first yield) computes then."""
         threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        if on and self.lean is None and threads > 1:
+        if yielding and self.lean is None and threads > 1:
             lean = self.core.compile_model(self.path, "CPU", {**self.config, "INFERENCE_NUM_THREADS": str(threads - 1)})
             self.lean = lean.create_infer_request()
-        self.request = self.lean if on and self.lean is not None else self.full
+        self.request = self.lean if yielding and self.lean is not None else self.full
 
     def __call__(self, *parts: np.ndarray) -> np.ndarray:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -419,7 +438,7 @@ class TritonPythonModel:
             args.get("model_instance_name", config["name"]), self._respond, self._take,
             int(config.get("max_batch_size", 0)) or 1, int(params.get("max_queue_size", "0") or 0),
             int(params.get("queue_timeout_us", "0") or 0), setup, _log,
-            lambda on: self.forward.yield_core(on), params.get("yield_core", "auto"))
+            lambda *state: self.forward.adapt(*state), params.get("yield_core", "auto"))
 
     def _take(self, request):
         """This request's input, copied: Triton frees the request's tensors when execute() returns."""

@@ -52,7 +52,8 @@ class TritonPythonModel:
                                   int(config.get("max_batch_size", 0)) or 1,
                                   int(params.get("max_queue_size", "0") or 0),
                                   int(params.get("queue_timeout_us", "0") or 0), setup, pb_utils.Logger.log_warn,
-                                  lambda on: self.forward.yield_core(on), params.get("yield_core", "auto"))
+                                  lambda *state: self.forward.adapt(*state),
+                                  params.get("yield_core", "auto"))
 
     def execute(self, requests):
         # the worker answers admitted requests through their response senders; refusals go back from here

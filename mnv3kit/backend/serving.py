@@ -109,13 +109,14 @@ class RequestQueue:
     tensors when execute() returns. ``max_queue``: requests waiting (not counting the batch that runs), 0 for no
     bound; ``timeout_us``: how long one may wait, 0 for no limit, or the request's own timeout when it sets one.
     The queue is overloaded while it refused a request within the last OVERLOAD_HOLD_S; when that changes, the
-    worker logs it. ``yield_core(on)``, if given, makes the model compute on one core fewer (on) or on all (off): the
-    worker calls it before a batch as ``yield_mode`` (YIELD_MODES) says.
+    worker logs it. ``adapt(overloaded, yielding)``, if given, tells the model before a batch when either changed:
+    whether the queue is overloaded, and whether to compute on one core fewer (yielding) as ``yield_mode``
+    (YIELD_MODES) says.
     """
 
     def __init__(self, name: str, run: Callable[[list], list], take: Callable, max_batch: int, max_queue: int,
                  timeout_us: int, setup: Optional[Callable[[], None]] = None,
-                 log: Callable[[str], None] = print, yield_core: Optional[Callable[[bool], None]] = None,
+                 log: Callable[[str], None] = print, adapt: Optional[Callable[[bool, bool], None]] = None,
                  yield_mode: str = "auto"):
         """``setup`` runs first, on the worker thread (what ``run`` needs made there); its exception is raised
         here."""
@@ -128,8 +129,8 @@ class RequestQueue:
         self._closed = False
         self._last_rows, self._last_compute_s = 1, 0.0  # of the batch that ran last
         self._refused_at, self._overloaded = -OVERLOAD_HOLD_S, False
-        self.yield_core = yield_core if yield_mode != "never" else None
-        self.yield_mode, self._yielding, self._share, self._check_at = yield_mode, False, None, 0.0
+        self.adapt, self.yield_mode, self._share, self._check_at = adapt, yield_mode, None, 0.0
+        self._adapted = (False, False)  # (overloaded, yielding) as the model was last told
         self._set_up = threading.Event()
         self._setup_error: Optional[BaseException] = None
         self._worker = threading.Thread(target=self._loop, args=(setup,), name=f"{name}-worker", daemon=True)
@@ -210,7 +211,7 @@ class RequestQueue:
                 self._overloaded = overloaded
                 self.log(f"{self.name}: overloaded, refusing requests beyond {self.max_queue} waiting" if overloaded
                          else f"{self.name}: no longer overloaded (no refusal for {OVERLOAD_HOLD_S:g} s)")
-            if self.yield_core is not None:
+            if self.adapt is not None:
                 self._adapt(overloaded, started)
             try:
                 responses = self.run([item.inputs for item in batch])
@@ -222,33 +223,34 @@ class RequestQueue:
                 self._send(item.sender, response)
 
     def _adapt(self, overloaded: bool, now: float) -> None:
-        """Yield a core or take it back as yield_mode says."""
-        if not overloaded or self.yield_mode == "always":
+        """Tell the model of the overload, and to yield a core or take it back as yield_mode says."""
+        yielding, why = self._adapted[1], ""
+        if not overloaded or self.yield_mode != "auto":
             self._share = None
-            self._yield(overloaded, "")
+            yielding = overloaded and self.yield_mode == "always"
+        else:
+            try:
+                if self._share is None:  # measured from the overload's start, while computing on every core
+                    self._share, self._check_at = CpuShare(os.getppid()), now + YIELD_CHECK_S
+                elif now >= self._check_at:
+                    outside = self._share.outside()
+                    self._check_at = now + YIELD_CHECK_S
+                    # once yielding, until that falls below half the threshold: a yield moves CPU time between the two
+                    yielding = outside >= (OUTSIDE_BUSY_CORES / 2 if yielding else OUTSIDE_BUSY_CORES)
+                    why = f" ({outside:.2f} of the CPU set's cores busy outside the server)"
+            except OSError as exc:  # /proc unreadable: keep every core
+                self.log(f"{self.name}: could not read the CPU set's load: {exc}")
+        if (overloaded, yielding) == self._adapted:
             return
         try:
-            if self._share is None:  # measured from the overload's start, while computing on every core
-                self._share, self._check_at = CpuShare(os.getppid()), now + YIELD_CHECK_S
-            elif now >= self._check_at:
-                outside = self._share.outside()
-                self._check_at = now + YIELD_CHECK_S
-                # once yielding, until that falls below half the threshold: a yield moves CPU time between the two
-                busy = outside >= (OUTSIDE_BUSY_CORES / 2 if self._yielding else OUTSIDE_BUSY_CORES)
-                self._yield(busy, f" ({outside:.2f} of the CPU set's cores busy outside the server)")
-        except OSError as exc:  # /proc unreadable: keep every core
-            self.log(f"{self.name}: could not read the CPU set's load: {exc}")
-
-    def _yield(self, on: bool, why: str) -> None:
-        if on == self._yielding:
-            return
-        try:
-            self.yield_core(on)
-            self._yielding = on
-            self.log(f"{self.name}: computing on one core fewer{why}" if on else
-                     f"{self.name}: computing on every core again{why}")
+            self.adapt(overloaded, yielding)
         except Exception as exc:  # noqa: BLE001 - the batch still runs as it would have
             self.log(f"{self.name}: could not adapt to the overload: {exc}")
+            return
+        if yielding != self._adapted[1]:
+            self.log(f"{self.name}: computing on one core fewer{why}" if yielding else
+                     f"{self.name}: computing on every core again{why}")
+        self._adapted = (overloaded, yielding)
 
     def _send(self, sender, response) -> None:
         try:

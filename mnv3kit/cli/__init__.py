@@ -95,9 +95,11 @@ def add_ports(parser, free: bool = False) -> None:
 
 def ports_of(args: argparse.Namespace):
     """The server.Ports of add_ports' flags, a free port for each one left unset."""
-    from ..server import Ports, free_port
+    from ..server import Ports, free_ports
 
-    return Ports(*(getattr(args, f"{name}_port") or free_port() for name, _ in PORT_FLAGS))
+    given = [getattr(args, f"{name}_port") for name, _ in PORT_FLAGS]
+    spare = iter(port for port in free_ports(2 * len(given)) if port not in given)
+    return Ports(*(port or next(spare) for port in given))
 
 
 def add_server(parser, protocol: str = "http") -> None:
