@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_one_line_error, markdown_table, run_cli
-from mnv3kit.server import LocalTriton, Ports, free_port
+from mnv3kit.server import LocalTriton, Ports, free_ports
 from mnv3kit.spec import ADMIN_KEY_ENV, LOCAL_MODELS, ONNX, PT, TRT
 
 BATCHES = (1, 8)
@@ -174,7 +174,7 @@ def test_demo_classifies_held_out_digits_and_survives_an_unstable_perf_point(tmp
     """`make demo`'s script end to end (free ports): the shipped digits model, served, answers the held-out digits
     with at least 90% accuracy, true labels beside the answers; one perf point cannot be stable: the demo reports
     it and exits 0, while run_perf.sh itself keeps exit 1 for it (test above); the tables stay in the report."""
-    port = free_port()
+    port, = free_ports(1)
     env = {**os.environ, **unstable_perf_analyzer(tmp_path, 3), "REPO": str(tmp_path / "repo"),
            "PERF_OUT": str(tmp_path / "perf"), "PORT_BASE": str(port)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, capture_output=True, text=True,
@@ -202,7 +202,7 @@ def test_demo_classifies_held_out_digits_and_survives_an_unstable_perf_point(tmp
 
 
 def test_dead_server_is_one_line_error(tmp_path):
-    port = free_port()  # nothing listens there
+    port, = free_ports(1)  # nothing listens there
     proc = run_perf("--quick", "-u", f"localhost:{port}", "-o", tmp_path / "out")
     assert proc.returncode == 2
     assert_one_line_error(proc, "run_perf.sh: error: no Triton server answers", f"localhost:{port}")

@@ -21,7 +21,7 @@ from mnv3kit.model import build_model
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
 from mnv3kit.render import Batching, ConfigOptions, Instances
-from mnv3kit.server import LocalTriton, Ports, free_port
+from mnv3kit.server import LocalTriton, Ports, free_ports
 from mnv3kit.spec import ADMIN_KEY_ENV, ENSEMBLE, ONNX, PT
 
 WRONG = "mobilenetv3_wrongshape"  # a copy of the ONNX model whose config promises 299x299 inputs
@@ -120,10 +120,10 @@ def test_folder_input(server, photos):
 
 
 def test_server_unreachable(photos):
-    proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_port()}")
+    proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_ports(1)[0]}")
     assert proc.returncode == 3
     assert_one_line_error(proc, "unreachable")
-    proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_port()}", "-i", "grpc", "--timeout", "5")
+    proc = run_cli("client/classify.py", photos[0], "-u", f"localhost:{free_ports(1)[0]}", "-i", "grpc", "--timeout", "5")
     assert proc.returncode == 3
     assert_one_line_error(proc, "unreachable")
 
