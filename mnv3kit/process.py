@@ -4,7 +4,9 @@ watchdog, the readiness command and the load harnesses."""
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+from .errors import KitError
 
 T = TypeVar("T")
 
@@ -81,6 +83,21 @@ def pin_threads(cpus: List[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:  # the thread ended meanwhile
             pass
+
+
+def split_cpus(server: Optional[List[int]], client: Optional[List[int]]) -> Tuple[List[int], List[int]]:
+    """(server CPUs, client CPUs) among this process's: the server gets all when not given, the client the rest of
+    them when not given (all when nothing is left). Pins this process's threads to the server's, so that a server
+    started next inherits them; call pin_threads(client) once it runs."""
+    every = sorted(os.sched_getaffinity(0))
+    for flag, cpus in (("--server-cpus", server), ("--client-cpus", client)):
+        if cpus and not set(cpus) <= set(every):
+            raise KitError(f"{flag}: CPUs {sorted(set(cpus) - set(every))} are not among this process's "
+                           f"{every[0]}-{every[-1]} ({len(every)} CPUs)")
+    client = client or [c for c in every if c not in (server or [])] or every
+    if server:
+        pin_threads(server)
+    return server or every, client
 
 
 def cores_during(run: Callable[[], T], server_pid: int) -> Tuple[T, Dict[str, float]]:

@@ -24,55 +24,35 @@ Exit status: 0, or 1 when an answer was wrong or a request failed other than by 
 import argparse
 import functools
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from mnv3kit.cli import add_repo, model_name
-from mnv3kit.errors import KitError, cli_errors
-from mnv3kit.process import cores_during, cpu_list, pin_threads, rss_mb
-from mnv3kit.spec import MODELS_BY_NAME, ONNX
+from mnv3kit.cli import add_cpu_sets, add_model, add_repo
+from mnv3kit.errors import cli_errors
+from mnv3kit.process import cores_during, pin_threads, rss_mb, split_cpus
+from mnv3kit.spec import ONNX
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_repo(p, help="a --target local repository")
-    p.add_argument("-m", "--model", type=model_name, default=ONNX.name, metavar="NAME",
-                   help=f"model to load, by key or name (default {ONNX.name})")
+    add_model(p, ONNX.name)
     p.add_argument("--factor", type=float, default=2.0, help="load = factor x measured capacity (default 2)")
     p.add_argument("--rate", type=float, help="requests per second instead of factor x capacity")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--probe-s", type=float, default=10.0, help="seconds of the capacity measurement (default 10)")
     p.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, s (default 30)")
-    p.add_argument("--server-cpus", type=cpu_list, metavar="LIST",
-                   help="CPUs for tritonserver and its stubs, taskset's form (0,1 or 0-3; default: all)")
-    p.add_argument("--client-cpus", type=cpu_list, metavar="LIST",
-                   help="CPUs for this client once the server runs (default: all, or the rest with --server-cpus)")
+    add_cpu_sets(p)
     args = p.parse_args(argv)
     with cli_errors():
-        from mnv3kit.measure.loadgen import OpenLoop, capacity, summarize
-        from mnv3kit.measure.soak import targets
+        from mnv3kit.measure.loadgen import OpenLoop, capacity, model_target, summarize
         from mnv3kit.server import LocalTriton, Ports
-        from mnv3kit.validate import parse_config, queue_bound
+        from mnv3kit.validate import queue_bound
 
-        spec = MODELS_BY_NAME.get(args.model)
-        if spec is None or not (args.repo / args.model / "config.pbtxt").is_file():
-            raise KitError(f"{args.repo} has no model {args.model!r}")
-        config = parse_config(args.repo / args.model / "config.pbtxt")
-        with tempfile.TemporaryDirectory(prefix="mnv3kit-overload-") as work:
-            (target,) = targets(args.repo, [args.model], Path(work))
-        every_cpu = sorted(os.sched_getaffinity(0))
-        for flag, cpus in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
-            if cpus and not set(cpus) <= set(every_cpu):
-                raise KitError(f"{flag}: CPUs {sorted(set(cpus) - set(every_cpu))} are not among this process's "
-                               f"{every_cpu[0]}-{every_cpu[-1]} ({len(every_cpu)} CPUs)")
-        client_cpus = args.client_cpus or [c for c in every_cpu if c not in (args.server_cpus or [])] or every_cpu
-        if args.server_cpus:
-            pin_threads(args.server_cpus)
+        spec, config, target = model_target(args.repo, args.model)
+        server_cpus, client_cpus = split_cpus(args.server_cpus, args.client_cpus)
         with LocalTriton(args.repo, Ports.free()) as server:
             pin_threads(client_cpus)
             clients = 2 * max(1, config.max_batch_size)
@@ -115,7 +95,7 @@ def main(argv=None) -> int:
                       "duration_s": args.duration, **answered, "probes_wrong": probe_wrong,
                       "drain_s": round(max(o.done for o in outcomes) - last_sent, 2),
                       "rss_mb": {"before": round(before), "peak": round(max(peak)), "after": round(peak[-1])},
-                      "cpus": {"server": args.server_cpus or every_cpu, "client": client_cpus},
+                      "cpus": {"server": server_cpus, "client": client_cpus},
                       "cores": {"probe": probe_cores, "overload": load_cores, "probe_after": after_cores},
                       "model_log": [line.split("] ", 1)[-1].strip('"') for line in server.log_text().splitlines()
                                     if f"{spec.name}_" in line and ("overload" in line or "core" in line)][-12:]}

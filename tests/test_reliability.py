@@ -1,5 +1,6 @@
 """Safe by default, overload shed, faults recovered: the real tritonserver under real signals and bounded load."""
 
+import json
 import os
 import re
 import shutil
@@ -329,6 +330,24 @@ def test_overload_is_refused_fast_and_memory_stays_bounded(server, load_target):
     assert re.search(r"mobilenetv3_pt_0_0: computing on one core fewer \(\d\.\d\d of the CPU set's cores busy "
                      r"outside the server\)", log), log[-2000:]
     assert log.rindex("computing on every core again") > log.rindex("computing on one core fewer"), log[-2000:]
+
+
+def test_refusal_cost_tells_answers_from_each_kind_of_refusal(built_repo):
+    """perf/refusal_cost.py on the real server: tritonserver's core refuses the misshapen requests, the model's queue
+    the excess of 96 clients, every answer is checked, and a refusal costs the server less CPU than an answer."""
+    repo = built_repo()
+    assert_one_line_error(run_cli("perf/refusal_cost.py", "--repo", repo, "--server-cpus", "4096"),
+                          "--server-cpus: CPUs [4096] are not among this process's")
+    proc = run_cli("perf/refusal_cost.py", "--repo", repo, "-m", "onnx", "--seconds", "2", "--rounds", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    *rows, summary = [json.loads(line) for line in proc.stdout.splitlines()]
+    loops = {row["loop"]: row for row in rows}
+    assert loops["answers"]["answers"] > 0 and loops["answers"]["refused"] == 0, loops
+    assert loops["core"]["refused"] > 0 and loops["core"]["answers"] == 0, loops
+    assert loops["queue"]["refused"] > 0 and loops["queue"]["answers"] > 0, loops
+    assert all(row["wrong"] == row["failed"] == 0 for row in rows) and summary["wrong_or_failed"] == 0, rows
+    cost = summary["server_cpu_ms"]
+    assert 0 < cost["core_refusal"] < cost["answer"] and cost["queue_refusal"] < cost["answer"], summary
 
 
 def stub_pids(root, model):

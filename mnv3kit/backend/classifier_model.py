@@ -304,9 +304,9 @@ class OnnxRunner:
     def adapt(self, overloaded: bool, yielding: bool) -> None:
         """As TorchRunner.adapt, and while overloaded on every core, a session whose threads do not spin (see
         _session). ONNX Runtime fixes both per session: the others are made at the first overload."""
-        threads = physical_cores()
         if not self.on_cpu:
             return
+        threads = physical_cores()
         if yielding and threads > 1:
             self.lean = self.lean or self._session(threads - 1)
             self.session = self.lean

@@ -57,6 +57,12 @@ def model_name(text: str) -> str:
     return MODEL_KEYS.get(text.strip(), text.strip())
 
 
+def add_model(parser, default: str) -> None:
+    """-m/--model: one served model, by key (pt, onnx, ...) or Triton name."""
+    parser.add_argument("-m", "--model", type=model_name, default=default, metavar="NAME",
+                        help=f"model to load, by key or name (default {default})")
+
+
 def add_output(parser, default: Optional[Path] = None, help: str = "", required: bool = False,
                metavar: str = "DIR") -> None:
     if default is not None:
@@ -70,6 +76,17 @@ def add_repo(parser, default: Optional[Path] = DEFAULT_REPO, help: str = "", req
         help = f"{help} (default: {default})" if help else f"model repository (default: {default})"
     parser.add_argument("--repo", type=Path, default=None if required else default, required=required,
                         metavar="DIR", help=help or "model repository")
+
+
+def add_cpu_sets(parser) -> None:
+    """--server-cpus and --client-cpus: keep a benchmark's server and its load generator on different cores."""
+    from ..process import cpu_list
+
+    parser.add_argument("--server-cpus", type=cpu_list, metavar="LIST",
+                        help="CPUs for tritonserver and its stubs, taskset's form (0,1 or 0-3; default: all)")
+    parser.add_argument("--client-cpus", type=cpu_list, metavar="LIST",
+                        help="CPUs for this client once the server runs (default: all, or the rest with "
+                             "--server-cpus)")
 
 
 PORT_FLAGS = (("http", "HTTP"), ("grpc", "gRPC"), ("metrics", "metrics"))  # Ports' fields, as Triton names them

@@ -8,16 +8,20 @@ error and wrong answer are kept.
 """
 
 import queue
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..spec import OVERLOADED
-from .soak import Target, check_answer
+from ..errors import KitError
+from ..spec import MODELS_BY_NAME, OVERLOADED
+from ..validate import parse_config
+from .soak import Target, check_answer, targets
 
 
 @dataclass
@@ -88,6 +92,16 @@ class Requests:
         row = [n % len(self.messages)]
         why = [check_answer(t, row, logits) for t in self.accepted]
         return None if None in why else why[0]
+
+
+def model_target(repo: Path, model: str):
+    """(spec, config, soak Target) of one served model of a --target local repository; KitError if it has none."""
+    spec = MODELS_BY_NAME.get(model)
+    if spec is None or not (repo / model / "config.pbtxt").is_file():
+        raise KitError(f"{repo} has no model {model!r}")
+    with tempfile.TemporaryDirectory(prefix="mnv3kit-target-") as work:
+        (target,) = targets(repo, [model], Path(work))
+    return spec, parse_config(repo / model / "config.pbtxt"), target
 
 
 def capacity(url: str, target: Target, seconds: float, concurrency: int) -> Tuple[float, int]:
