@@ -115,11 +115,12 @@ def main(argv=None) -> int:
 
         per_answer = total("answers", "server_cpu_s") / max(total("answers", "answers"), 1)
         per_core = total("core", "server_cpu_s") / max(total("core", "refused"), 1)
-        per_queue = max(0.0, total("queue", "server_cpu_s") - per_answer * total("queue", "answers")) / max(
-            total("queue", "refused"), 1)
-        summary = {"model": spec.name, "cpus": {"server": server_cpus, "client": client_cpus}, "server_cpu_ms": {"answer": round(1000 * per_answer, 3),
-                                                         "core_refusal": round(1000 * per_core, 3),
-                                                         "queue_refusal": round(1000 * per_queue, 3)}}
+        # the queue loop's CPU less its answers, each at the answers loop's cost
+        queue_refusals_s = max(0.0, total("queue", "server_cpu_s") - per_answer * total("queue", "answers"))
+        per_queue = queue_refusals_s / max(total("queue", "refused"), 1)
+        cost_ms = {"answer": per_answer, "core_refusal": per_core, "queue_refusal": per_queue}
+        summary = {"model": spec.name, "cpus": {"server": server_cpus, "client": client_cpus},
+                   "server_cpu_ms": {key: round(1000 * value, 3) for key, value in cost_ms.items()}}
         for name, cost in (("core", per_core), ("queue", per_queue)):
             r = cost / per_answer
             summary[f"r_{name}"] = round(r, 3)
