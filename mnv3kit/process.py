@@ -75,6 +75,17 @@ def cpu_list(text: str) -> List[int]:
     return cpus
 
 
+def cpus_text(cpus: List[int]) -> str:
+    """cpu_list's inverse: [0, 1, 2, 5] -> "0-2,5"."""
+    runs: List[List[int]] = []
+    for cpu in sorted(set(cpus)):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def pin_threads(cpus: List[int]) -> None:
     """Every thread of this process onto cpus (sched_setaffinity acts on one thread; processes started later by
     any of them inherit its set)."""
@@ -90,9 +101,9 @@ def split_cpus(server: Optional[List[int]], client: Optional[List[int]]) -> Tupl
     them when not given (all when nothing is left). Pins this process's threads to the server's, so that a server
     started next inherits them; call pin_threads(client) once it runs."""
     every = sorted(os.sched_getaffinity(0))
-    for flag, cpus in (("--server-cpus", server), ("--client-cpus", client)):
+    for role, cpus in (("server", server), ("client", client)):
         if cpus and not set(cpus) <= set(every):
-            raise KitError(f"{flag}: CPUs {sorted(set(cpus) - set(every))} are not among this process's "
+            raise KitError(f"the {role}'s CPUs {sorted(set(cpus) - set(every))} are not among this process's "
                            f"{every[0]}-{every[-1]} ({len(every)} CPUs)")
     client = client or [c for c in every if c not in (server or [])] or every
     if server:

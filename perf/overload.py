@@ -51,11 +51,11 @@ def main(argv=None) -> int:
         from mnv3kit.server import LocalTriton, Ports
         from mnv3kit.validate import queue_bound
 
-        spec, config, target = model_target(args.repo, args.model)
+        spec, target = model_target(args.repo, args.model)
         server_cpus, client_cpus = split_cpus(args.server_cpus, args.client_cpus)
         with LocalTriton(args.repo, Ports.free()) as server:
             pin_threads(client_cpus)
-            clients = 2 * max(1, config.max_batch_size)
+            clients = 2 * max(1, target.config.max_batch_size)
             probe = functools.partial(capacity, server.grpc_url, target, args.probe_s, clients)
             _, probe_wrong = capacity(server.grpc_url, target, 3.0, clients)  # warm-up: new batch sizes cost more
             (cap, wrong), probe_cores = cores_during(probe, server.proc.pid)
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
             # capacity) is taken from the server, which a client on another host would not take
             per_core = max(cap / max(probe_cores["server"], 0.01), cap_after / max(after_cores["server"], 0.01))
             served_per_core = answered["ok"] / args.duration / max(load_cores["server"], 0.01)
-            bound, timeout_us = queue_bound(config)
+            bound, timeout_us = queue_bound(target.config)
             result = {"repo": str(args.repo), "model": spec.name, "max_queue_size": bound,
                       "queue_timeout_ms": timeout_us / 1000, "capacity_rps": round(cap, 1),
                       "capacity_after_rps": round(cap_after, 1), "rate_asked": round(rate, 1),

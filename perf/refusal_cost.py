@@ -23,43 +23,11 @@ Exit status: 0, or 1 when an answer was wrong or a request failed other than by 
 import argparse
 import json
 import sys
-import threading
 import time
 
 from mnv3kit.cli import add_cpu_sets, add_model, add_repo
 from mnv3kit.errors import cli_errors
 from mnv3kit.spec import ONNX, OVERLOADED
-
-
-def closed_loop(url: str, clients: int, seconds: float, message, check):
-    """``clients`` threads sending message(n) back to back: (answers, wrong, errors by first words)."""
-    import grpc
-
-    from mnv3kit.measure.loadgen import model_infer, rpc_error
-
-    stop = time.monotonic() + seconds
-    answers, wrong, errors = [0] * clients, [0] * clients, {}
-
-    def worker(i):
-        channel, infer = model_infer(url)
-        n = i
-        while time.monotonic() < stop:
-            try:
-                response = infer(message(n), timeout=60)
-                answers[i] += 1
-                wrong[i] += check(n, response) is not None
-            except grpc.RpcError as exc:
-                key = rpc_error(exc)[:90]
-                errors[key] = errors.get(key, 0) + 1
-            n += clients
-        channel.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(answers), sum(wrong), errors
 
 
 def main(argv=None) -> int:
@@ -76,12 +44,12 @@ def main(argv=None) -> int:
     with cli_errors():
         from tritonclient.grpc import service_pb2
 
-        from mnv3kit.measure.loadgen import Requests, capacity, model_target
+        from mnv3kit.measure.loadgen import Requests, capacity, closed_loop, model_target
         from mnv3kit.process import cpu_seconds, pin_threads, split_cpus
         from mnv3kit.server import LocalTriton, Ports
 
-        spec, config, target = model_target(args.repo, args.model)
-        clients = 2 * max(1, config.max_batch_size)
+        spec, target = model_target(args.repo, args.model)
+        clients = 2 * max(1, target.config.max_batch_size)
         requests = Requests(target)
         misshapen = service_pb2.ModelInferRequest.FromString(requests.message(0))
         misshapen.inputs[0].shape.append(1)  # [1, 3, 224, 224, 1]: the same bytes, a rank the config refuses

@@ -12,6 +12,8 @@ the repository's artifacts at the model's load-time tolerance (mnv3kit.measure.s
 reported next to img/s, with the cores each server's process tree and the client used meanwhile. In-process: the runner the kit's model.py uses (TorchScript / ONNX Runtime / OpenVINO, this process),
 batch 1 back to back (what concurrency 1 can reach) and batch max_batch_size (what dynamic batching can reach).
 Then perf_analyzer at concurrency 1 with its default windows on each server, to show whether it measures stably.
+On a host with cores to spare, --server-cpus and --client-cpus put both servers and the in-process runner on the
+first set and the load generator and perf_analyzer on the second, as a client on another host would be.
 Writes OUT/REPORT.md, OUT/regression.json and OUT/logs/ (PyTriton's output: pytriton.log); the medians over rounds and their spread (min-max) are reported.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnv3kit.cli import add_cpu_sets
 from mnv3kit.perf import PointFailed, Settings, measure_point
 from mnv3kit.report import hardware, hardware_line, markdown_table, now
 from mnv3kit.spec import ONNX, OV, OV_U8, PT
@@ -103,9 +106,11 @@ def main(argv=None) -> int:
     p.add_argument("--pytriton-torchscript", choices=("kit", "plain"), default="kit",
                    help="how PyTriton runs model.pt: kit (the kit's runner; default) or plain (torch.jit.load as it "
                         "is, what a PyTriton user writes first)")
+    add_cpu_sets(p)
     args = p.parse_args(argv)
+    from mnv3kit.errors import cli_errors
     from mnv3kit.measure.soak import SoakOptions, load_level, targets
-    from mnv3kit.process import cores_during
+    from mnv3kit.process import cores_during, pin_threads, split_cpus
     from mnv3kit.server import LocalTriton, Ports
     from mnv3kit.validate import parse_config
     from mnv3kit.watchdog import Supervisor
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mnv3kit-regression-") as work:  # the edge images the soak writes
         checked = {t.name: t for t in targets(args.repo, models, Path(work))}
     max_batch = {m: parse_config(args.repo / m / "config.pbtxt").max_batch_size for m in models}
+    with cli_errors():
+        server_cpus, client_cpus = split_cpus(args.server_cpus, args.client_cpus)
     print("in-process ...", file=sys.stderr)
     local = {m: in_process(args.repo, m, max_batch[m], args.seconds / 2) for m in models}
     opts = SoakOptions(seconds=args.seconds, batch=1, refuse_every=0)
@@ -128,6 +135,7 @@ def main(argv=None) -> int:
     pyt, pyt_url = start_pytriton(args.repo, out / "logs" / "pytriton.log", args.pytriton_torchscript)
     urls = {"kit": kit.grpc_url, "pytriton": pyt_url}
     pids = {"kit": lambda: supervisor.server.proc.pid, "pytriton": lambda: pyt.pid}  # the kit's after any restart
+    pin_threads(client_cpus)
     stability = {}
     try:
         # unmeasured: TorchScript optimizes on its first calls per batch size, seconds each, in both servers
@@ -162,7 +170,7 @@ def main(argv=None) -> int:
     result = {"started": started, "hardware": host, "repo": str(args.repo), "rounds": args.rounds,
               "seconds": args.seconds, "in_process": local, "points": points, "perf_analyzer_c1": stability,
               "watchdog_events": events, "pytriton_torchscript": args.pytriton_torchscript,
-              "cores": len(os.sched_getaffinity(0))}
+              "cpus": {"server": server_cpus, "client": client_cpus}, "cores": len(server_cpus)}
     (out / "regression.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "REPORT.md").write_text(report(result, models, levels, max_batch))
     print(report(result, models, levels, max_batch))
@@ -170,6 +178,8 @@ def main(argv=None) -> int:
 
 
 def report(result: dict, models, levels, max_batch) -> str:
+    from mnv3kit.process import cpus_text
+
     rows, core_rows = [], []
     cores = result["cores"]
     for model in models:
@@ -203,12 +213,16 @@ def report(result: dict, models, levels, max_batch) -> str:
          "PyTriton img/s per server core", f"in-process img/s per core ({cores} cores)",
          "kit / PyTriton at the in-process rate on the kit's server cores"], core_rows)
     stab = "\n".join(f"- {server}: {text}" for server, text in result["perf_analyzer_c1"].items())
+    cpus = result["cpus"]
+    where = (f"both on this host's {cores} cores" if cpus["server"] == cpus["client"] else
+             f"the servers and the in-process runner on CPUs {cpus_text(cpus['server'])}, the client on CPUs "
+             f"{cpus_text(cpus['client'])}")
     return (f"# CPU serving regression benchmark\n\n{result['started']}; {hardware_line(result['hardware'])}; "
             f"repository {result['repo']}; {result['rounds']} alternating rounds of {result['seconds']:g} s per "
             f"point; batch-1 gRPC requests of real photographs, every answer checked against in-process logits; "
             f"PyTriton runs model.pt {PYTRITON_TORCHSCRIPT[result['pytriton_torchscript']]}.\n\n"
             f"{table}\n\nCores used during the points (medians; server: the server's process tree, client: this "
-            f"process's load generator; both on this host's {cores} cores):\n\n{core_table}\n\n"
+            f"process's load generator; {where}):\n\n{core_table}\n\n"
             f"perf_analyzer, concurrency 1, default windows ({models[0]}, zeros):\n{stab}\n\n"
             f"Watchdog reloads on the kit's server: {len(result['watchdog_events'])}.\n")
 

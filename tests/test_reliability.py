@@ -20,10 +20,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, assert_one_line_error, run_cli, start_serve_py
+from mnv3kit.errors import KitError
 from mnv3kit.measure.faults import Target, nested_json_request, refused_body_rss, send_http, server_killers, sweep
 from mnv3kit.measure.loadgen import OpenLoop, background_load, capacity, summarize
 from mnv3kit.measure.soak import targets
-from mnv3kit.process import cores_during, cpu_seconds, descendants, rss_mb
+from mnv3kit.process import cores_during, cpu_list, cpu_seconds, cpus_text, descendants, rss_mb
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ADMIN_HEADER, ADMIN_KEY_ENV, ENSEMBLE, ENSEMBLE_OUTPUT, IMAGE_INPUT, ONNX, PREPROCESS, PT
@@ -243,6 +244,13 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
                                     reason="needs 2 CPUs to tell a CPU set from the host")
 
 
+def test_cpu_lists_read_and_write_tasksets_form():
+    for text, cpus in (("0", [0]), ("0,1", [0, 1]), ("2-15", list(range(2, 16))), ("0-2,5,7-8", [0, 1, 2, 5, 7, 8])):
+        assert cpu_list(text) == cpus and cpus_text(cpus) == text.replace("0,1", "0-1")
+    with pytest.raises(ValueError):
+        cpu_list("3-1")
+
+
 @needs_two_cpus
 def test_pin_threads_moves_every_thread_and_what_they_start():
     code = ("import threading, time\nfrom mnv3kit.process import cpu_list, pin_threads\n"
@@ -298,6 +306,9 @@ def test_the_load_generator_checks_every_answer(server, load_target):
         assert (summary["wrong"], summary["ok"]) == ((summary["sent"], 0) if wrong else (0, summary["sent"])), summary
         assert ("max |Δlogit|" in summary["wrong_examples"][0]) if wrong else not summary["wrong_examples"], summary
     assert capacity(server.grpc_url, shifted, 1, 2)[1] > 0
+    misshapen = replace(load_target, make=lambda rows: load_target.make(rows)[..., None])  # a rank tritonserver refuses
+    with pytest.raises(KitError, match="requests failed while measuring its capacity .*unexpected shape"):
+        capacity(server.grpc_url, misshapen, 1, 2)
 
 
 def test_overload_is_refused_fast_and_memory_stays_bounded(server, load_target):
@@ -337,7 +348,7 @@ def test_refusal_cost_tells_answers_from_each_kind_of_refusal(built_repo):
     the excess of 96 clients, every answer is checked, and a refusal costs the server less CPU than an answer."""
     repo = built_repo()
     assert_one_line_error(run_cli("perf/refusal_cost.py", "--repo", repo, "--server-cpus", "4096"),
-                          "--server-cpus: CPUs [4096] are not among this process's")
+                          "the server's CPUs [4096] are not among this process's")
     proc = run_cli("perf/refusal_cost.py", "--repo", repo, "-m", "onnx", "--seconds", "2", "--rounds", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     *rows, summary = [json.loads(line) for line in proc.stdout.splitlines()]

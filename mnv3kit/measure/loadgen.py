@@ -11,16 +11,16 @@ import queue
 import tempfile
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import KitError
-from ..spec import MODELS_BY_NAME, OVERLOADED
-from ..validate import parse_config
+from ..spec import MODELS_BY_NAME, OVERLOADED, ModelSpec
 from .soak import Target, check_answer, targets
 
 
@@ -94,39 +94,57 @@ class Requests:
         return None if None in why else why[0]
 
 
-def model_target(repo: Path, model: str):
-    """(spec, config, soak Target) of one served model of a --target local repository; KitError if it has none."""
+def model_target(repo: Path, model: str) -> Tuple[ModelSpec, Target]:
+    """(spec, soak Target) of one served model of a --target local repository; KitError if it has none."""
     spec = MODELS_BY_NAME.get(model)
     if spec is None or not (repo / model / "config.pbtxt").is_file():
         raise KitError(f"{repo} has no model {model!r}")
     with tempfile.TemporaryDirectory(prefix="mnv3kit-target-") as work:
         (target,) = targets(repo, [model], Path(work))
-    return spec, parse_config(repo / model / "config.pbtxt"), target
+    return spec, target
 
 
-def capacity(url: str, target: Target, seconds: float, concurrency: int) -> Tuple[float, int]:
-    """Answers per second of a closed loop: `concurrency` clients sending batch-1 requests back to back; and how
-    many of those answers were wrong."""
-    requests = Requests(target)
+def closed_loop(url: str, clients: int, seconds: float, message: Callable[[int], bytes],
+                check: Callable[[int, object], Optional[str]]) -> Tuple[int, int, Dict[str, int]]:
+    """``clients`` threads sending message(n) back to back for ``seconds``, each answer checked: (answers, wrong
+    answers, failed requests by the first words of their error)."""
+    import grpc
+
     stop = time.monotonic() + seconds
-    counts, wrong = [0] * concurrency, [0] * concurrency
+    answers, wrong, errors = [0] * clients, [0] * clients, [Counter() for _ in range(clients)]
 
     def worker(i):
         channel, infer = model_infer(url)
         n = i
         while time.monotonic() < stop:
-            wrong[i] += requests.check(n, infer(requests.message(n), timeout=60)) is not None
-            counts[i] += 1
-            n += concurrency
+            try:
+                response = infer(message(n), timeout=60)
+                answers[i] += 1
+                wrong[i] += check(n, response) is not None
+            except grpc.RpcError as exc:
+                errors[i][rpc_error(exc)[:90]] += 1
+            n += clients
         channel.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    start = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.monotonic() - start), sum(wrong)
+    return sum(answers), sum(wrong), dict(sum(errors, Counter()))
+
+
+def capacity(url: str, target: Target, seconds: float, concurrency: int) -> Tuple[float, int]:
+    """Answers per second of a closed loop: `concurrency` clients sending batch-1 requests back to back; and how
+    many of those answers were wrong. KitError if a request failed: the rate would not be the server's capacity."""
+    requests = Requests(target)
+    start = time.monotonic()
+    answers, wrong, errors = closed_loop(url, concurrency, seconds, requests.message, requests.check)
+    rate = answers / (time.monotonic() - start)
+    if errors:
+        raise KitError(f"{target.name}: {sum(errors.values())} requests failed while measuring its capacity "
+                       f"({'; '.join(errors)}); is the server overloaded or its queue bound below {concurrency}?")
+    return rate, wrong
 
 
 class OpenLoop:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class Target:
     reference: np.ndarray  # logits per photo
     limit: float  # max |Δlogit| per answer
     bad: List[Tuple[np.ndarray, str]]  # (input, why) that must be refused
+    config: Any  # its config.pbtxt (model_config_pb2.ModelConfig)
 
 
 def _config(model_dir: Path):
@@ -186,7 +187,7 @@ def targets(repo: Path, names: Optional[Sequence[str]], workdir: Path) -> List[T
             bad = [(_pad([edge[k].read_bytes() or b"\0"]), why) for k, why in BAD.items() if k in edge and edge[k].is_file()]
             out.append(Target(name, inp.name, outp.name, max(1, min(config.max_batch_size, 4)),
                               lambda idx, files=files: _pad([files[i] for i in idx]), ref,
-                              allowed_difference(ref, tolerance), bad))
+                              allowed_difference(ref, tolerance), bad, config))
             continue
         ref, tolerance = classifier_logits(name)
         uint8 = inp.data_type == model_config_pb2.TYPE_UINT8
@@ -194,7 +195,7 @@ def targets(repo: Path, names: Optional[Sequence[str]], workdir: Path) -> List[T
         bad = [] if uint8 else [(nan, "NaN pixels")]
         out.append(Target(name, inp.name, outp.name, max(1, config.max_batch_size),
                           lambda idx, source=source: np.ascontiguousarray(source[list(idx)]), ref,
-                          allowed_difference(ref, tolerance), bad))
+                          allowed_difference(ref, tolerance), bad, config))
     return out
 
 
