@@ -112,7 +112,6 @@ def main(argv=None) -> int:
     from mnv3kit.measure.soak import SoakOptions, load_level, targets
     from mnv3kit.process import cores_during, pin_threads, split_cpus
     from mnv3kit.server import LocalTriton, Ports
-    from mnv3kit.validate import parse_config
     from mnv3kit.watchdog import Supervisor
 
     host, started = hardware(), now()
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mnv3kit-regression-") as work:  # the edge images the soak writes
         checked = {t.name: t for t in targets(args.repo, models, Path(work))}
-    max_batch = {m: parse_config(args.repo / m / "config.pbtxt").max_batch_size for m in models}
+    max_batch = {m: checked[m].config.max_batch_size for m in models}
     with cli_errors():
         server_cpus, client_cpus = split_cpus(args.server_cpus, args.client_cpus)
     print("in-process ...", file=sys.stderr)
