@@ -5,6 +5,7 @@ image with debootstrap (no image registry is reachable here). Where the daemon c
 the reason; docs/serve.md says which commands to run by hand.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from mnv3kit.export import export_torchscript
 from mnv3kit.parity import allowed_difference
 from mnv3kit.preprocess import preprocess_file
 from mnv3kit.server import Ports
-from mnv3kit.spec import ONNX
+from mnv3kit.spec import ONNX, OV
 from mnv3kit.weights import load_model
 
 PROJECT = "mnv3kitci"
@@ -70,7 +71,7 @@ def wait_healthy(env, timeout=180):
 
 def test_compose_cpu_up_classify_down(base_image, tmp_path, photos):
     repo = tmp_path / "model_repository_cpu"
-    proc = run_cli("build_repo.py", "--target", "local", "--models", "onnx", "--arch", "small", "-o", repo)
+    proc = run_cli("build_repo.py", "--target", "local", "--models", "onnx,ov", "--arch", "small", "-o", repo)
     assert proc.returncode == 0, proc.stderr
     ports = Ports.free()
     env = {**os.environ, "BASE_IMAGE": base_image, "MODEL_REPOSITORY": str(repo),
@@ -99,9 +100,9 @@ def test_compose_cpu_up_classify_down(base_image, tmp_path, photos):
         scripted = torch.jit.load(str(tmp_path / "reference.pt"))
         with torch.no_grad():
             expected = scripted(torch.from_numpy(np.stack([preprocess_file(p) for p in photos]))).numpy()
-        for protocol, port in (("http", ports.http), ("grpc", ports.grpc)):
+        for (protocol, port), model in itertools.product((("http", ports.http), ("grpc", ports.grpc)), (ONNX, OV)):
             proc = run_cli("client/classify.py", *photos, "-u", f"localhost:{port}", "-i", protocol,
-                           "-m", ONNX.name, "-b", "2", "--json")
+                           "-m", model.name, "-b", "2", "--json")
             assert proc.returncode == 0, proc.stderr
             served = np.array([json.loads(line)["logits"] for line in proc.stdout.splitlines()], np.float32)
             np.testing.assert_allclose(served, expected, rtol=0, atol=allowed_difference(expected) + 1e-6)

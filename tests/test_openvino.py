@@ -170,6 +170,20 @@ def test_bf16_that_passes_the_gate_is_served_and_reported(digits, tmp_path):
     assert params["precision"].string_value == "bf16"
 
 
+@needs_bf16
+def test_the_gate_model_script_trains_a_model_bf16_serves(tmp_path):
+    """perf/gate_model.py: trained on the gate's photographs, the model keeps its classes in BF16 and is built."""
+    out = tmp_path / "gate-model"
+    proc = run_cli("perf/gate_model.py", "-o", out, "--arch", "small", "--epochs", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (out / "data" / "train").iterdir()) == ["china", "flower"]
+    gate = json.loads((out / "model_repository" / "manifest.json").read_text())["openvino"]["gate"]
+    assert gate["ok"] and gate["top1_agreement"] >= 0.995, gate
+    params = parse_config(out / "model_repository" / OV.name / "config.pbtxt").parameters
+    assert params["precision"].string_value == "bf16"
+    assert_one_line_error(run_cli("perf/gate_model.py", "-o", out), "is not empty: give a new folder")
+
+
 def test_a_broken_ir_is_found_by_check(local_repo, tmp_path):
     out = tmp_path / "repo"
     shutil.copytree(local_repo, out)
