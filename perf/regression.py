@@ -209,7 +209,7 @@ def report(result: dict, models, levels, max_batch) -> str:
          "kit / fastest other"], rows)
     core_table = markdown_table(
         ["model", "c", "kit cores: server / client", "kit img/s per server core", "PyTriton cores: server / client",
-         "PyTriton img/s per server core", f"in-process img/s per core ({cores} cores)",
+         "PyTriton img/s per server core", f"in-process img/s per core ({cores} core{'s' if cores != 1 else ''})",
          "kit / PyTriton at the in-process rate on the kit's server cores"], core_rows)
     stab = "\n".join(f"- {server}: {text}" for server, text in result["perf_analyzer_c1"].items())
     cpus = result["cpus"]

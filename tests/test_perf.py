@@ -309,6 +309,26 @@ def test_served_report_compares_with_in_process(quick_run, small_ngc_repo, built
         assert float(in_process.split()[0]) > 0 and float(ratio) > 0, (label, cells)
 
 
+def test_regression_benchmark_runs_both_servers_and_checks_every_answer(built_repo, tmp_path):
+    """perf/regression.py, one short round on Small ONNX: the kit's server and PyTriton side by side on the server's
+    CPU, the client on another, every answer checked, and the report's two tables."""
+    out = tmp_path / "regression"
+    split = ["--server-cpus", "0", "--client-cpus", "1"] if {0, 1} <= os.sched_getaffinity(0) else []
+    proc = run_cli("perf/regression.py", "--repo", built_repo("small", "local"), "-o", out, "-m", ONNX.name,
+                   "--rounds", "1", "--seconds", "1", "-c", "1", *split)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads((out / "regression.json").read_text())
+    assert sorted(p["server"] for p in result["points"]) == ["kit", "pytriton"]
+    assert all(p["ok"] > 0 and p["wrong"] == 0 and p["failed"] == 0 for p in result["points"]), result["points"]
+    assert set(result["perf_analyzer_c1"]) == {"kit", "pytriton"}
+    report = (out / "REPORT.md").read_text()
+    assert f"| {ONNX.name} | 1 |" in report and "kit / PyTriton at the in-process rate" in report
+    if split:
+        assert result["cpus"] == {"server": [0], "client": [1]} and "the client on CPUs 1" in report
+    assert_one_line_error(run_cli("perf/regression.py", "--repo", built_repo("small", "local"), "-o", out, "-m",
+                                  ONNX.name, "--server-cpus", "4096"), "are not among")
+
+
 def test_bench_engine_errors(built_repo, tmp_path):
     repo = built_repo("small", "local")
     assert_one_line_error(run_cli("perf/bench_engine.py", "--repo", tmp_path / "nope"), "no such model repository")
