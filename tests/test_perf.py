@@ -329,6 +329,37 @@ def test_regression_benchmark_runs_both_servers_and_checks_every_answer(built_re
                                   ONNX.name, "--server-cpus", "4096"), "are not among")
 
 
+def test_request_floor_model_keeps_the_contract_and_bad_input_is_one_line(built_repo, tmp_path):
+    """perf/request_floor.py's model: the classifier's input and output names and shapes, channel means times its
+    matrix, run by the kit's ONNX runner; the script's bad input: one line each."""
+    import importlib.util
+
+    import numpy as np
+    import onnx
+
+    from mnv3kit.backend.classifier_model import OnnxRunner
+
+    spec = importlib.util.spec_from_file_location("request_floor", ROOT / "perf" / "request_floor.py")
+    sys.path.insert(0, str(ROOT / "perf"))  # it imports regression.py beside it, as a script does
+    try:
+        floor = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(floor)
+    finally:
+        sys.path.remove(str(ROOT / "perf"))
+    path = tmp_path / "model.onnx"
+    floor.floor_model(path, 5)
+    weights = onnx.numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    x = np.random.default_rng(1).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    out = OnnxRunner(str(path), "image")(x)
+    np.testing.assert_allclose(out, x.mean((2, 3)) @ weights, rtol=1e-5, atol=1e-5)
+    assert_one_line_error(run_cli("perf/request_floor.py", "--repo", tmp_path / "nope", "-o", tmp_path / "out"),
+                          "has no mobilenetv3_onnx")
+    (tmp_path / "out" / "repo").mkdir(parents=True)
+    assert_one_line_error(run_cli("perf/request_floor.py", "--repo", built_repo("small", "local"), "-o",
+                                  tmp_path / "out"), "exists: give a new -o folder")
+    assert_one_line_error(run_cli("perf/request_floor.py", "--rounds", "1"), "give --repo REPO and -o OUT")
+
+
 def test_bench_engine_errors(built_repo, tmp_path):
     repo = built_repo("small", "local")
     assert_one_line_error(run_cli("perf/bench_engine.py", "--repo", tmp_path / "nope"), "no such model repository")
