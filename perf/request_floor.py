@@ -12,6 +12,7 @@ is regression.py's (--rounds, --seconds, -c, --server-cpus, --client-cpus). The 
 bounds what a real model can reach served: a request costs the model's time plus this floor's.
 """
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -43,31 +44,22 @@ def floor_model(path: Path, classes: int) -> None:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    with cli_errors("request_floor.py"):
-        try:
-            repo, out = Path(argv[argv.index("--repo") + 1]), Path(argv[argv.index("-o") + 1])
-        except (ValueError, IndexError):
-            raise KitError("give --repo REPO and -o OUT (see --help)") from None
-        config = repo / ONNX.name / "config.pbtxt"
+    p = argparse.ArgumentParser(prog="perf/request_floor.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", type=Path, required=True, help="a --target local repository with mobilenetv3_onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory (OUT/repo: the copy)")
+    args, rest = p.parse_known_args(argv)  # the rest is regression.py's
+    with cli_errors(p.prog):
+        config = args.repo / ONNX.name / "config.pbtxt"
         if not config.is_file():
-            raise KitError(f"{repo} has no {ONNX.name}: build it with -m onnx (python build_repo.py --target local "
-                           f"-m onnx -o {repo})")
-        copy = out / "repo"
+            raise KitError(f"{args.repo} has no {ONNX.name}: build it with -m onnx (python build_repo.py --target "
+                           f"local -m onnx -o {args.repo})")
+        copy = args.output / "repo"
         if copy.exists():
             raise KitError(f"{copy} exists: give a new -o folder")
-        shutil.copytree(repo, copy)
+        shutil.copytree(args.repo, copy)
         floor_model(copy / ONNX.name / "1" / ONNX.artifact, parse_config(config).output[0].dims[-1])
-    rest, args = [], iter(argv)
-    for arg in args:
-        if arg in ("--repo", "-o"):
-            next(args)  # its value, replaced below
-        else:
-            rest.append(arg)
-    return regression.main(["--repo", str(copy), "-o", str(out), "-m", ONNX.name, *rest])
+    return regression.main(["--repo", str(copy), "-o", str(args.output), "-m", ONNX.name, *rest])
 
 
 if __name__ == "__main__":

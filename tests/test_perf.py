@@ -357,7 +357,7 @@ def test_request_floor_model_keeps_the_contract_and_bad_input_is_one_line(built_
     (tmp_path / "out" / "repo").mkdir(parents=True)
     assert_one_line_error(run_cli("perf/request_floor.py", "--repo", built_repo("small", "local"), "-o",
                                   tmp_path / "out"), "exists: give a new -o folder")
-    assert_one_line_error(run_cli("perf/request_floor.py", "--rounds", "1"), "give --repo REPO and -o OUT")
+    assert_one_line_error(run_cli("perf/request_floor.py", "--rounds", "1"), "required: --repo, -o/--output")
 
 
 def test_bench_engine_errors(built_repo, tmp_path):
