@@ -17,6 +17,7 @@ from pathlib import Path
 from mnv3kit.errors import KitError, cli_errors
 from mnv3kit.gate import photo_views
 from mnv3kit.parity import sample_photos
+from mnv3kit.training import LABELS_NAME, best_weights_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         run("train.py", "--data", data, "--arch", args.arch, "--epochs", args.epochs, "--lr", "1e-3", "--workers", "0",
             "-o", weights)
         run("build_repo.py", "--target", "local", "--arch", args.arch,
-            "--weights", weights / f"MobileNetV3_{args.arch.capitalize()}.pth", "--labels", weights / "class_indices.json",
+            "--weights", weights / best_weights_name(args.arch), "--labels", weights / LABELS_NAME,
             "-m", "onnx,ov", "--openvino-precision", "bf16", "-o", args.output / "model_repository")
     return 0
 

@@ -21,7 +21,7 @@ import numpy as np
 
 import regression
 from mnv3kit.errors import KitError, cli_errors
-from mnv3kit.spec import ONNX
+from mnv3kit.spec import IMAGE_SIZE, ONNX
 from mnv3kit.validate import parse_config
 
 
@@ -32,11 +32,11 @@ def floor_model(path: Path, classes: int) -> None:
 
     weights = np.random.default_rng(0).standard_normal((3, classes)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["image"], ["means"], axes=[2, 3], keepdims=0),
-         helper.make_node("MatMul", ["means", "weights"], ["outputs"])],
+        [helper.make_node("ReduceMean", [ONNX.input_name], ["means"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["means", "weights"], [ONNX.output_name])],
         "request_floor",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("outputs", TensorProto.FLOAT, ["N", classes])],
+        [helper.make_tensor_value_info(ONNX.input_name, TensorProto.FLOAT, ["N", 3, IMAGE_SIZE, IMAGE_SIZE])],
+        [helper.make_tensor_value_info(ONNX.output_name, TensorProto.FLOAT, ["N", classes])],
         [numpy_helper.from_array(weights, "weights")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)

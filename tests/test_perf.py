@@ -350,7 +350,7 @@ def test_request_floor_model_keeps_the_contract_and_bad_input_is_one_line(built_
     floor.floor_model(path, 5)
     weights = onnx.numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
     x = np.random.default_rng(1).standard_normal((3, 3, 224, 224), dtype=np.float32)
-    out = OnnxRunner(str(path), "image")(x)
+    out = OnnxRunner(str(path), ONNX.input_name)(x)
     np.testing.assert_allclose(out, x.mean((2, 3)) @ weights, rtol=1e-5, atol=1e-5)
     assert_one_line_error(run_cli("perf/request_floor.py", "--repo", tmp_path / "nope", "-o", tmp_path / "out"),
                           "has no mobilenetv3_onnx")
