@@ -241,7 +241,7 @@ class TritonMeasurer:
         self.copied: Dict[str, Path] = {}  # model name -> the source its directory in ``work`` was copied from
         self.base, self.kind, self.protocol, self.settings = base, kind, protocol, settings
         self.budget_ms, self.deadline = budget_ms, deadline
-        self.loaded: Optional[str] = None
+        self.loaded: Optional[Candidate] = None
         self.count = 0  # numbers the progress lines
         self.clients = max(concurrency_range(settings.concurrency))
 
@@ -255,8 +255,12 @@ class TritonMeasurer:
         print(f"[{self.count}] {candidate.label} ({stage}) ... ", end="", file=sys.stderr, flush=True)
         name = candidate.spec.name
         try:
-            if self.loaded and self.loaded != name:  # one model at a time: an idle one would still hold memory
-                self.triton.unload(self.loaded)
+            # one model at a time: an idle one would still hold memory. And on a CPU, a new instance count loads the
+            # model anew: Triton would add or remove instances in place, and the ones it adds get the model's config
+            # as first loaded, so they would split the cores for the old count (cpu_threads)
+            if self.loaded and (self.loaded.spec.name != name or (
+                    self.kind == "KIND_CPU" and self.loaded.instances != candidate.instances)):
+                self.triton.unload(self.loaded.spec.name)
                 self.loaded = None
             source = source_of(self.sources, candidate)
             if self.copied.get(name, source) != source:  # the other torch runtime's artifact: copied anew
@@ -264,7 +268,7 @@ class TritonMeasurer:
             render_model(source, self.work, candidate.spec, candidate.config(self.base, self.kind, self.clients))
             self.copied[name] = source
             self.triton.load(name)  # a changed config: Triton loads it anew (instances, batcher) before answering
-            self.loaded = name
+            self.loaded = candidate
             stem = candidate.stem + tag
             files = (self.out / "csv" / f"{stem}.csv", self.out / "logs" / f"{stem}.log")
             timeout = max(60.0, min(self.settings.default_timeout(), self.deadline - time.monotonic()))
@@ -545,7 +549,7 @@ def tune(args: argparse.Namespace, ports) -> int:
         with LocalTriton(work, ports, log_path=out / "tritonserver.log") as triton:
             measurer = TritonMeasurer(sources, out, triton, work, base, kind, args.protocol, settings,
                                       args.p99_ms, deadline)
-            measurer.loaded, measurer.copied[first.spec.name] = first.spec.name, source_of(sources, first)
+            measurer.loaded, measurer.copied[first.spec.name] = first, source_of(sources, first)
             search = Search(measurer, space, measurer.clients, args.p99_ms, deadline, max_runs=args.max_runs)
             best = search.search()
             search_runs, out_of_time = search.runs, search.out_of_time()

@@ -8,12 +8,17 @@ import onnxruntime as ort
 import pytest
 import torch
 import tritonclient.http as httpclient
+from google.protobuf import json_format
 
+from mnv3kit.backend.classifier_model import cpu_threads, physical_cores
+from mnv3kit.build import BuildOptions, build
 from mnv3kit.errors import KitError
 from mnv3kit.parity import allowed_difference, parity_batch
 from mnv3kit.server import (LOG_KEEP, LocalTriton, Ports, check_stub_numpy, keep_log, stub_numpy_version,
                             visible_gpus)
+from mnv3kit.render import ConfigOptions, Instances
 from mnv3kit.spec import LOCAL_MODELS, ONNX, PT
+from mnv3kit.validate import parse_config
 
 
 def in_process(repo, x):
@@ -114,3 +119,33 @@ def test_free_ports_are_distinct():
     for _ in range(100):
         ports = ports_of(parser.parse_args(["--grpc-port", str(ports.http)]))
         assert len({ports.http, ports.grpc, ports.metrics}) == 3
+
+
+def test_cpu_instances_share_the_cores(tmp_path, photos):
+    """Each CPU instance is a process of its own: with two, each computes on half the cores (at least one thread),
+    not on every core as a runtime's default would, and answers as the files give."""
+    repo = tmp_path / "model_repository"
+    build(BuildOptions(arch="small", output=repo, config=ConfigOptions(target="local", instances=Instances("KIND_CPU", 2))))
+    each = max(1, physical_cores() // 2)
+    for spec in LOCAL_MODELS:  # as Triton hands the config to initialize(): its JSON, field names as in the schema
+        config = json_format.MessageToDict(parse_config(repo / spec.name / "config.pbtxt"),
+                                           preserving_proto_field_name=True)
+        assert cpu_threads(config, {}) == each
+        assert cpu_threads(config, {"threads": "3"}) == 3  # the model's own parameter wins
+        config["instance_group"][0]["count"] = 1
+        assert cpu_threads(config, {}) == 0  # one instance: the runtime's default, a thread per core
+        config["instance_group"].append({"kind": "KIND_GPU", "count": 4})
+        assert cpu_threads(config, {}) == 0  # GPU instances take no CPU share
+    x = parity_batch(photos, 8)
+    expected = in_process(repo, x)
+    with LocalTriton(repo, Ports.free()) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        for spec in LOCAL_MODELS:
+            inp = httpclient.InferInput(spec.input_name, [8, 3, 224, 224], "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            served = client.infer(spec.name, [inp]).as_numpy(spec.output_name)
+            np.testing.assert_allclose(served, expected[spec.name], rtol=0, atol=allowed_difference(expected[spec.name]))
+        log = server.log_text()
+    for spec in LOCAL_MODELS:
+        for instance in (0, 1):
+            assert f"{spec.name}_0_{instance}: {each} threads on the CPU" in log, log[-3000:]

@@ -13,6 +13,7 @@ import matplotlib.image
 import pytest
 
 from conftest import ROOT, assert_one_line_error
+from mnv3kit.backend.classifier_model import physical_cores
 from mnv3kit.render import Batching
 from mnv3kit.server import LocalTriton, Ports
 from mnv3kit.spec import ONNX
@@ -123,3 +124,40 @@ def test_bad_input_is_one_line_error(tmp_path, built_repo):
             assert_one_line_error(tune("--arch", "small", "--p99-ms", 50, "-o", out, *flags),
                                   "--torch-runtimes compiled and --cuda-graphs other than none need a CUDA GPU")
             assert not out.exists()
+
+
+def tune_runs(*args):
+    return subprocess.run([sys.executable, str(ROOT / "perf" / "tune_runs.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_tune_runs_repeats_the_search_and_soaks_each_winner(tmp_path, built_repo):
+    """perf/tune_runs.py: two separate searches (the kit's default and two instances), each winner served and soaked
+    with every answer checked, one report row per run; its own and the tuner's bad flags: one line. The second
+    instance count is loaded anew, so that both instances share the cores (Triton's in-place update of
+    instance_group would hand the added instance the first config)."""
+    repo, out = built_repo("small", "local"), tmp_path / "runs"
+    flags = ["--repo", repo, "--p99-ms", 10000, "-m", "onnx", "-c", "1:2", "--instances", "1,2", "--max-batch-sizes", 8,
+             "--queue-delays-us", Batching().queue_delay_us, "--preferred", "both", "--count", 5, "--stability", 1000,
+             "--confirm", 1]
+    proc = tune_runs("--runs", 2, "--soak-levels", "1,2", "--soak-seconds", 1, "-o", out, "--", *flags)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    rows = json.loads((out / "runs.json").read_text())
+    assert [r["run"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["default"] == "onnx i1 b8 p4,8 d100" and r["winner"] in (r["default"], "onnx i2 b8 p4,8 d100"), r
+        log = (out / f"run{r['run']}" / "tritonserver.log").read_text()
+        for instance in (0, 1):
+            assert f"{ONNX.name}_0_{instance}: {max(1, physical_cores() // 2)} threads on the CPU" in log, log[-3000:]
+        assert r["search"][0] > 0 and r["soak"]["ok"] > 0 and r["soak"]["wrong"] == r["soak"]["failed"] == 0, r
+        assert (out / f"run{r['run']}" / "report.md").is_file() and (out / f"run{r['run']}" / "tune.log").is_file()
+        assert not (out / f"run{r['run']}" / "csv").exists()
+    text = (out / "REPORT.md").read_text()
+    assert len([line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]) == 2
+    assert " / 0 / 0 |" in text
+    assert_one_line_error(tune_runs("-o", tmp_path / "a", "--", "--p99-ms", 50), "with --repo REPO or --arch")
+    assert_one_line_error(tune_runs("-o", out, "--", *flags), "is not empty")
+    assert_one_line_error(tune_runs("-o", tmp_path / "b", "--", "--repo", repo, "--p99-ms", 50, "--winner", tmp_path),
+                          "-o and --winner are set per run here")
+    assert_one_line_error(tune_runs("-o", tmp_path / "c", "--", "--repo", repo, "--p99-ms", 0),
+                          "--p99-ms and --budget-min must be > 0")

@@ -71,6 +71,19 @@ def physical_cores() -> int:
         return len(cpus)
 
 
+def cpu_threads(config: dict, params: Dict[str, str]) -> int:
+    """Threads for each CPU instance of a model (Triton's config as initialize() gets it): the model's ``threads``
+    parameter when set; else, with several CPU instances, the cores this process may run on shared among them; else 0
+    (the runtime's default: one thread per core). Each instance is a process of its own, and a runtime left to its
+    default starts one thread per core in each: N instances would run N threads on every core, which wait for each
+    other at every parallel step of a forward pass."""
+    if int(params.get("threads", "0") or 0) > 0:
+        return int(params["threads"])
+    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])
+                    if group.get("kind", "KIND_CPU") == "KIND_CPU")
+    return max(1, physical_cores() // instances) if instances > 1 else 0
+
+
 def bucket_sizes(max_batch: int) -> list:
     """Powers of two below max_batch, and max_batch."""
     return [b for b in (2 ** i for i in range(max_batch.bit_length())) if b < max_batch] + [max_batch]
@@ -81,12 +94,13 @@ class TorchRunner:
 
     ``source``: a path to model.pt (TorchScript: frozen; on a CPU also optimized for inference with oneDNN) or model.pt2 (a torch.export program, compiled
     with TorchInductor per batch size in ``graph_batches``), or an nn.Module run eagerly (benchmarks' anchor).
+    ``threads``: torch's threads on a CPU (0: torch's default, one per core), set on the thread that makes the runner.
     """
 
     def __init__(self, source, device: str = "cpu", precision: str = "fp32", channels_last: bool = False,
                  graph_batches: Sequence[int] = (), mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, uint8_input: bool = False,
-                 compile_cache: Optional[str] = None, max_batch: int = 0):
+                 compile_cache: Optional[str] = None, max_batch: int = 0, threads: int = 0):
         import torch
 
         self.torch = torch
@@ -109,6 +123,8 @@ class TorchRunner:
             from concurrent.futures import ThreadPoolExecutor
 
             self.stage_pool = ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="stage")
+        elif threads:
+            torch.set_num_threads(threads)
         self.compiled = isinstance(source, (str, Path)) and str(source).endswith(COMPILED_SUFFIX)
         self.runtime = "compiled" if self.compiled else "torchscript" if isinstance(source, (str, Path)) else "eager"
         self.module = self._load(source)
@@ -270,7 +286,8 @@ class TorchRunner:
 class OnnxRunner:
     clamps_nan = False  # NaN inputs give NaN logits, which logit_responses refuses
 
-    def __init__(self, path: str, input_name: str, device_id: Optional[int] = None):
+    def __init__(self, path: str, input_name: str, device_id: Optional[int] = None, threads: int = 0):
+        """``threads``: intra-op threads on the CPU (0: one per physical core)."""
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
@@ -278,7 +295,8 @@ class OnnxRunner:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         self.ort, self.path, self.providers = ort, path, providers
         self.on_cpu = providers == ["CPUExecutionProvider"]
-        self.full = self.session = self._session(physical_cores())
+        self.threads = threads or physical_cores()
+        self.full = self.session = self._session(self.threads)
         self.busy = self.lean = None  # sessions for an overload, made at the first: without spinning, one thread fewer
         self.input_name = input_name
 
@@ -306,12 +324,11 @@ class OnnxRunner:
         _session). ONNX Runtime fixes both per session: the others are made at the first overload."""
         if not self.on_cpu:
             return
-        threads = physical_cores()
-        if yielding and threads > 1:
-            self.lean = self.lean or self._session(threads - 1)
+        if yielding and self.threads > 1:
+            self.lean = self.lean or self._session(self.threads - 1)
             self.session = self.lean
         elif overloaded:
-            self.busy = self.busy or self._session(threads, spin=False)
+            self.busy = self.busy or self._session(self.threads, spin=False)
             self.session = self.busy
         else:
             self.session = self.full
@@ -345,15 +362,16 @@ class OpenVinoRunner:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         self.compiled = core.compile_model(path, "CPU", config)
         self.full = self.request = self.compiled.create_infer_request()
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.input_dtype = self.compiled.input(0).get_element_type().to_dtype()
         self.core, self.path, self.config, self.lean = core, path, config, None
 
     def adapt(self, overloaded: bool, yielding: bool) -> None:
         """As TorchRunner.adapt; OpenVINO fixes its threads when it compiles, so a second compiled model (made at the
         first yield) computes then."""
-        threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        if yielding and self.lean is None and threads > 1:
-            lean = self.core.compile_model(self.path, "CPU", {**self.config, "INFERENCE_NUM_THREADS": str(threads - 1)})
+        if yielding and self.lean is None and self.threads > 1:
+            lean = self.core.compile_model(self.path, "CPU",
+                                           {**self.config, "INFERENCE_NUM_THREADS": str(self.threads - 1)})
             self.lean = lean.create_infer_request()
         self.request = self.lean if yielding and self.lean is not None else self.full
 
@@ -364,35 +382,35 @@ class OpenVinoRunner:
 
 
 def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, uint8_input: bool, input_name: str,
-                label: str, max_batch: int = 0):
+                label: str, max_batch: int = 0, threads: int = 0):
     """TorchRunner (checked against the build's logits in version_dir's parity.npz), OnnxRunner or OpenVinoRunner,
-    for the artifact in ``version_dir`` as the config's parameters say; ``label`` names the model in messages and
-    ``max_batch`` is the largest batch it will be given."""
+    for the artifact in ``version_dir`` as the config's parameters say; ``label`` names the model in messages,
+    ``max_batch`` is the largest batch it will be given and ``threads`` its threads on a CPU (cpu_threads)."""
     artifact = str(version_dir / params["artifact"])
     runtime = params["runtime"]
     error = pb_utils.TritonModelException if pb_utils else RuntimeError
-    if runtime in ("torch", "compiled"):
-        try:
+    try:
+        if runtime in ("torch", "compiled"):
             runner = TorchRunner(
                 artifact, f"cuda:{device_id}" if on_gpu else "cpu", params.get("precision", "fp32"),
                 params.get("channels_last") == "true",
                 [int(b) for b in params.get("cuda_graph_batches", "").split(",") if b],
                 _floats(params.get("mean", "")), _floats(params.get("std", "")), uint8_input,
-                params.get("compile_cache") or None, max_batch)
+                params.get("compile_cache") or None, max_batch, threads)
             if (version_dir / PARITY_FILE).is_file():
                 summary = runner.check_parity(version_dir / PARITY_FILE, float(params["parity_tolerance"]))
                 _log(f"{label}: {summary}")
-            return runner
-        except RunnerError as exc:
-            raise error(f"{label}: {exc}") from None
-    if runtime == "onnxruntime" and not uint8_input:
-        return OnnxRunner(artifact, input_name, device_id if on_gpu else None)
-    if runtime == "openvino" and not on_gpu:
-        try:
-            return OpenVinoRunner(artifact, params.get("precision", "fp32"), int(params.get("threads", "0") or 0))
-        except RunnerError as exc:
-            raise error(f"{label}: {exc}") from None
-    raise error(f"{label}: unsupported runtime {runtime!r} for a {'uint8' if uint8_input else 'float32'} input")
+        elif runtime == "onnxruntime" and not uint8_input:
+            runner = OnnxRunner(artifact, input_name, device_id if on_gpu else None, threads)
+        elif runtime == "openvino" and not on_gpu:
+            runner = OpenVinoRunner(artifact, params.get("precision", "fp32"), threads)
+        else:
+            raise RunnerError(f"unsupported runtime {runtime!r} for a {'uint8' if uint8_input else 'float32'} input")
+    except RunnerError as exc:
+        raise error(f"{label}: {exc}") from None
+    if not on_gpu:
+        _log(f"{label}: {runner.threads} threads on the CPU")
+    return runner
 
 
 def logit_responses(output_name: str, logits: np.ndarray, sizes, finite=None) -> list:
@@ -419,7 +437,7 @@ class TritonPythonModel:
             forward = make_runner(version_dir, params, args["model_instance_kind"] == "GPU",
                                   int(args["model_instance_device_id"]), self.input_dtype == np.uint8,
                                   self.input_name, args.get("model_instance_name", config["name"]),
-                                  int(config.get("max_batch_size", 0)))
+                                  int(config.get("max_batch_size", 0)), cpu_threads(config, params))
             # a runner whose kernels turn NaN inputs into finite logits gets its FP32 inputs checked: a sum is finite
             # exactly when no element is NaN or Inf (barring overflow of huge values)
             self.check_inputs = self.input_dtype == np.float32 and forward.clamps_nan
