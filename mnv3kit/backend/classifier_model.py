@@ -409,7 +409,7 @@ def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, u
     except RunnerError as exc:
         raise error(f"{label}: {exc}") from None
     if not on_gpu:
-        _log(f"{label}: {runner.threads} threads on the CPU")
+        _log(f"{label}: CPU threads {runner.threads}")
     return runner
 
 
