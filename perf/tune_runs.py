@@ -28,8 +28,8 @@ from mnv3kit.report import hardware, hardware_line, markdown_table, now
 
 
 def run_logged(cmd: list, log: Path) -> int:
-    """Run cmd, its output shown here and written to log; its exit status."""
-    with open(log, "w") as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    """Run cmd, its output shown here and written to log line by line (kept if this is stopped); its exit status."""
+    with open(log, "w", buffering=1) as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                  text=True) as proc:
         for line in proc.stdout:
             print(line, end="", flush=True)
