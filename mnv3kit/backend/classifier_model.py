@@ -381,11 +381,12 @@ class OpenVinoRunner:
         return self.request.infer([np.ascontiguousarray(batch, self.input_dtype)], share_inputs=True)[0].copy()
 
 
-def make_runner(version_dir: Path, params: dict, on_gpu: bool, device_id: int, uint8_input: bool, input_name: str,
-                label: str, max_batch: int = 0, threads: int = 0):
+def make_runner(version_dir: Path, config: dict, params: Dict[str, str], on_gpu: bool, device_id: int,
+                uint8_input: bool, input_name: str, label: str):
     """TorchRunner (checked against the build's logits in version_dir's parity.npz), OnnxRunner or OpenVinoRunner,
-    for the artifact in ``version_dir`` as the config's parameters say; ``label`` names the model in messages,
-    ``max_batch`` is the largest batch it will be given and ``threads`` its threads on a CPU (cpu_threads)."""
+    for the artifact in ``version_dir`` as the serving model's config and its parameters say (its max batch, its
+    CPU threads: cpu_threads); ``label`` names the model in messages."""
+    max_batch, threads = int(config.get("max_batch_size", 0)), cpu_threads(config, params)
     artifact = str(version_dir / params["artifact"])
     runtime = params["runtime"]
     error = pb_utils.TritonModelException if pb_utils else RuntimeError
@@ -434,10 +435,9 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
 
         def runner():
-            forward = make_runner(version_dir, params, args["model_instance_kind"] == "GPU",
+            forward = make_runner(version_dir, config, params, args["model_instance_kind"] == "GPU",
                                   int(args["model_instance_device_id"]), self.input_dtype == np.uint8,
-                                  self.input_name, args.get("model_instance_name", config["name"]),
-                                  int(config.get("max_batch_size", 0)), cpu_threads(config, params))
+                                  self.input_name, args.get("model_instance_name", config["name"]))
             # a runner whose kernels turn NaN inputs into finite logits gets its FP32 inputs checked: a sum is finite
             # exactly when no element is NaN or Inf (barring overflow of huge values)
             self.check_inputs = self.input_dtype == np.float32 and forward.clamps_nan

@@ -23,11 +23,11 @@ except ImportError:  # imported outside Triton by the kit's tests
     pb_utils = None
 
 try:  # in a model repository: the copies beside this file (the stub puts the version directory on sys.path)
-    from mnv3kit_classifier import TorchRunner, cpu_threads, logit_responses, make_runner
+    from mnv3kit_classifier import TorchRunner, logit_responses, make_runner
     from mnv3kit_preprocessing import check_warmup, group_results, make_preprocessor, take_images
     from mnv3kit_serving import RequestQueue, read_config
 except ModuleNotFoundError:  # imported by the kit itself
-    from mnv3kit.backend.classifier_model import TorchRunner, cpu_threads, logit_responses, make_runner
+    from mnv3kit.backend.classifier_model import TorchRunner, logit_responses, make_runner
     from mnv3kit.backend.preprocess_model import check_warmup, group_results, make_preprocessor, take_images
     from mnv3kit.backend.serving import RequestQueue, read_config
 
@@ -44,9 +44,9 @@ class TritonPythonModel:
 
         def setup():  # on the worker thread, which runs every batch: CUDA's current device and torch's threads
             self.preprocess.bind_thread()
-            self.forward = make_runner(classifier_dir, params, args["model_instance_kind"] == "GPU",
+            self.forward = make_runner(classifier_dir, config, params, args["model_instance_kind"] == "GPU",
                                        int(args["model_instance_device_id"]), pixels, params["classifier_input_name"],
-                                       name, int(config.get("max_batch_size", 0)), cpu_threads(config, params))
+                                       name)
 
         self.queue = RequestQueue(name, self._respond, lambda request: take_images(request, self.input_name),
                                   int(config.get("max_batch_size", 0)) or 1,
